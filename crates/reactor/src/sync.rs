@@ -1,0 +1,241 @@
+//! Small synchronisation primitives for reactor tasks.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::ops::{Deref, DerefMut};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+
+struct OneshotInner<T> {
+    value: Option<T>,
+    waker: Option<Waker>,
+    sender_gone: bool,
+}
+
+/// Sending half of a thread-safe one-shot channel.
+pub struct OneshotSender<T> {
+    inner: Arc<Mutex<OneshotInner<T>>>,
+}
+
+/// Receiving half: a future resolving to the value, or `None` if the sender was dropped.
+pub struct OneshotReceiver<T> {
+    inner: Arc<Mutex<OneshotInner<T>>>,
+}
+
+impl<T> std::fmt::Debug for OneshotSender<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OneshotSender")
+    }
+}
+impl<T> std::fmt::Debug for OneshotReceiver<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OneshotReceiver")
+    }
+}
+
+/// A channel carrying one value between any threads or executors.
+pub fn oneshot<T>() -> (OneshotSender<T>, OneshotReceiver<T>) {
+    let inner = Arc::new(Mutex::new(OneshotInner { value: None, waker: None, sender_gone: false }));
+    (OneshotSender { inner: inner.clone() }, OneshotReceiver { inner })
+}
+
+impl<T> OneshotSender<T> {
+    /// Delivers the value and wakes the receiver.
+    pub fn send(self, v: T) {
+        let w = {
+            let mut g = self.inner.lock().expect("oneshot lock");
+            g.value = Some(v);
+            g.waker.take()
+        };
+        if let Some(w) = w {
+            w.wake();
+        }
+    }
+}
+
+impl<T> Drop for OneshotSender<T> {
+    fn drop(&mut self) {
+        let w = {
+            let mut g = self.inner.lock().expect("oneshot lock");
+            g.sender_gone = true;
+            g.waker.take()
+        };
+        if let Some(w) = w {
+            w.wake();
+        }
+    }
+}
+
+impl<T> Future for OneshotReceiver<T> {
+    type Output = Option<T>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        let mut g = self.inner.lock().expect("oneshot lock");
+        if let Some(v) = g.value.take() {
+            return Poll::Ready(Some(v));
+        }
+        if g.sender_gone {
+            return Poll::Ready(None);
+        }
+        g.waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+/// A reactor-local async mutex (FIFO), for serialising writes to one socket.
+pub struct LocalMutex<T> {
+    locked: Cell<bool>,
+    waiters: RefCell<VecDeque<Waker>>,
+    value: RefCell<T>,
+}
+
+impl<T> std::fmt::Debug for LocalMutex<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalMutex").field("locked", &self.locked.get()).finish()
+    }
+}
+
+impl<T> LocalMutex<T> {
+    /// A new unlocked mutex.
+    pub fn new(v: T) -> Self {
+        LocalMutex { locked: Cell::new(false), waiters: RefCell::new(VecDeque::new()), value: RefCell::new(v) }
+    }
+
+    /// Waits for the lock.
+    pub async fn lock(&self) -> LocalMutexGuard<'_, T> {
+        std::future::poll_fn(|cx| {
+            if self.locked.get() {
+                self.waiters.borrow_mut().push_back(cx.waker().clone());
+                Poll::Pending
+            } else {
+                self.locked.set(true);
+                Poll::Ready(())
+            }
+        })
+        .await;
+        LocalMutexGuard { m: self, v: self.value.borrow_mut() }
+    }
+}
+
+/// Holds a [`LocalMutex`]; unlocks on drop.
+pub struct LocalMutexGuard<'a, T> {
+    m: &'a LocalMutex<T>,
+    v: std::cell::RefMut<'a, T>,
+}
+
+impl<T> std::fmt::Debug for LocalMutexGuard<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LocalMutexGuard")
+    }
+}
+
+impl<T> Deref for LocalMutexGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.v
+    }
+}
+impl<T> DerefMut for LocalMutexGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.v
+    }
+}
+
+impl<T> Drop for LocalMutexGuard<'_, T> {
+    fn drop(&mut self) {
+        self.m.locked.set(false);
+        if let Some(w) = self.m.waiters.borrow_mut().pop_front() {
+            w.wake();
+        }
+    }
+}
+
+/// A reactor-local counting semaphore bounding work in flight.
+#[derive(Clone)]
+pub struct LocalSemaphore {
+    inner: Rc<SemInner>,
+}
+
+struct SemInner {
+    permits: Cell<usize>,
+    waiters: RefCell<VecDeque<Waker>>,
+}
+
+impl std::fmt::Debug for LocalSemaphore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalSemaphore").field("permits", &self.inner.permits.get()).finish()
+    }
+}
+
+/// A permit; released on drop.
+#[derive(Debug)]
+pub struct Permit {
+    sem: LocalSemaphore,
+}
+
+impl LocalSemaphore {
+    /// A semaphore with `n` permits.
+    pub fn new(n: usize) -> Self {
+        LocalSemaphore { inner: Rc::new(SemInner { permits: Cell::new(n), waiters: RefCell::new(VecDeque::new()) }) }
+    }
+
+    /// Waits for a permit.
+    pub async fn acquire(&self) -> Permit {
+        std::future::poll_fn(|cx| {
+            let p = self.inner.permits.get();
+            if p > 0 {
+                self.inner.permits.set(p - 1);
+                Poll::Ready(())
+            } else {
+                self.inner.waiters.borrow_mut().push_back(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await;
+        Permit { sem: self.clone() }
+    }
+
+    /// Permits currently free.
+    pub fn available(&self) -> usize {
+        self.inner.permits.get()
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let i = &self.sem.inner;
+        i.permits.set(i.permits.get() + 1);
+        if let Some(w) = i.waiters.borrow_mut().pop_front() {
+            w.wake();
+        }
+    }
+}
+
+/// Resolves to the output of whichever future finishes first.
+pub async fn select<A, B, T>(a: A, b: B) -> T
+where
+    A: Future<Output = T>,
+    B: Future<Output = T>,
+{
+    let mut a = std::pin::pin!(a);
+    let mut b = std::pin::pin!(b);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(v) = a.as_mut().poll(cx) {
+            return Poll::Ready(v);
+        }
+        b.as_mut().poll(cx)
+    })
+    .await
+}
+
+/// Runs `fut` for at most `d`; `None` if the time ran out (the future is dropped, cancelling
+/// its ring operations).
+pub async fn timeout<F: Future>(d: std::time::Duration, fut: F) -> Option<F::Output> {
+    select(async { Some(fut.await) }, async {
+        crate::op::sleep(d).await;
+        None
+    })
+    .await
+}

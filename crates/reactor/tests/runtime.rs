@@ -1,0 +1,146 @@
+//! The runtime against the real kernel: files, sockets, timers, mailboxes, in every mode.
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use reactor::{Config, IoBuf, PollMode, Runtime, TcpListener, op, sync};
+
+fn runtime(mode: PollMode, cores: usize) -> Runtime {
+    Runtime::start(Config { cores, mode, pin: false, registered_buffers: 8, ..Config::default() })
+        .expect("start runtime")
+}
+
+fn block_on<T: Send + 'static>(f: impl std::future::Future<Output = T> + Send) -> T {
+    // A minimal blocking executor for the test thread: park until woken.
+    let thread = std::thread::current();
+    struct W(std::thread::Thread);
+    impl std::task::Wake for W {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.unpark()
+        }
+    }
+    let waker = std::task::Waker::from(std::sync::Arc::new(W(thread)));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park_timeout(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn file_io_through_the_ring_in_every_mode() {
+    for mode in [PollMode::Poll, PollMode::Interrupt, PollMode::Adaptive] {
+        let rt = runtime(mode, 2);
+        let dir = std::env::temp_dir().join(format!("reactor-test-{}-{mode}", std::process::id()));
+        let _ = std::fs::remove_file(&dir);
+        std::fs::File::create(&dir).unwrap().set_len(1 << 20).unwrap();
+        let path = dir.clone();
+        let out = block_on(rt.handles()[1].call(move || async move {
+            use std::os::fd::AsRawFd;
+            let f = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+            let mut data = reactor::alloc_buf(8192);
+            assert!(data.registration().is_some(), "pool buffer expected");
+            for (i, b) in data.iter_mut().enumerate() {
+                *b = (i % 251) as u8;
+            }
+            let (r, _) = op::write_at(f.as_raw_fd(), 4096, data, 0).await;
+            assert_eq!(r.unwrap(), 8192);
+            op::fsync(f.as_raw_fd(), true).await.unwrap();
+            let (r, back) = op::read_at(f.as_raw_fd(), 4096, IoBuf::zeroed(8192)).await;
+            assert_eq!(r.unwrap(), 8192);
+            back.to_vec()
+        }));
+        assert!(out.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
+        let mut raw = vec![0u8; 8192];
+        let mut f = std::fs::File::open(&dir).unwrap();
+        std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(4096)).unwrap();
+        f.read_exact(&mut raw).unwrap();
+        assert_eq!(raw, out);
+        std::fs::remove_file(&dir).unwrap();
+        rt.shutdown();
+    }
+}
+
+#[test]
+fn timers_and_timeouts() {
+    let rt = runtime(PollMode::Interrupt, 1);
+    let took = block_on(rt.handles()[0].call(|| async {
+        let t = Instant::now();
+        reactor::sleep(Duration::from_millis(30)).await;
+        let slept = t.elapsed();
+        let never = sync::timeout(Duration::from_millis(20), reactor::sleep(Duration::from_secs(60))).await;
+        assert!(never.is_none());
+        slept
+    }));
+    assert!(took >= Duration::from_millis(30) && took < Duration::from_secs(2), "{took:?}");
+    rt.shutdown();
+}
+
+#[test]
+fn mailbox_wakes_a_sleeping_reactor() {
+    let rt = runtime(PollMode::Interrupt, 2);
+    std::thread::sleep(Duration::from_millis(50)); // both reactors are asleep by now
+    for i in 0..200u32 {
+        let v = block_on(rt.handles()[(i % 2) as usize].call(move || async move { i * 2 }));
+        assert_eq!(v, i * 2);
+    }
+    let sleeps = rt.handles()[0].stats().sleeps.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(sleeps > 0);
+    rt.shutdown();
+}
+
+#[test]
+fn tcp_echo_and_cross_reactor_handoff() {
+    let rt = runtime(PollMode::Adaptive, 2);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handles = rt.handles().to_vec();
+    rt.handles()[0].spawn(move || async move {
+        let l = TcpListener::from_std(listener);
+        for i in 0..4 {
+            let (s, _) = l.accept().await.unwrap();
+            // Serve each connection on the other reactor.
+            handles[(i + 1) % 2].spawn(move || async move {
+                let mut buf = IoBuf::with_capacity(4096);
+                loop {
+                    let (r, b) = s.recv(buf, 0).await;
+                    buf = b;
+                    match r {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {
+                            let reply = IoBuf::from_slice(&buf);
+                            let (r, _) = s.send_all(reply).await;
+                            r.unwrap();
+                            buf.set_len(0);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    for i in 0..4 {
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        let msg = format!("hello {i}");
+        c.write_all(msg.as_bytes()).unwrap();
+        let mut back = vec![0u8; msg.len()];
+        c.read_exact(&mut back).unwrap();
+        assert_eq!(back, msg.as_bytes());
+    }
+    rt.shutdown();
+}
+
+#[test]
+fn idle_interrupt_reactor_uses_no_cpu() {
+    let rt = runtime(PollMode::Adaptive, 1);
+    let h = rt.handles()[0].clone();
+    block_on(h.call(|| async {}));
+    std::thread::sleep(Duration::from_millis(100));
+    let before = h.stats().busy_iterations.load(std::sync::atomic::Ordering::Relaxed);
+    std::thread::sleep(Duration::from_millis(300));
+    let after = h.stats().busy_iterations.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(before, after, "an idle adaptive reactor must be asleep");
+    rt.shutdown();
+}
