@@ -1,0 +1,216 @@
+//! Hand-written JSON output of the API messages (no serde needed).
+//!
+//! Field names are those of the protobuf messages; integers are JSON numbers
+//! (bytes and nanoseconds, exact).
+
+use ballast_api::{Device, DeviceStats, EngineInfo, Export, LatencyBucket, OpStats};
+
+/// A JSON string literal for `s`, quotes included.
+pub fn string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Builds one JSON object, fields in insertion order.
+#[derive(Debug, Default)]
+pub struct Object {
+    fields: Vec<(String, String)>,
+}
+
+impl Object {
+    /// An empty object.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a field whose value is already JSON text.
+    pub fn raw(mut self, key: &str, json: String) -> Self {
+        self.fields.push((key.to_owned(), json));
+        self
+    }
+
+    /// Adds a string field.
+    pub fn str(self, key: &str, value: &str) -> Self {
+        self.raw(key, string(value))
+    }
+
+    /// Adds an unsigned integer field.
+    pub fn num(self, key: &str, value: impl Into<u64>) -> Self {
+        self.raw(key, value.into().to_string())
+    }
+
+    /// Adds a boolean field.
+    pub fn bool(self, key: &str, value: bool) -> Self {
+        self.raw(key, value.to_string())
+    }
+
+    /// The object as compact JSON text.
+    pub fn build(self) -> String {
+        let fields: Vec<String> = self
+            .fields
+            .into_iter()
+            .map(|(k, v)| format!("{}:{v}", string(&k)))
+            .collect();
+        format!("{{{}}}", fields.join(","))
+    }
+}
+
+/// A JSON array of already-rendered JSON values.
+pub fn array(items: impl IntoIterator<Item = String>) -> String {
+    format!("[{}]", items.into_iter().collect::<Vec<_>>().join(","))
+}
+
+/// `EngineInfo` as JSON.
+pub fn info(i: &EngineInfo) -> String {
+    Object::new()
+        .str("version", &i.version)
+        .num("cores", i.cores)
+        .str("poll_mode", &i.poll_mode)
+        .str("nbd_address", &i.nbd_address)
+        .num("uptime_ms", i.uptime_ms)
+        .build()
+}
+
+/// `Device` as JSON.
+pub fn device(d: &Device) -> String {
+    Object::new()
+        .str("name", &d.name)
+        .str("uri", &d.uri)
+        .str("kind", &d.kind)
+        .num("size_bytes", d.size_bytes)
+        .num("block_size", d.block_size)
+        .bool("read_only", d.read_only)
+        .raw(
+            "capabilities",
+            array(d.capabilities.iter().map(|c| string(c))),
+        )
+        .build()
+}
+
+/// A device list as JSON: `{"devices":[...]}`.
+pub fn devices(list: &[Device]) -> String {
+    Object::new()
+        .raw("devices", array(list.iter().map(device)))
+        .build()
+}
+
+/// `Export` as JSON.
+pub fn export(e: &Export) -> String {
+    Object::new()
+        .str("name", &e.name)
+        .str("device", &e.device)
+        .bool("read_only", e.read_only)
+        .str("uri", &e.uri)
+        .num("connections", e.connections)
+        .build()
+}
+
+/// An export list as JSON: `{"exports":[...]}`.
+pub fn exports(list: &[Export]) -> String {
+    Object::new()
+        .raw("exports", array(list.iter().map(export)))
+        .build()
+}
+
+fn op_stats(o: Option<&OpStats>) -> String {
+    let o = o.copied().unwrap_or_default();
+    Object::new()
+        .num("ops", o.ops)
+        .num("bytes", o.bytes)
+        .num("errors", o.errors)
+        .build()
+}
+
+fn bucket(b: &LatencyBucket) -> String {
+    Object::new()
+        .num("le_ns", b.le_ns)
+        .num("count", b.count)
+        .build()
+}
+
+/// `DeviceStats` as JSON.
+pub fn device_stats(s: &DeviceStats) -> String {
+    Object::new()
+        .str("device", &s.device)
+        .raw("read", op_stats(s.read.as_ref()))
+        .raw("write", op_stats(s.write.as_ref()))
+        .raw("flush", op_stats(s.flush.as_ref()))
+        .raw("unmap", op_stats(s.unmap.as_ref()))
+        .raw("write_zeroes", op_stats(s.write_zeroes.as_ref()))
+        .num("errors", s.errors)
+        .raw("latency", array(s.latency.iter().map(bucket)))
+        .num("latency_mean_ns", s.latency_mean_ns)
+        .num("latency_p50_ns", s.latency_p50_ns)
+        .num("latency_p99_ns", s.latency_p99_ns)
+        .build()
+}
+
+/// Statistics of several devices as JSON: `{"devices":[...]}`.
+pub fn stats(list: &[DeviceStats]) -> String {
+    Object::new()
+        .raw("devices", array(list.iter().map(device_stats)))
+        .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_strings() {
+        assert_eq!(string("a\"b\\c\n\u{1}é"), r#""a\"b\\c\n\u0001é""#);
+    }
+
+    #[test]
+    fn device_json() {
+        let d = Device {
+            name: "d0".into(),
+            uri: "malloc:///d0?size=1GiB".into(),
+            kind: "malloc".into(),
+            size_bytes: 1 << 30,
+            block_size: 512,
+            read_only: false,
+            capabilities: vec!["flush".into(), "unmap".into()],
+        };
+        assert_eq!(
+            devices(&[d]),
+            r#"{"devices":[{"name":"d0","uri":"malloc:///d0?size=1GiB","kind":"malloc","size_bytes":1073741824,"block_size":512,"read_only":false,"capabilities":["flush","unmap"]}]}"#
+        );
+        assert_eq!(devices(&[]), r#"{"devices":[]}"#);
+    }
+
+    #[test]
+    fn stats_json_fills_missing_op_stats() {
+        let s = DeviceStats {
+            device: "d".into(),
+            read: Some(OpStats {
+                ops: 2,
+                bytes: 8192,
+                errors: 1,
+            }),
+            latency: vec![LatencyBucket {
+                le_ns: 1000,
+                count: 2,
+            }],
+            latency_p99_ns: 900,
+            ..Default::default()
+        };
+        let j = device_stats(&s);
+        assert!(j.starts_with(r#"{"device":"d","read":{"ops":2,"bytes":8192,"errors":1},"write":{"ops":0,"bytes":0,"errors":0},"#));
+        assert!(j.contains(r#""latency":[{"le_ns":1000,"count":2}]"#));
+        assert!(j.ends_with(r#""latency_p99_ns":900}"#));
+    }
+}

@@ -1,0 +1,500 @@
+//! Human-readable output: aligned tables, binary sizes, latencies, histograms.
+
+use std::fmt::Write as _;
+
+use ballast_api::{Device, DeviceStats, EngineInfo, Export, LatencyBucket, OpStats};
+
+/// Column alignment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Align {
+    /// Pad on the right (text).
+    Left,
+    /// Pad on the left (numbers).
+    Right,
+}
+
+/// A table of text cells printed with aligned columns, two spaces apart.
+#[derive(Debug)]
+pub struct Table {
+    align: Vec<Align>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    /// A table with the given header row and per-column alignment.
+    pub fn new(headers: &[(&str, Align)]) -> Self {
+        Self {
+            align: headers.iter().map(|(_, a)| *a).collect(),
+            rows: vec![headers.iter().map(|(h, _)| (*h).to_owned()).collect()],
+        }
+    }
+
+    /// Appends a row; missing cells are empty.
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    /// The table as lines, each prefixed with `indent`, without trailing
+    /// spaces, each ended by a newline.
+    pub fn render(&self, indent: &str) -> String {
+        let ncols = self.align.len();
+        let mut widths = vec![0; ncols];
+        for row in &self.rows {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        let mut out = String::new();
+        for row in &self.rows {
+            let mut line = String::from(indent);
+            for (i, w) in widths.iter().enumerate() {
+                let cell = row.get(i).map_or("", String::as_str);
+                if i > 0 {
+                    line.push_str("  ");
+                }
+                let pad = w - cell.chars().count();
+                match self.align[i] {
+                    Align::Left => {
+                        line.push_str(cell);
+                        line.extend(std::iter::repeat_n(' ', pad));
+                    }
+                    Align::Right => {
+                        line.extend(std::iter::repeat_n(' ', pad));
+                        line.push_str(cell);
+                    }
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// A value with three significant digits at most (two decimals below 10, one
+/// below 100, none above).
+fn three_digits(v: f64) -> String {
+    if v < 9.995 {
+        format!("{v:.2}")
+    } else if v < 99.95 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+/// A byte count in binary units: "512 B", "1.5 KiB", "1.0 GiB".
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1023.95 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+/// A latency: "850 ns", "12.3 µs", "1.50 ms", "2.00 s".
+pub fn human_ns(ns: u64) -> String {
+    if ns < 1000 {
+        return format!("{ns} ns");
+    }
+    let ns = ns as f64;
+    for (scale, unit) in [(1e3, "µs"), (1e6, "ms")] {
+        if ns < scale * 999.5 {
+            return format!("{} {unit}", three_digits(ns / scale));
+        }
+    }
+    format!("{} s", three_digits(ns / 1e9))
+}
+
+/// An uptime: "45s", "2m 03s", "1h 02m 03s", "3d 04h 05m".
+pub fn human_uptime(ms: u64) -> String {
+    let s = ms / 1000;
+    let (d, h, m, s) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
+    if d > 0 {
+        format!("{d}d {h:02}h {m:02}m")
+    } else if h > 0 {
+        format!("{h}h {m:02}m {s:02}s")
+    } else if m > 0 {
+        format!("{m}m {s:02}s")
+    } else {
+        format!("{s}s")
+    }
+}
+
+fn yes_no(b: bool) -> String {
+    if b { "yes" } else { "no" }.to_owned()
+}
+
+fn or_dash(s: &str) -> String {
+    if s.is_empty() { "-" } else { s }.to_owned()
+}
+
+/// `ballast engine info`.
+pub fn info(i: &EngineInfo) -> String {
+    let mut t = Table::new(&[("", Align::Left), ("", Align::Left)]);
+    t.rows.clear();
+    t.row(vec!["version".into(), or_dash(&i.version)]);
+    t.row(vec!["cores".into(), i.cores.to_string()]);
+    t.row(vec!["poll mode".into(), or_dash(&i.poll_mode)]);
+    t.row(vec!["nbd address".into(), or_dash(&i.nbd_address)]);
+    t.row(vec!["uptime".into(), human_uptime(i.uptime_ms)]);
+    t.render("")
+}
+
+/// `ballast device list` (and the device just created).
+pub fn devices(list: &[Device]) -> String {
+    if list.is_empty() {
+        return "no devices\n".to_owned();
+    }
+    let mut t = Table::new(&[
+        ("NAME", Align::Left),
+        ("KIND", Align::Left),
+        ("SIZE", Align::Right),
+        ("BLOCK", Align::Right),
+        ("RO", Align::Left),
+        ("CAPABILITIES", Align::Left),
+        ("URI", Align::Left),
+    ]);
+    for d in list {
+        t.row(vec![
+            d.name.clone(),
+            or_dash(&d.kind),
+            human_bytes(d.size_bytes),
+            d.block_size.to_string(),
+            yes_no(d.read_only),
+            or_dash(&d.capabilities.join(",")),
+            d.uri.clone(),
+        ]);
+    }
+    t.render("")
+}
+
+/// `ballast export list` (and the export just created).
+pub fn exports(list: &[Export]) -> String {
+    if list.is_empty() {
+        return "no exports\n".to_owned();
+    }
+    let mut t = Table::new(&[
+        ("NAME", Align::Left),
+        ("DEVICE", Align::Left),
+        ("RO", Align::Left),
+        ("CONNS", Align::Right),
+        ("URI", Align::Left),
+    ]);
+    for e in list {
+        t.row(vec![
+            e.name.clone(),
+            e.device.clone(),
+            yes_no(e.read_only),
+            e.connections.to_string(),
+            or_dash(&e.uri),
+        ]);
+    }
+    t.render("")
+}
+
+/// Width in characters of the longest histogram bar.
+const BAR_WIDTH: u64 = 30;
+
+/// A compact latency histogram, one line per bucket from the first to the
+/// last non-empty one: upper bound, count, share of all operations, bar.
+/// Empty when all buckets are empty.
+pub fn histogram(buckets: &[LatencyBucket], indent: &str) -> String {
+    let mut buckets = buckets.to_vec();
+    buckets.sort_by_key(|b| b.le_ns);
+    let first = buckets.iter().position(|b| b.count > 0);
+    let last = buckets.iter().rposition(|b| b.count > 0);
+    let (Some(first), Some(last)) = (first, last) else {
+        return String::new();
+    };
+    let total: u64 = buckets.iter().map(|b| b.count).sum();
+    let max = buckets.iter().map(|b| b.count).max().unwrap_or(0);
+    let mut t = Table::new(&[
+        ("", Align::Left),
+        ("", Align::Right),
+        ("", Align::Right),
+        ("", Align::Left),
+    ]);
+    t.rows.clear();
+    for (i, b) in buckets.iter().enumerate().take(last + 1).skip(first) {
+        let label = if b.le_ns == u64::MAX {
+            match i.checked_sub(1).map(|p| buckets[p].le_ns) {
+                Some(prev) => format!("> {}", human_ns(prev)),
+                None => "any".to_owned(),
+            }
+        } else {
+            format!("<= {}", human_ns(b.le_ns))
+        };
+        let pct = b.count as f64 * 100.0 / total as f64;
+        let len = if b.count == 0 {
+            0
+        } else {
+            // Ceil, so that every non-empty bucket shows at least one block.
+            (u128::from(b.count) * u128::from(BAR_WIDTH)).div_ceil(u128::from(max)) as usize
+        };
+        t.row(vec![
+            label,
+            b.count.to_string(),
+            format!("{pct:.1}%"),
+            "#".repeat(len),
+        ]);
+    }
+    t.render(indent)
+}
+
+/// `ballast stats`: for each device a table of operations by kind, the
+/// latency summary and the histogram.
+pub fn stats(list: &[DeviceStats]) -> String {
+    if list.is_empty() {
+        return "no devices\n".to_owned();
+    }
+    let mut out = String::new();
+    for (n, s) in list.iter().enumerate() {
+        if n > 0 {
+            out.push('\n');
+        }
+        let _ = writeln!(out, "device {}", s.device);
+        let mut t = Table::new(&[
+            ("OP", Align::Left),
+            ("OPS", Align::Right),
+            ("BYTES", Align::Right),
+            ("ERRORS", Align::Right),
+        ]);
+        let kinds = [
+            ("read", &s.read),
+            ("write", &s.write),
+            ("flush", &s.flush),
+            ("unmap", &s.unmap),
+            ("write_zeroes", &s.write_zeroes),
+        ];
+        let (mut ops, mut bytes) = (0u64, 0u64);
+        for (name, o) in kinds {
+            let o = o.unwrap_or_default();
+            ops = ops.saturating_add(o.ops);
+            bytes = bytes.saturating_add(o.bytes);
+            t.row(op_row(name, &o));
+        }
+        t.row(vec![
+            "total".into(),
+            ops.to_string(),
+            human_bytes(bytes),
+            s.errors.to_string(),
+        ]);
+        out.push_str(&t.render("  "));
+        if ops == 0 && s.latency.iter().all(|b| b.count == 0) {
+            out.push_str("  latency: no operations\n");
+            continue;
+        }
+        let _ = writeln!(
+            out,
+            "  latency: mean {}, p50 {}, p99 {}",
+            human_ns(s.latency_mean_ns),
+            human_ns(s.latency_p50_ns),
+            human_ns(s.latency_p99_ns)
+        );
+        out.push_str(&histogram(&s.latency, "    "));
+    }
+    out
+}
+
+fn op_row(name: &str, o: &OpStats) -> Vec<String> {
+    vec![
+        name.to_owned(),
+        o.ops.to_string(),
+        human_bytes(o.bytes),
+        o.errors.to_string(),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1024), "1.0 KiB");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(1 << 30), "1.0 GiB");
+        assert_eq!(human_bytes((1 << 20) - 1), "1.0 MiB");
+        assert_eq!(human_bytes(10 * (1 << 40)), "10.0 TiB");
+        assert_eq!(human_bytes(u64::MAX), "16.0 EiB");
+    }
+
+    #[test]
+    fn latencies() {
+        assert_eq!(human_ns(0), "0 ns");
+        assert_eq!(human_ns(999), "999 ns");
+        assert_eq!(human_ns(1000), "1.00 µs");
+        assert_eq!(human_ns(12_345), "12.3 µs");
+        assert_eq!(human_ns(123_456), "123 µs");
+        assert_eq!(human_ns(999_999), "1.00 ms");
+        assert_eq!(human_ns(1_500_000), "1.50 ms");
+        assert_eq!(human_ns(2_000_000_000), "2.00 s");
+        assert_eq!(human_ns(1_234_000_000_000), "1234 s");
+    }
+
+    #[test]
+    fn uptime() {
+        assert_eq!(human_uptime(999), "0s");
+        assert_eq!(human_uptime(45_000), "45s");
+        assert_eq!(human_uptime(123_000), "2m 03s");
+        assert_eq!(human_uptime(3_723_000), "1h 02m 03s");
+        assert_eq!(human_uptime(273_900_000), "3d 04h 05m");
+    }
+
+    #[test]
+    fn aligned_columns() {
+        let mut t = Table::new(&[("NAME", Align::Left), ("SIZE", Align::Right)]);
+        t.row(vec!["a".into(), "1.0 GiB".into()]);
+        t.row(vec!["longname".into(), "0 B".into()]);
+        assert_eq!(
+            t.render(""),
+            "NAME         SIZE\n\
+             a         1.0 GiB\n\
+             longname      0 B\n"
+        );
+    }
+
+    #[test]
+    fn device_table() {
+        let d = Device {
+            name: "d0".into(),
+            uri: "malloc:///d0?size=1GiB".into(),
+            kind: "malloc".into(),
+            size_bytes: 1 << 30,
+            block_size: 512,
+            read_only: false,
+            capabilities: vec!["flush".into(), "unmap".into()],
+        };
+        assert_eq!(
+            devices(&[d]),
+            "NAME  KIND       SIZE  BLOCK  RO  CAPABILITIES  URI\n\
+             d0    malloc  1.0 GiB    512  no  flush,unmap   malloc:///d0?size=1GiB\n"
+        );
+        assert_eq!(devices(&[]), "no devices\n");
+    }
+
+    #[test]
+    fn export_table() {
+        let e = Export {
+            name: "vol0".into(),
+            device: "d0".into(),
+            read_only: true,
+            uri: "nbd://127.0.0.1:10809/vol0".into(),
+            connections: 2,
+        };
+        assert_eq!(
+            exports(&[e]),
+            "NAME  DEVICE  RO   CONNS  URI\n\
+             vol0  d0      yes      2  nbd://127.0.0.1:10809/vol0\n"
+        );
+    }
+
+    #[test]
+    fn info_table() {
+        let i = EngineInfo {
+            version: "0.1.0".into(),
+            cores: 2,
+            poll_mode: "adaptive".into(),
+            nbd_address: String::new(),
+            uptime_ms: 61_000,
+        };
+        assert_eq!(
+            info(&i),
+            "version      0.1.0\n\
+             cores        2\n\
+             poll mode    adaptive\n\
+             nbd address  -\n\
+             uptime       1m 01s\n"
+        );
+    }
+
+    fn bucket(le_ns: u64, count: u64) -> LatencyBucket {
+        LatencyBucket { le_ns, count }
+    }
+
+    #[test]
+    fn histogram_trims_empty_ends_and_scales_bars() {
+        let h = histogram(
+            &[
+                bucket(1_000, 0),
+                bucket(10_000, 30),
+                bucket(100_000, 0),
+                bucket(1_000_000, 1),
+                bucket(u64::MAX, 0),
+            ],
+            "",
+        );
+        let expected = format!(
+            "<= 10.0 µs  30  96.8%  {}\n\
+             <= 100 µs    0   0.0%\n\
+             <= 1.00 ms   1   3.2%  #\n",
+            "#".repeat(30)
+        );
+        assert_eq!(h, expected);
+        assert_eq!(histogram(&[bucket(1000, 0)], ""), "");
+        assert_eq!(histogram(&[], ""), "");
+    }
+
+    #[test]
+    fn histogram_unbounded_last_bucket() {
+        let h = histogram(&[bucket(1_000_000, 1), bucket(u64::MAX, 1)], "");
+        assert!(
+            h.ends_with("> 1.00 ms   1  50.0%  ##############################\n"),
+            "{h}"
+        );
+    }
+
+    #[test]
+    fn stats_block() {
+        let s = DeviceStats {
+            device: "d0".into(),
+            read: Some(OpStats {
+                ops: 4,
+                bytes: 16384,
+                errors: 0,
+            }),
+            write: Some(OpStats {
+                ops: 1,
+                bytes: 4096,
+                errors: 1,
+            }),
+            errors: 1,
+            latency: vec![bucket(10_000, 5)],
+            latency_mean_ns: 8_000,
+            latency_p50_ns: 7_500,
+            latency_p99_ns: 9_900,
+            ..Default::default()
+        };
+        let out = stats(&[s]);
+        assert_eq!(
+            out,
+            format!(
+                "device d0\n\
+                 \x20 OP            OPS     BYTES  ERRORS\n\
+                 \x20 read            4  16.0 KiB       0\n\
+                 \x20 write           1   4.0 KiB       1\n\
+                 \x20 flush           0       0 B       0\n\
+                 \x20 unmap           0       0 B       0\n\
+                 \x20 write_zeroes    0       0 B       0\n\
+                 \x20 total           5  20.0 KiB       1\n\
+                 \x20 latency: mean 8.00 µs, p50 7.50 µs, p99 9.90 µs\n\
+                 \x20   <= 10.0 µs  5  100.0%  {}\n",
+                "#".repeat(30)
+            )
+        );
+        let idle = stats(&[DeviceStats {
+            device: "d1".into(),
+            ..Default::default()
+        }]);
+        assert!(idle.ends_with("  latency: no operations\n"), "{idle}");
+    }
+}
