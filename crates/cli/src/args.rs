@@ -95,21 +95,24 @@ pub enum DeviceCommand {
     /// Open (or create) a block device and register it under NAME.
     ///
     /// URI forms:
-    ///   malloc:///NAME?size=1GiB    RAM-backed device of the given size
-    ///                               (contents lost when destroyed)
-    ///   uring:///path/to/file       file or block device, I/O through io_uring
-    ///   /path/to/file               same as uring:///path/to/file
+    ///   malloc:///NAME?size=1GiB[&block_size=4096]
+    ///       RAM-backed device of the given size (contents lost when destroyed)
+    ///   uring:///path/to/file[?size=10GiB][&ro][&direct=0]
+    ///       file or block device, I/O through io_uring; size= creates the file
+    ///       or grows it to that size, ro opens it read-only, direct=0 turns
+    ///       off O_DIRECT
+    ///   /path/to/file[?size=...]
+    ///       an absolute path: same as uring:///path/to/file
     ///
-    /// A file URI may carry ?size=SIZE to create the file, or extend it, to
-    /// that size, e.g. uring:///var/tmp/d0.img?size=10GiB. Quote URIs that
-    /// contain '?' so the shell leaves them alone.
+    /// Sizes take the suffixes K, M, G, T (powers of 1024; KiB, MiB, GiB, TiB
+    /// too). Quote URIs that contain '?' or '&' so the shell leaves them alone.
     #[command(verbatim_doc_comment)]
     Create {
         /// Unique name of the new device.
         #[arg(value_name = "NAME")]
         name: String,
         /// Where the data lives: malloc:///NAME?size=SIZE, uring:///PATH[?size=SIZE]
-        /// or a plain PATH[?size=SIZE].
+        /// or an absolute PATH[?size=SIZE].
         #[arg(value_name = "URI")]
         uri: String,
     },
