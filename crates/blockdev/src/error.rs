@@ -63,7 +63,13 @@ pub struct BlockError {
 impl BlockError {
     /// A new error.
     pub fn new(kind: ErrorKind, op: IoKind, offset: u64, len: u64) -> Self {
-        BlockError { kind, op, offset, len, source: None }
+        BlockError {
+            kind,
+            op,
+            offset,
+            len,
+            source: None,
+        }
     }
 
     /// An error caused by an OS error, classified from its errno.
@@ -77,7 +83,13 @@ impl BlockError {
             Some(libc::ENODEV) | Some(libc::ENXIO) => ErrorKind::Gone,
             _ => ErrorKind::Io,
         };
-        BlockError { kind, op, offset, len, source: Some(e) }
+        BlockError {
+            kind,
+            op,
+            offset,
+            len,
+            source: Some(e),
+        }
     }
 
     /// The error class.
@@ -120,7 +132,11 @@ impl fmt::Display for BlockError {
             ErrorKind::Timeout => "timed out",
             ErrorKind::Gone => "device is gone",
         };
-        write!(f, "{:?} of {} bytes at offset {}: {what}", self.op, self.len, self.offset)?;
+        write!(
+            f,
+            "{:?} of {} bytes at offset {}: {what}",
+            self.op, self.len, self.offset
+        )?;
         if let Some(s) = &self.source {
             write!(f, " ({s})")?;
         }

@@ -174,7 +174,13 @@ pub trait BlockDevice: Send + Sync {
     /// Allocation map of `[offset, offset+len)`: extents in order, covering at least the first
     /// byte, at most the range.
     fn block_status(&self, offset: u64, len: u64) -> IoFuture<'_, Vec<Extent>> {
-        Box::pin(async move { Ok(vec![Extent { offset, len, state: ExtentState::Data }]) })
+        Box::pin(async move {
+            Ok(vec![Extent {
+                offset,
+                len,
+                state: ExtentState::Data,
+            }])
+        })
     }
     /// Resets the device (drops in-flight state, reconnects).
     fn reset(&self) -> IoFuture<'_, ()> {
@@ -207,12 +213,25 @@ mod tests {
 
     #[test]
     fn range_checks() {
-        let g = Geometry { block_size: 512, num_blocks: 8, optimal_io: 4096, max_io: 1 << 20 };
+        let g = Geometry {
+            block_size: 512,
+            num_blocks: 8,
+            optimal_io: 4096,
+            max_io: 1 << 20,
+        };
         assert!(check_range(&g, IoKind::Read, 0, 4096).is_ok());
-        assert_eq!(check_range(&g, IoKind::Read, 512, 4096).unwrap_err().kind(), ErrorKind::OutOfRange);
-        assert_eq!(check_range(&g, IoKind::Read, 1, 512).unwrap_err().kind(), ErrorKind::Misaligned);
         assert_eq!(
-            check_range(&g, IoKind::Read, u64::MAX - 511, 512).unwrap_err().kind(),
+            check_range(&g, IoKind::Read, 512, 4096).unwrap_err().kind(),
+            ErrorKind::OutOfRange
+        );
+        assert_eq!(
+            check_range(&g, IoKind::Read, 1, 512).unwrap_err().kind(),
+            ErrorKind::Misaligned
+        );
+        assert_eq!(
+            check_range(&g, IoKind::Read, u64::MAX - 511, 512)
+                .unwrap_err()
+                .kind(),
             ErrorKind::OutOfRange
         );
     }

@@ -20,7 +20,10 @@ pub struct MallocDevice {
 
 impl std::fmt::Debug for MallocDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MallocDevice").field("name", &self.name).field("geometry", &self.geometry).finish()
+        f.debug_struct("MallocDevice")
+            .field("name", &self.name)
+            .field("geometry", &self.geometry)
+            .finish()
     }
 }
 
@@ -32,14 +35,23 @@ impl MallocDevice {
         let n = bytes.div_ceil(CHUNK) as usize;
         MallocDevice {
             name: name.to_string(),
-            geometry: Geometry { block_size, num_blocks, optimal_io: CHUNK as u32, max_io: 32 << 20 },
+            geometry: Geometry {
+                block_size,
+                num_blocks,
+                optimal_io: CHUNK as u32,
+                max_io: 32 << 20,
+            },
             chunks: (0..n).map(|_| Mutex::new(None)).collect(),
         }
     }
 
     /// Bytes currently allocated.
     pub fn allocated(&self) -> u64 {
-        self.chunks.iter().filter(|c| c.lock().expect("chunk lock").is_some()).count() as u64 * CHUNK
+        self.chunks
+            .iter()
+            .filter(|c| c.lock().expect("chunk lock").is_some())
+            .count() as u64
+            * CHUNK
     }
 
     /// Calls `f(chunk index, offset in chunk, range in request)` for every chunk piece.
@@ -105,7 +117,11 @@ impl MallocDevice {
             };
             match out.last_mut() {
                 Some(last) if last.state == state => last.len += r.len() as u64,
-                _ => out.push(Extent { offset: offset + r.start as u64, len: r.len() as u64, state }),
+                _ => out.push(Extent {
+                    offset: offset + r.start as u64,
+                    len: r.len() as u64,
+                    state,
+                }),
             }
         });
         Ok(out)
@@ -147,7 +163,11 @@ impl BlockDevice for MallocDevice {
         Box::pin(std::future::ready(self.do_zero(IoKind::Unmap, offset, len)))
     }
     fn write_zeroes(&self, offset: u64, len: u64, _flags: ZeroFlags) -> IoFuture<'_, ()> {
-        Box::pin(std::future::ready(self.do_zero(IoKind::WriteZeroes, offset, len)))
+        Box::pin(std::future::ready(self.do_zero(
+            IoKind::WriteZeroes,
+            offset,
+            len,
+        )))
     }
     fn block_status(&self, offset: u64, len: u64) -> IoFuture<'_, Vec<Extent>> {
         Box::pin(std::future::ready(self.do_status(offset, len)))
@@ -162,20 +182,41 @@ mod tests {
     #[test]
     fn holes_data_and_zeroing() {
         let d = MallocDevice::new("m", 1 << 20, 512);
-        assert_eq!(d.do_status(0, 1 << 20).unwrap(), vec![Extent { offset: 0, len: 1 << 20, state: ExtentState::Hole }]);
+        assert_eq!(
+            d.do_status(0, 1 << 20).unwrap(),
+            vec![Extent {
+                offset: 0,
+                len: 1 << 20,
+                state: ExtentState::Hole
+            }]
+        );
         let mut b = IoBuf::zeroed(4096);
         b.fill(0xab);
         d.do_write(CHUNK - 512, b).unwrap();
         let ext = d.do_status(0, 4 * CHUNK).unwrap();
-        assert_eq!(ext, vec![
-            Extent { offset: 0, len: 2 * CHUNK, state: ExtentState::Data },
-            Extent { offset: 2 * CHUNK, len: 2 * CHUNK, state: ExtentState::Hole },
-        ]);
+        assert_eq!(
+            ext,
+            vec![
+                Extent {
+                    offset: 0,
+                    len: 2 * CHUNK,
+                    state: ExtentState::Data
+                },
+                Extent {
+                    offset: 2 * CHUNK,
+                    len: 2 * CHUNK,
+                    state: ExtentState::Hole
+                },
+            ]
+        );
         let r = d.do_read(CHUNK - 1024, IoBuf::zeroed(2048)).unwrap();
         assert!(r[..512].iter().all(|&x| x == 0) && r[512..].iter().all(|&x| x == 0xab));
         d.do_zero(IoKind::Unmap, 0, 2 * CHUNK).unwrap();
         assert_eq!(d.allocated(), 0);
         assert_eq!(d.do_read(0, IoBuf::zeroed(512)).unwrap()[0], 0);
-        assert_eq!(d.do_read(1 << 20, IoBuf::zeroed(512)).unwrap_err().kind(), ErrorKind::OutOfRange);
+        assert_eq!(
+            d.do_read(1 << 20, IoBuf::zeroed(512)).unwrap_err().kind(),
+            ErrorKind::OutOfRange
+        );
     }
 }

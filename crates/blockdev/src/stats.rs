@@ -32,13 +32,21 @@ impl Histogram {
 
     /// Upper bound of bucket `i` in nanoseconds.
     pub fn bound_ns(i: usize) -> u64 {
-        if i == BUCKETS - 1 { u64::MAX } else { (1u64 << i) * 1000 }
+        if i == BUCKETS - 1 {
+            u64::MAX
+        } else {
+            (1u64 << i) * 1000
+        }
     }
 
     /// (upper bound ns, count) per bucket, mean, p50 and p99 (bucket upper bounds).
     pub fn snapshot(&self) -> (Vec<(u64, u64)>, u64, u64, u64) {
-        let b: Vec<(u64, u64)> =
-            self.buckets.iter().enumerate().map(|(i, c)| (Self::bound_ns(i), c.load(Relaxed))).collect();
+        let b: Vec<(u64, u64)> = self
+            .buckets
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (Self::bound_ns(i), c.load(Relaxed)))
+            .collect();
         let n = self.count.load(Relaxed);
         let mean = self.sum_ns.load(Relaxed).checked_div(n).unwrap_or(0);
         let q = |frac: f64| {
@@ -82,7 +90,11 @@ impl OpCounters {
 
     /// (ops, bytes, errors).
     pub fn get(&self) -> (u64, u64, u64) {
-        (self.ops.load(Relaxed), self.bytes.load(Relaxed), self.errors.load(Relaxed))
+        (
+            self.ops.load(Relaxed),
+            self.bytes.load(Relaxed),
+            self.errors.load(Relaxed),
+        )
     }
 }
 
@@ -129,7 +141,9 @@ pub struct Measured {
 
 impl std::fmt::Debug for Measured {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Measured").field("device", &self.inner.name()).finish()
+        f.debug_struct("Measured")
+            .field("device", &self.inner.name())
+            .finish()
     }
 }
 

@@ -50,7 +50,8 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
         "t" | "tb" | "tib" => 1 << 40,
         other => return Err(format!("bad size unit {other:?} in {s:?}")),
     };
-    n.checked_mul(mult).ok_or_else(|| format!("size {s:?} overflows"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} overflows"))
 }
 
 impl DeviceSpec {
@@ -59,7 +60,11 @@ impl DeviceSpec {
         let (scheme, rest) = match uri.split_once("://") {
             Some((s, r)) => (s, r),
             None if uri.starts_with('/') => ("uring", uri),
-            None => return Err(format!("{uri:?}: expected SCHEME://... or an absolute path")),
+            None => {
+                return Err(format!(
+                    "{uri:?}: expected SCHEME://... or an absolute path"
+                ));
+            }
         };
         let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
         let mut params = Vec::new();
@@ -67,25 +72,39 @@ impl DeviceSpec {
             let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
             params.push((k.to_string(), v.to_string()));
         }
-        let get = |k: &str| params.iter().find(|(pk, _)| pk == k).map(|(_, v)| v.as_str());
+        let get = |k: &str| {
+            params
+                .iter()
+                .find(|(pk, _)| pk == k)
+                .map(|(_, v)| v.as_str())
+        };
         for (k, _) in &params {
             let known: &[&str] = match scheme {
                 "malloc" => &["size", "block_size"],
                 _ => &["size", "ro", "direct"],
             };
             if !known.contains(&k.as_str()) {
-                return Err(format!("{uri:?}: unknown parameter {k:?} (known: {})", known.join(", ")));
+                return Err(format!(
+                    "{uri:?}: unknown parameter {k:?} (known: {})",
+                    known.join(", ")
+                ));
             }
         }
         match scheme {
             "malloc" => {
-                let size = parse_size(get("size").ok_or_else(|| format!("{uri:?}: malloc needs ?size="))?)?;
+                let size = parse_size(
+                    get("size").ok_or_else(|| format!("{uri:?}: malloc needs ?size="))?,
+                )?;
                 let block_size = match get("block_size") {
-                    Some(b) => b.parse::<u32>().map_err(|_| format!("bad block_size {b:?}"))?,
+                    Some(b) => b
+                        .parse::<u32>()
+                        .map_err(|_| format!("bad block_size {b:?}"))?,
                     None => 512,
                 };
                 if !block_size.is_power_of_two() || !(512..=65536).contains(&block_size) {
-                    return Err(format!("block_size {block_size} must be a power of two in 512..=65536"));
+                    return Err(format!(
+                        "block_size {block_size} must be a power of two in 512..=65536"
+                    ));
                 }
                 if size < block_size as u64 {
                     return Err(format!("{uri:?}: size must be at least one block"));
@@ -93,11 +112,20 @@ impl DeviceSpec {
                 Ok(DeviceSpec::Malloc { size, block_size })
             }
             "uring" | "file" => {
-                let path = if path.starts_with('/') { path.to_string() } else { format!("/{path}") };
+                let path = if path.starts_with('/') {
+                    path.to_string()
+                } else {
+                    format!("/{path}")
+                };
                 let size = get("size").map(parse_size).transpose()?;
                 let read_only = matches!(get("ro"), Some("" | "1" | "true"));
                 let direct = !matches!(get("direct"), Some("0" | "false"));
-                Ok(DeviceSpec::Uring { path, size, read_only, direct })
+                Ok(DeviceSpec::Uring {
+                    path,
+                    size,
+                    read_only,
+                    direct,
+                })
             }
             other => Err(format!("{uri:?}: unknown scheme {other:?} (malloc, uring)")),
         }
@@ -106,11 +134,22 @@ impl DeviceSpec {
     /// Opens the device as `name`.
     pub fn open(&self, name: &str) -> Result<Device> {
         Ok(match self {
-            DeviceSpec::Malloc { size, block_size } => Arc::new(MallocDevice::new(name, *size, *block_size)),
-            DeviceSpec::Uring { path, size, read_only, direct } => Arc::new(UringDevice::open(
+            DeviceSpec::Malloc { size, block_size } => {
+                Arc::new(MallocDevice::new(name, *size, *block_size))
+            }
+            DeviceSpec::Uring {
+                path,
+                size,
+                read_only,
+                direct,
+            } => Arc::new(UringDevice::open(
                 name,
                 Path::new(path),
-                &OpenFlags { read_only: *read_only, size: *size, direct: *direct },
+                &OpenFlags {
+                    read_only: *read_only,
+                    size: *size,
+                    direct: *direct,
+                },
             )?),
         })
     }
@@ -130,15 +169,28 @@ mod tests {
     fn parses_uris() {
         assert_eq!(
             DeviceSpec::parse("malloc:///ram0?size=64MiB").unwrap(),
-            DeviceSpec::Malloc { size: 64 << 20, block_size: 512 }
+            DeviceSpec::Malloc {
+                size: 64 << 20,
+                block_size: 512
+            }
         );
         assert_eq!(
             DeviceSpec::parse("/tmp/x.img").unwrap(),
-            DeviceSpec::Uring { path: "/tmp/x.img".into(), size: None, read_only: false, direct: true }
+            DeviceSpec::Uring {
+                path: "/tmp/x.img".into(),
+                size: None,
+                read_only: false,
+                direct: true
+            }
         );
         assert_eq!(
             DeviceSpec::parse("uring:///dev/sdb?ro").unwrap(),
-            DeviceSpec::Uring { path: "/dev/sdb".into(), size: None, read_only: true, direct: true }
+            DeviceSpec::Uring {
+                path: "/dev/sdb".into(),
+                size: None,
+                read_only: true,
+                direct: true
+            }
         );
         assert!(DeviceSpec::parse("malloc:///x").is_err());
         assert!(DeviceSpec::parse("malloc:///x?size=1G&bogus=1").is_err());

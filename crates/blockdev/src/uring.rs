@@ -45,7 +45,11 @@ fn ioctl_range(file: &File, req: libc::c_ulong, offset: u64, len: u64) -> io::Re
     let range: [u64; 2] = [offset, len];
     // SAFETY: BLKDISCARD/BLKZEROOUT read a [u64; 2] from the pointer, which is live here.
     let r = unsafe { libc::ioctl(file.as_raw_fd(), req, range.as_ptr()) };
-    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 impl UringDevice {
@@ -53,7 +57,10 @@ impl UringDevice {
     pub fn open(name: &str, path: &Path, flags: &OpenFlags) -> Result<UringDevice> {
         let open_err = |e: io::Error| BlockError::from_io(IoKind::Open, 0, 0, e);
         let meta = std::fs::metadata(path);
-        let is_blk = meta.as_ref().map(|m| m.file_type().is_block_device()).unwrap_or(false);
+        let is_blk = meta
+            .as_ref()
+            .map(|m| m.file_type().is_block_device())
+            .unwrap_or(false);
         if meta.is_err() && flags.size.is_none() {
             return Err(open_err(meta.unwrap_err()));
         }
@@ -95,7 +102,14 @@ impl UringDevice {
                     len = want;
                 }
             }
-            (len, if direct { probe_direct_block_size(&file) } else { 512 })
+            (
+                len,
+                if direct {
+                    probe_direct_block_size(&file)
+                } else {
+                    512
+                },
+            )
         };
         Ok(UringDevice {
             name: name.to_string(),
@@ -143,7 +157,8 @@ impl UringDevice {
         // Short reads are rare (end of a file that shrank underneath us): finish through a
         // bounce buffer, and treat end of file as zeroes.
         while done < len {
-            let (r, tail) = op::read_at(self.fd(), offset + done as u64, IoBuf::zeroed(len - done)).await;
+            let (r, tail) =
+                op::read_at(self.fd(), offset + done as u64, IoBuf::zeroed(len - done)).await;
             let m = r.map_err(err)?;
             if m == 0 {
                 buf[done..].fill(0);
@@ -181,7 +196,9 @@ impl UringDevice {
         if self.read_only {
             return Ok(());
         }
-        op::fsync(self.fd(), true).await.map_err(|e| BlockError::from_io(IoKind::Flush, 0, 0, e))
+        op::fsync(self.fd(), true)
+            .await
+            .map_err(|e| BlockError::from_io(IoKind::Flush, 0, 0, e))
     }
 
     async fn do_unmap(&self, offset: u64, len: u64) -> Result<()> {
@@ -193,7 +210,13 @@ impl UringDevice {
         let r = if self.block_device {
             ioctl_range(&self.file, BLKDISCARD, offset, len)
         } else {
-            op::fallocate(self.fd(), libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, offset, len).await
+            op::fallocate(
+                self.fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                offset,
+                len,
+            )
+            .await
         };
         r.map_err(|e| BlockError::from_io(IoKind::Unmap, offset, len, e))
     }
@@ -219,7 +242,12 @@ impl UringDevice {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
                 if flags.fast_only {
-                    return Err(BlockError::new(ErrorKind::NotFast, IoKind::WriteZeroes, offset, len));
+                    return Err(BlockError::new(
+                        ErrorKind::NotFast,
+                        IoKind::WriteZeroes,
+                        offset,
+                        len,
+                    ));
                 }
                 let chunk = 1u64 << 20;
                 let mut pos = offset;
@@ -242,7 +270,11 @@ impl UringDevice {
         check_range(&self.geometry, IoKind::BlockStatus, offset, len)?;
         let end = offset + len;
         if self.block_device {
-            return Ok(vec![Extent { offset, len, state: ExtentState::Data }]);
+            return Ok(vec![Extent {
+                offset,
+                len,
+                state: ExtentState::Data,
+            }]);
         }
         let seek = |pos: u64, whence: i32| -> Option<u64> {
             // SAFETY: lseek on our own descriptor; SEEK_DATA/SEEK_HOLE do not move data.
@@ -259,10 +291,18 @@ impl UringDevice {
                 // Round the hole inwards to whole blocks; a partial block is data.
                 let hole_end = (data / bs * bs).max(pos);
                 if hole_end > pos {
-                    out.push(Extent { offset: pos, len: hole_end - pos, state: ExtentState::Hole });
+                    out.push(Extent {
+                        offset: pos,
+                        len: hole_end - pos,
+                        state: ExtentState::Hole,
+                    });
                 }
                 if hole_end < data {
-                    out.push(Extent { offset: hole_end, len: data - hole_end, state: ExtentState::Data });
+                    out.push(Extent {
+                        offset: hole_end,
+                        len: data - hole_end,
+                        state: ExtentState::Data,
+                    });
                 }
                 pos = data;
                 continue;
@@ -274,7 +314,11 @@ impl UringDevice {
                 Some(last) if last.state == ExtentState::Data && last.offset + last.len == pos => {
                     last.len += hole - pos
                 }
-                _ => out.push(Extent { offset: pos, len: hole - pos, state: ExtentState::Data }),
+                _ => out.push(Extent {
+                    offset: pos,
+                    len: hole - pos,
+                    state: ExtentState::Data,
+                }),
             }
             pos = hole;
         }
@@ -286,7 +330,11 @@ fn probe_direct_block_size(file: &File) -> u32 {
     let mut buf = IoBuf::zeroed(512);
     // SAFETY: pread into a live, 4096-aligned buffer of 512 bytes we own.
     let r = unsafe { libc::pread(file.as_raw_fd(), buf.as_mut_ptr().cast(), 512, 0) };
-    if r < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) { 4096 } else { 512 }
+    if r < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+        4096
+    } else {
+        512
+    }
 }
 
 impl BlockDevice for UringDevice {

@@ -55,7 +55,12 @@ impl IoBuf {
         // SAFETY: layout has non-zero size (cap >= ALIGN).
         let raw = unsafe { alloc_zeroed(layout) };
         let ptr = NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
-        IoBuf { ptr, len: 0, cap, origin: Origin::Heap }
+        IoBuf {
+            ptr,
+            len: 0,
+            cap,
+            origin: Origin::Heap,
+        }
     }
 
     /// A buffer holding a copy of `data`.
@@ -82,7 +87,11 @@ impl IoBuf {
 
     /// Sets the payload length. Panics if `len` exceeds the capacity.
     pub fn set_len(&mut self, len: usize) {
-        assert!(len <= self.cap, "IoBuf::set_len {len} beyond capacity {}", self.cap);
+        assert!(
+            len <= self.cap,
+            "IoBuf::set_len {len} beyond capacity {}",
+            self.cap
+        );
         self.len = len;
     }
 
@@ -96,7 +105,9 @@ impl IoBuf {
     /// The spare room `[len, capacity)`.
     pub fn spare_mut(&mut self) -> &mut [u8] {
         // SAFETY: the allocation is `cap` initialised bytes owned by self; `len <= cap`.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(self.len), self.cap - self.len) }
+        unsafe {
+            std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(self.len), self.cap - self.len)
+        }
     }
 
     /// Raw pointer to the first byte, stable for the buffer's lifetime (moves do not move it).
@@ -195,7 +206,13 @@ impl BufPool {
         let base = NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
         let free = (0..count as u16).rev().collect();
         BufPool {
-            inner: Arc::new(PoolInner { ring_id, base, buf_size, count, free: Mutex::new(free) }),
+            inner: Arc::new(PoolInner {
+                ring_id,
+                base,
+                buf_size,
+                count,
+                free: Mutex::new(free),
+            }),
         }
     }
 
@@ -217,12 +234,20 @@ impl BufPool {
         }
         let index = self.inner.free.lock().expect("pool lock").pop()?;
         // SAFETY: index < count, so the slot lies inside the allocation.
-        let ptr = unsafe { self.inner.base.as_ptr().add(index as usize * self.inner.buf_size) };
+        let ptr = unsafe {
+            self.inner
+                .base
+                .as_ptr()
+                .add(index as usize * self.inner.buf_size)
+        };
         Some(IoBuf {
             ptr: NonNull::new(ptr).expect("inside a non-null allocation"),
             len,
             cap: self.inner.buf_size,
-            origin: Origin::Pool { pool: self.inner.clone(), index },
+            origin: Origin::Pool {
+                pool: self.inner.clone(),
+                index,
+            },
         })
     }
 }

@@ -60,9 +60,8 @@ impl Shared {
         if self.sleeping.swap(false, Ordering::SeqCst) {
             let one: u64 = 1;
             // SAFETY: writing 8 bytes from a live u64 to an eventfd we own.
-            let r = unsafe {
-                libc::write(self.doorbell.as_raw_fd(), (&one as *const u64).cast(), 8)
-            };
+            let r =
+                unsafe { libc::write(self.doorbell.as_raw_fd(), (&one as *const u64).cast(), 8) };
             debug_assert!(r == 8 || r == -1);
             self.stats.doorbells.fetch_add(1, Ordering::Relaxed);
         }
@@ -120,7 +119,11 @@ impl Wake for WakeHandle {
                 core.runq.borrow_mut().push_back(self.task)
             }
             _ => {
-                self.shared.remote_wakes.lock().expect("wake lock").push(self.task);
+                self.shared
+                    .remote_wakes
+                    .lock()
+                    .expect("wake lock")
+                    .push(self.task);
                 self.shared.ring_doorbell();
             }
         }
@@ -266,7 +269,9 @@ impl Core {
                 ud => {
                     let key = ud as usize;
                     let mut ops = self.ops.borrow_mut();
-                    let Some(slot) = ops.get_mut(key) else { continue };
+                    let Some(slot) = ops.get_mut(key) else {
+                        continue;
+                    };
                     match slot {
                         OpSlot::Pending(w) => {
                             let w = w.take();
@@ -287,7 +292,10 @@ impl Core {
         if rearm {
             self.arm_doorbell();
         }
-        self.shared.stats.completions.fetch_add(n, Ordering::Relaxed);
+        self.shared
+            .stats
+            .completions
+            .fetch_add(n, Ordering::Relaxed);
         n
     }
 
@@ -315,14 +323,21 @@ impl Core {
         let r = match timeout {
             None => ring.submit_and_wait(1),
             Some(t) => {
-                let ts = types::Timespec::new().sec(t.as_secs()).nsec(t.subsec_nanos());
+                let ts = types::Timespec::new()
+                    .sec(t.as_secs())
+                    .nsec(t.subsec_nanos());
                 let args = types::SubmitArgs::new().timespec(&ts);
                 ring.submitter().submit_with_args(1, &args)
             }
         };
         match r {
             Ok(_) => self.pending_submit.set(0),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::ETIME | libc::EBUSY)) => {
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINTR | libc::ETIME | libc::EBUSY)
+                ) =>
+            {
                 if e.raw_os_error() == Some(libc::ETIME) {
                     self.pending_submit.set(0);
                 }
@@ -336,10 +351,17 @@ impl Core {
         let mut tasks = self.tasks.borrow_mut();
         let entry = tasks.vacant_entry();
         let key = entry.key();
-        let wake =
-            Arc::new(WakeHandle { task: key, queued: AtomicBool::new(true), shared: self.shared.clone() });
+        let wake = Arc::new(WakeHandle {
+            task: key,
+            queued: AtomicBool::new(true),
+            shared: self.shared.clone(),
+        });
         let waker = Waker::from(wake.clone());
-        entry.insert(TaskSlot { future: Some(future), wake, waker });
+        entry.insert(TaskSlot {
+            future: Some(future),
+            wake,
+            waker,
+        });
         self.runq.borrow_mut().push_back(key);
     }
 
@@ -354,12 +376,18 @@ impl Core {
         let mut polled = 0;
         let budget = self.runq.borrow().len();
         for _ in 0..budget {
-            let Some(key) = self.runq.borrow_mut().pop_front() else { break };
+            let Some(key) = self.runq.borrow_mut().pop_front() else {
+                break;
+            };
             let (mut fut, waker) = {
                 let mut tasks = self.tasks.borrow_mut();
-                let Some(slot) = tasks.get_mut(key) else { continue };
+                let Some(slot) = tasks.get_mut(key) else {
+                    continue;
+                };
                 slot.wake.queued.store(false, Ordering::Release);
-                let Some(f) = slot.future.take() else { continue };
+                let Some(f) = slot.future.take() else {
+                    continue;
+                };
                 (f, slot.waker.clone())
             };
             polled += 1;
@@ -401,7 +429,10 @@ impl Core {
                 break;
             }
             if work > 0 || !self.runq.borrow().is_empty() {
-                self.shared.stats.busy_iterations.fetch_add(1, Ordering::Relaxed);
+                self.shared
+                    .stats
+                    .busy_iterations
+                    .fetch_add(1, Ordering::Relaxed);
                 if self.mode == PollMode::Adaptive {
                     last_work = Instant::now();
                     self.tuner.borrow_mut().activity(last_work, work);
@@ -438,7 +469,11 @@ impl Core {
             unsafe { self.push(&e) };
         }
         let deadline = Instant::now() + Duration::from_secs(2);
-        while self.ops.borrow().iter().any(|(_, s)| matches!(s, OpSlot::Abandoned(_) | OpSlot::Pending(_)))
+        while self
+            .ops
+            .borrow()
+            .iter()
+            .any(|(_, s)| matches!(s, OpSlot::Abandoned(_) | OpSlot::Pending(_)))
             && Instant::now() < deadline
         {
             self.park(Some(Duration::from_millis(50)));
@@ -461,7 +496,10 @@ where
     F: Future<Output = T> + 'static,
     T: 'static,
 {
-    let state = Rc::new(RefCell::new(JoinState { value: None, waker: None }));
+    let state = Rc::new(RefCell::new(JoinState {
+        value: None,
+        waker: None,
+    }));
     let s2 = state.clone();
     let task = async move {
         let v = future.await;
@@ -513,7 +551,9 @@ pub fn current_id() -> Option<usize> {
 /// A heap or registered buffer for `len` bytes, from the current reactor's pool when one is
 /// free and large enough (off a reactor thread: always heap).
 pub fn alloc_buf(len: usize) -> IoBuf {
-    try_core().and_then(|c| c.pool.take(len)).unwrap_or_else(|| IoBuf::zeroed(len))
+    try_core()
+        .and_then(|c| c.pool.take(len))
+        .unwrap_or_else(|| IoBuf::zeroed(len))
 }
 
 /// A cloneable, thread-safe handle to one reactor: send it work.
@@ -524,7 +564,9 @@ pub struct ReactorHandle {
 
 impl std::fmt::Debug for ReactorHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReactorHandle").field("id", &self.shared.id).finish()
+        f.debug_struct("ReactorHandle")
+            .field("id", &self.shared.id)
+            .finish()
     }
 }
 
@@ -581,7 +623,9 @@ pub struct Runtime {
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runtime").field("reactors", &self.handles.len()).finish()
+        f.debug_struct("Runtime")
+            .field("reactors", &self.handles.len())
+            .finish()
     }
 }
 
@@ -636,29 +680,35 @@ impl Runtime {
             let (ready_tx, ready_rx) = std::sync::mpsc::channel::<io::Result<()>>();
             let cfg2 = cfg.clone();
             let sh = shared.clone();
-            let t = std::thread::Builder::new().name(format!("reactor-{id}")).spawn(move || {
-                if cfg2.pin {
-                    pin_to_cpu(id);
-                }
-                let core = match Core::new(id, &cfg2, sh) {
-                    Ok(c) => Rc::new(c),
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                        return;
+            let t = std::thread::Builder::new()
+                .name(format!("reactor-{id}"))
+                .spawn(move || {
+                    if cfg2.pin {
+                        pin_to_cpu(id);
                     }
-                };
-                CURRENT.with(|c| *c.borrow_mut() = Some(core.clone()));
-                let _ = ready_tx.send(Ok(()));
-                core.run();
-                CURRENT.with(|c| c.borrow_mut().take());
-            })?;
+                    let core = match Core::new(id, &cfg2, sh) {
+                        Ok(c) => Rc::new(c),
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    CURRENT.with(|c| *c.borrow_mut() = Some(core.clone()));
+                    let _ = ready_tx.send(Ok(()));
+                    core.run();
+                    CURRENT.with(|c| c.borrow_mut().take());
+                })?;
             ready_rx
                 .recv()
                 .map_err(|_| io::Error::other("reactor thread died during start"))??;
             handles.push(ReactorHandle { shared });
             threads.push(t);
         }
-        Ok(Runtime { handles, threads, mode: cfg.mode })
+        Ok(Runtime {
+            handles,
+            threads,
+            mode: cfg.mode,
+        })
     }
 
     /// Handles to every reactor, by index.

@@ -30,7 +30,9 @@ pub mod op;
 pub mod sync;
 
 pub use buf::{ALIGN, IoBuf, StableBuf, StableBufMut};
-pub use core::{Config, JoinHandle, ReactorHandle, ReactorStats, Runtime, alloc_buf, current_id, spawn_local};
+pub use core::{
+    Config, JoinHandle, ReactorHandle, ReactorStats, Runtime, alloc_buf, current_id, spawn_local,
+};
 pub use mode::PollMode;
 pub use net::{TcpListener, TcpStream};
 pub use op::sleep;

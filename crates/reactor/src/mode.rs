@@ -41,7 +41,9 @@ impl FromStr for PollMode {
             "poll" => Ok(PollMode::Poll),
             "interrupt" => Ok(PollMode::Interrupt),
             "adaptive" => Ok(PollMode::Adaptive),
-            other => Err(format!("unknown poll mode {other:?} (poll, interrupt, adaptive)")),
+            other => Err(format!(
+                "unknown poll mode {other:?} (poll, interrupt, adaptive)"
+            )),
         }
     }
 }
@@ -71,7 +73,12 @@ pub struct Adaptive {
 impl Adaptive {
     /// A tuner that starts out idle (no spinning).
     pub fn new(now: Instant) -> Adaptive {
-        Adaptive { window_start: now, window_events: 0, rate: 0.0, spin: Duration::ZERO }
+        Adaptive {
+            window_start: now,
+            window_events: 0,
+            rate: 0.0,
+            spin: Duration::ZERO,
+        }
     }
 
     /// Records `events` units of work done at `now`.

@@ -16,7 +16,9 @@ pub struct TcpListener {
 impl TcpListener {
     /// Binds (with `SO_REUSEADDR`, as std does) to `addr`.
     pub fn bind(addr: impl ToSocketAddrs) -> io::Result<TcpListener> {
-        Ok(TcpListener { inner: std::net::TcpListener::bind(addr)? })
+        Ok(TcpListener {
+            inner: std::net::TcpListener::bind(addr)?,
+        })
     }
 
     /// Wraps an already bound std listener.
@@ -74,16 +76,22 @@ impl TcpStream {
         self.inner.peer_addr()
     }
 
-    /// Receives into `buf[at..capacity]`; the payload grows by the bytes received.
+    /// Receives into `buf[at..capacity]`; the payload becomes `at` plus the bytes received.
     pub async fn recv<B: StableBufMut + Unpin>(&self, buf: B, at: usize) -> (io::Result<usize>, B) {
-        op::recv(self.fd(), buf, at).await
+        op::recv(self.fd(), buf, at, usize::MAX).await
     }
 
-    /// Receives until `buf` holds `len` bytes in total, or fails with `UnexpectedEof`.
-    pub async fn recv_exact<B: StableBufMut + Unpin>(&self, mut buf: B, mut at: usize, len: usize) -> (io::Result<()>, B) {
+    /// Receives until `buf` holds exactly `len` bytes in total (never more: the stream's next
+    /// message stays unread), or fails with `UnexpectedEof`.
+    pub async fn recv_exact<B: StableBufMut + Unpin>(
+        &self,
+        mut buf: B,
+        mut at: usize,
+        len: usize,
+    ) -> (io::Result<()>, B) {
         assert!(len <= buf.bytes_total());
         while at < len {
-            let (r, b) = op::recv(self.fd(), buf, at).await;
+            let (r, b) = op::recv(self.fd(), buf, at, len).await;
             buf = b;
             match r {
                 Ok(0) => return (Err(io::ErrorKind::UnexpectedEof.into()), buf),
@@ -144,7 +152,11 @@ impl TcpStream {
         }
     }
 
-    async fn send_rest<B: StableBuf + Unpin>(&self, mut buf: B, mut at: usize) -> (io::Result<()>, B) {
+    async fn send_rest<B: StableBuf + Unpin>(
+        &self,
+        mut buf: B,
+        mut at: usize,
+    ) -> (io::Result<()>, B) {
         while at < buf.bytes_init() {
             let (r, b) = op::send(self.fd(), buf, at).await;
             buf = b;

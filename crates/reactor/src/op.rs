@@ -35,7 +35,10 @@ impl<R: 'static> Op<R> {
             unsafe { c.push(&entry) };
             key
         });
-        Op { key: Some(key), res: Some(res) }
+        Op {
+            key: Some(key),
+            res: Some(res),
+        }
     }
 }
 
@@ -87,7 +90,9 @@ impl<R: 'static> Drop for Op<R> {
                 }
                 *slot = OpSlot::Abandoned(Box::new(res));
                 drop(ops);
-                let cancel = opcode::AsyncCancel::new(key as u64).build().user_data(u64::MAX - 1);
+                let cancel = opcode::AsyncCancel::new(key as u64)
+                    .build()
+                    .user_data(u64::MAX - 1);
                 // SAFETY: a cancellation references no memory.
                 unsafe { c.push(&cancel) };
             }
@@ -96,17 +101,29 @@ impl<R: 'static> Drop for Op<R> {
 }
 
 fn result(r: i32) -> io::Result<usize> {
-    if r < 0 { Err(io::Error::from_raw_os_error(-r)) } else { Ok(r as usize) }
+    if r < 0 {
+        Err(io::Error::from_raw_os_error(-r))
+    } else {
+        Ok(r as usize)
+    }
 }
 
 /// Reads into the payload `[0, len)` of `buf` from `offset`; returns the bytes read (short at
 /// end of file). Uses `READ_FIXED` for buffers registered with this ring.
-pub async fn read_at<B: StableBufMut + Unpin>(fd: RawFd, offset: u64, mut buf: B) -> (io::Result<usize>, B) {
+pub async fn read_at<B: StableBufMut + Unpin>(
+    fd: RawFd,
+    offset: u64,
+    mut buf: B,
+) -> (io::Result<usize>, B) {
     let ptr = buf.stable_mut_ptr();
     let len = buf.bytes_init().min(u32::MAX as usize) as u32;
     let entry = match fixed_index(&buf) {
-        Some(idx) => opcode::ReadFixed::new(types::Fd(fd), ptr, len, idx).offset(offset).build(),
-        None => opcode::Read::new(types::Fd(fd), ptr, len).offset(offset).build(),
+        Some(idx) => opcode::ReadFixed::new(types::Fd(fd), ptr, len, idx)
+            .offset(offset)
+            .build(),
+        None => opcode::Read::new(types::Fd(fd), ptr, len)
+            .offset(offset)
+            .build(),
     };
     // SAFETY: ptr/len describe buf's stable heap memory, owned by the Op until completion.
     let (r, _, buf) = unsafe { Op::submit(entry, buf) }.await;
@@ -134,7 +151,10 @@ pub async fn write_at<B: StableBuf + Unpin>(
             .offset(offset)
             .rw_flags(rw_flags)
             .build(),
-        None => opcode::Write::new(types::Fd(fd), ptr, len).offset(offset).rw_flags(rw_flags).build(),
+        None => opcode::Write::new(types::Fd(fd), ptr, len)
+            .offset(offset)
+            .rw_flags(rw_flags)
+            .build(),
     };
     // SAFETY: ptr/len describe buf's stable heap memory, owned by the Op until completion.
     let (r, _, buf) = unsafe { Op::submit(entry, buf) }.await;
@@ -143,7 +163,11 @@ pub async fn write_at<B: StableBuf + Unpin>(
 
 /// `fdatasync` (or `fsync` when `data_only` is false).
 pub async fn fsync(fd: RawFd, data_only: bool) -> io::Result<()> {
-    let flags = if data_only { types::FsyncFlags::DATASYNC } else { types::FsyncFlags::empty() };
+    let flags = if data_only {
+        types::FsyncFlags::DATASYNC
+    } else {
+        types::FsyncFlags::empty()
+    };
     let entry = opcode::Fsync::new(types::Fd(fd)).flags(flags).build();
     // SAFETY: no memory referenced.
     let (r, _, ()) = unsafe { Op::submit(entry, ()) }.await;
@@ -152,7 +176,10 @@ pub async fn fsync(fd: RawFd, data_only: bool) -> io::Result<()> {
 
 /// `fallocate(fd, mode, offset, len)`: punch holes, zero ranges, preallocate.
 pub async fn fallocate(fd: RawFd, mode: i32, offset: u64, len: u64) -> io::Result<()> {
-    let entry = opcode::Fallocate::new(types::Fd(fd), len).offset(offset).mode(mode).build();
+    let entry = opcode::Fallocate::new(types::Fd(fd), len)
+        .offset(offset)
+        .mode(mode)
+        .build();
     // SAFETY: no memory referenced.
     let (r, _, ()) = unsafe { Op::submit(entry, ()) }.await;
     result(r).map(drop)
@@ -160,15 +187,25 @@ pub async fn fallocate(fd: RawFd, mode: i32, offset: u64, len: u64) -> io::Resul
 
 /// Waits for `d` using a ring timeout (no timer thread, wakes a sleeping reactor).
 pub async fn sleep(d: Duration) {
-    let ts = Box::new(types::Timespec::new().sec(d.as_secs()).nsec(d.subsec_nanos()));
+    let ts = Box::new(
+        types::Timespec::new()
+            .sec(d.as_secs())
+            .nsec(d.subsec_nanos()),
+    );
     let entry = opcode::Timeout::new(&*ts as *const types::Timespec).build();
     // SAFETY: the timespec is boxed and owned by the Op until completion.
     let _ = unsafe { Op::submit(entry, ts) }.await;
 }
 
-/// Receives into the spare capacity of `buf` (appending). `Ok(0)` means end of stream.
-pub async fn recv<B: StableBufMut + Unpin>(fd: RawFd, mut buf: B, at: usize) -> (io::Result<usize>, B) {
-    let total = buf.bytes_total();
+/// Receives into `buf[at..end]` (at most up to its capacity), setting the payload length to
+/// `at` plus the bytes received. `Ok(0)` means end of stream.
+pub async fn recv<B: StableBufMut + Unpin>(
+    fd: RawFd,
+    mut buf: B,
+    at: usize,
+    end: usize,
+) -> (io::Result<usize>, B) {
+    let total = buf.bytes_total().min(end);
     assert!(at <= total, "recv offset beyond capacity");
     // SAFETY: at <= total, inside the buffer.
     let ptr = unsafe { buf.stable_mut_ptr().add(at) };
@@ -190,7 +227,9 @@ pub async fn send<B: StableBuf + Unpin>(fd: RawFd, buf: B, at: usize) -> (io::Re
     // SAFETY: at <= init, inside the buffer.
     let ptr = unsafe { buf.stable_ptr().add(at) };
     let len = (init - at).min(u32::MAX as usize) as u32;
-    let entry = opcode::Send::new(types::Fd(fd), ptr, len).flags(libc::MSG_NOSIGNAL).build();
+    let entry = opcode::Send::new(types::Fd(fd), ptr, len)
+        .flags(libc::MSG_NOSIGNAL)
+        .build();
     // SAFETY: ptr/len lie within buf's stable memory, owned by the Op until completion.
     let (r, _, buf) = unsafe { Op::submit(entry, buf) }.await;
     (result(r), buf)

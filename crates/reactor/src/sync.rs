@@ -38,8 +38,17 @@ impl<T> std::fmt::Debug for OneshotReceiver<T> {
 
 /// A channel carrying one value between any threads or executors.
 pub fn oneshot<T>() -> (OneshotSender<T>, OneshotReceiver<T>) {
-    let inner = Arc::new(Mutex::new(OneshotInner { value: None, waker: None, sender_gone: false }));
-    (OneshotSender { inner: inner.clone() }, OneshotReceiver { inner })
+    let inner = Arc::new(Mutex::new(OneshotInner {
+        value: None,
+        waker: None,
+        sender_gone: false,
+    }));
+    (
+        OneshotSender {
+            inner: inner.clone(),
+        },
+        OneshotReceiver { inner },
+    )
 }
 
 impl<T> OneshotSender<T> {
@@ -93,14 +102,20 @@ pub struct LocalMutex<T> {
 
 impl<T> std::fmt::Debug for LocalMutex<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LocalMutex").field("locked", &self.locked.get()).finish()
+        f.debug_struct("LocalMutex")
+            .field("locked", &self.locked.get())
+            .finish()
     }
 }
 
 impl<T> LocalMutex<T> {
     /// A new unlocked mutex.
     pub fn new(v: T) -> Self {
-        LocalMutex { locked: Cell::new(false), waiters: RefCell::new(VecDeque::new()), value: RefCell::new(v) }
+        LocalMutex {
+            locked: Cell::new(false),
+            waiters: RefCell::new(VecDeque::new()),
+            value: RefCell::new(v),
+        }
     }
 
     /// Waits for the lock.
@@ -115,7 +130,10 @@ impl<T> LocalMutex<T> {
             }
         })
         .await;
-        LocalMutexGuard { m: self, v: self.value.borrow_mut() }
+        LocalMutexGuard {
+            m: self,
+            v: self.value.borrow_mut(),
+        }
     }
 }
 
@@ -165,7 +183,9 @@ struct SemInner {
 
 impl std::fmt::Debug for LocalSemaphore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LocalSemaphore").field("permits", &self.inner.permits.get()).finish()
+        f.debug_struct("LocalSemaphore")
+            .field("permits", &self.inner.permits.get())
+            .finish()
     }
 }
 
@@ -178,7 +198,12 @@ pub struct Permit {
 impl LocalSemaphore {
     /// A semaphore with `n` permits.
     pub fn new(n: usize) -> Self {
-        LocalSemaphore { inner: Rc::new(SemInner { permits: Cell::new(n), waiters: RefCell::new(VecDeque::new()) }) }
+        LocalSemaphore {
+            inner: Rc::new(SemInner {
+                permits: Cell::new(n),
+                waiters: RefCell::new(VecDeque::new()),
+            }),
+        }
     }
 
     /// Waits for a permit.
@@ -189,7 +214,10 @@ impl LocalSemaphore {
                 self.inner.permits.set(p - 1);
                 Poll::Ready(())
             } else {
-                self.inner.waiters.borrow_mut().push_back(cx.waker().clone());
+                self.inner
+                    .waiters
+                    .borrow_mut()
+                    .push_back(cx.waker().clone());
                 Poll::Pending
             }
         })

@@ -6,8 +6,14 @@ use std::time::{Duration, Instant};
 use reactor::{Config, IoBuf, PollMode, Runtime, TcpListener, op, sync};
 
 fn runtime(mode: PollMode, cores: usize) -> Runtime {
-    Runtime::start(Config { cores, mode, pin: false, registered_buffers: 8, ..Config::default() })
-        .expect("start runtime")
+    Runtime::start(Config {
+        cores,
+        mode,
+        pin: false,
+        registered_buffers: 8,
+        ..Config::default()
+    })
+    .expect("start runtime")
 }
 
 fn block_on<T: Send + 'static>(f: impl std::future::Future<Output = T> + Send) -> T {
@@ -36,11 +42,18 @@ fn file_io_through_the_ring_in_every_mode() {
         let rt = runtime(mode, 2);
         let dir = std::env::temp_dir().join(format!("reactor-test-{}-{mode}", std::process::id()));
         let _ = std::fs::remove_file(&dir);
-        std::fs::File::create(&dir).unwrap().set_len(1 << 20).unwrap();
+        std::fs::File::create(&dir)
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
         let path = dir.clone();
         let out = block_on(rt.handles()[1].call(move || async move {
             use std::os::fd::AsRawFd;
-            let f = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .unwrap();
             let mut data = reactor::alloc_buf(8192);
             assert!(data.registration().is_some(), "pool buffer expected");
             for (i, b) in data.iter_mut().enumerate() {
@@ -71,11 +84,18 @@ fn timers_and_timeouts() {
         let t = Instant::now();
         reactor::sleep(Duration::from_millis(30)).await;
         let slept = t.elapsed();
-        let never = sync::timeout(Duration::from_millis(20), reactor::sleep(Duration::from_secs(60))).await;
+        let never = sync::timeout(
+            Duration::from_millis(20),
+            reactor::sleep(Duration::from_secs(60)),
+        )
+        .await;
         assert!(never.is_none());
         slept
     }));
-    assert!(took >= Duration::from_millis(30) && took < Duration::from_secs(2), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(30) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
     rt.shutdown();
 }
 
@@ -87,7 +107,10 @@ fn mailbox_wakes_a_sleeping_reactor() {
         let v = block_on(rt.handles()[(i % 2) as usize].call(move || async move { i * 2 }));
         assert_eq!(v, i * 2);
     }
-    let sleeps = rt.handles()[0].stats().sleeps.load(std::sync::atomic::Ordering::Relaxed);
+    let sleeps = rt.handles()[0]
+        .stats()
+        .sleeps
+        .load(std::sync::atomic::Ordering::Relaxed);
     assert!(sleeps > 0);
     rt.shutdown();
 }
@@ -138,9 +161,15 @@ fn idle_interrupt_reactor_uses_no_cpu() {
     let h = rt.handles()[0].clone();
     block_on(h.call(|| async {}));
     std::thread::sleep(Duration::from_millis(100));
-    let before = h.stats().busy_iterations.load(std::sync::atomic::Ordering::Relaxed);
+    let before = h
+        .stats()
+        .busy_iterations
+        .load(std::sync::atomic::Ordering::Relaxed);
     std::thread::sleep(Duration::from_millis(300));
-    let after = h.stats().busy_iterations.load(std::sync::atomic::Ordering::Relaxed);
+    let after = h
+        .stats()
+        .busy_iterations
+        .load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(before, after, "an idle adaptive reactor must be asleep");
     rt.shutdown();
 }

@@ -1,0 +1,220 @@
+//! The management API: gRPC over tonic, on a control thread with its own small tokio runtime
+//! (the data path never touches tokio).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use ballast_api::engine::v1 as pb;
+use ballast_api::{EngineServer, EngineService};
+use tonic::{Request, Response, Status};
+
+use crate::{EngineState, MgmtError};
+
+struct Service {
+    state: Arc<EngineState>,
+}
+
+fn status(e: MgmtError) -> Status {
+    match e {
+        MgmtError::Invalid(m) => Status::invalid_argument(m),
+        MgmtError::NotFound(m) => Status::not_found(m),
+        MgmtError::Exists(m) => Status::already_exists(m),
+        MgmtError::Busy(m) => Status::failed_precondition(m),
+        MgmtError::Device(m) => Status::internal(m),
+    }
+}
+
+fn device_pb(name: &str, e: &crate::DeviceEntry) -> pb::Device {
+    use blockdev::BlockDevice;
+    let g = e.device.geometry();
+    let caps = e.device.capabilities();
+    pb::Device {
+        name: name.to_string(),
+        uri: e.uri.clone(),
+        kind: e.device.kind().to_string(),
+        size_bytes: g.size(),
+        block_size: g.block_size,
+        read_only: caps.read_only,
+        capabilities: caps.names().into_iter().map(String::from).collect(),
+    }
+}
+
+fn op(t: (u64, u64, u64)) -> Option<pb::OpStats> {
+    Some(pb::OpStats {
+        ops: t.0,
+        bytes: t.1,
+        errors: t.2,
+    })
+}
+
+#[tonic::async_trait]
+impl EngineService for Service {
+    async fn get_info(
+        &self,
+        _: Request<pb::GetInfoRequest>,
+    ) -> Result<Response<pb::EngineInfo>, Status> {
+        Ok(Response::new(pb::EngineInfo {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            cores: self.state.cores as u32,
+            poll_mode: self.state.mode.to_string(),
+            nbd_address: self.state.nbd_addr.to_string(),
+            uptime_ms: self.state.started.elapsed().as_millis() as u64,
+        }))
+    }
+
+    async fn create_device(
+        &self,
+        r: Request<pb::CreateDeviceRequest>,
+    ) -> Result<Response<pb::Device>, Status> {
+        let r = r.into_inner();
+        let e = self.state.create_device(&r.name, &r.uri).map_err(status)?;
+        Ok(Response::new(device_pb(&r.name, &e)))
+    }
+
+    async fn destroy_device(
+        &self,
+        r: Request<pb::DestroyDeviceRequest>,
+    ) -> Result<Response<pb::DestroyDeviceReply>, Status> {
+        self.state
+            .destroy_device(&r.into_inner().name)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::DestroyDeviceReply {}))
+    }
+
+    async fn list_devices(
+        &self,
+        _: Request<pb::ListDevicesRequest>,
+    ) -> Result<Response<pb::ListDevicesReply>, Status> {
+        let devices = self
+            .state
+            .devices()
+            .iter()
+            .map(|(n, e)| device_pb(n, e))
+            .collect();
+        Ok(Response::new(pb::ListDevicesReply { devices }))
+    }
+
+    async fn create_export(
+        &self,
+        r: Request<pb::CreateExportRequest>,
+    ) -> Result<Response<pb::Export>, Status> {
+        let r = r.into_inner();
+        self.state
+            .create_export(&r.name, &r.device, r.read_only)
+            .map_err(status)?;
+        let info = self.state.exports().into_iter().find(|e| e.name == r.name);
+        let read_only = info.map(|i| i.read_only).unwrap_or(r.read_only);
+        Ok(Response::new(pb::Export {
+            uri: self.state.export_uri(&r.name),
+            name: r.name,
+            device: r.device,
+            read_only,
+            connections: 0,
+        }))
+    }
+
+    async fn destroy_export(
+        &self,
+        r: Request<pb::DestroyExportRequest>,
+    ) -> Result<Response<pb::DestroyExportReply>, Status> {
+        self.state
+            .destroy_export(&r.into_inner().name)
+            .map_err(status)?;
+        Ok(Response::new(pb::DestroyExportReply {}))
+    }
+
+    async fn list_exports(
+        &self,
+        _: Request<pb::ListExportsRequest>,
+    ) -> Result<Response<pb::ListExportsReply>, Status> {
+        let exports = self
+            .state
+            .exports()
+            .into_iter()
+            .map(|e| pb::Export {
+                uri: self.state.export_uri(&e.name),
+                name: e.name,
+                device: e.device,
+                read_only: e.read_only,
+                connections: e.connections,
+            })
+            .collect();
+        Ok(Response::new(pb::ListExportsReply { exports }))
+    }
+
+    async fn get_stats(
+        &self,
+        r: Request<pb::GetStatsRequest>,
+    ) -> Result<Response<pb::GetStatsReply>, Status> {
+        let want = r.into_inner().device;
+        let devs = self.state.devices();
+        if !want.is_empty() && !devs.iter().any(|(n, _)| *n == want) {
+            return Err(Status::not_found(format!("device {want:?} not found")));
+        }
+        let devices = devs
+            .iter()
+            .filter(|(n, _)| want.is_empty() || *n == want)
+            .map(|(n, e)| {
+                let s = e.device.snapshot();
+                pb::DeviceStats {
+                    device: n.clone(),
+                    read: op(s.read),
+                    write: op(s.write),
+                    flush: op(s.flush),
+                    unmap: op(s.unmap),
+                    write_zeroes: op(s.write_zeroes),
+                    errors: s.errors(),
+                    latency: s
+                        .latency
+                        .iter()
+                        .map(|&(le_ns, count)| pb::LatencyBucket { le_ns, count })
+                        .collect(),
+                    latency_mean_ns: s.mean_ns,
+                    latency_p50_ns: s.p50_ns,
+                    latency_p99_ns: s.p99_ns,
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::GetStatsReply { devices }))
+    }
+}
+
+/// Starts the API on `addr` in a control thread; returns its stop switch, thread and address.
+pub(crate) fn spawn(
+    state: Arc<EngineState>,
+    addr: SocketAddr,
+) -> anyhow::Result<(
+    tokio::sync::oneshot::Sender<()>,
+    std::thread::JoinHandle<()>,
+    SocketAddr,
+)> {
+    let std_listener = std::net::TcpListener::bind(addr)
+        .map_err(|e| anyhow::anyhow!("binding management API on {addr}: {e}"))?;
+    std_listener.set_nonblocking(true)?;
+    let bound = std_listener.local_addr()?;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let t = std::thread::Builder::new()
+        .name("grpc".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            rt.block_on(async move {
+                let listener =
+                    tokio::net::TcpListener::from_std(std_listener).expect("tokio listener");
+                let incoming = tonic::transport::server::TcpIncoming::from(listener);
+                let svc = EngineServer::new(Service { state });
+                let r = tonic::transport::Server::builder()
+                    .serve_with_incoming_shutdown(svc, incoming, async {
+                        let _ = rx.await;
+                    })
+                    .await;
+                if let Err(e) = r {
+                    eprintln!("ballast-engine: management API failed: {e}");
+                }
+            });
+        })?;
+    Ok((tx, t, bound))
+}

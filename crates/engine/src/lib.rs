@@ -1,0 +1,319 @@
+//! The Ballast engine: wires reactors, devices, the NBD target and the management API.
+//!
+//! [`Engine::start`] brings up the reactors, opens the configured devices (each wrapped in
+//! [`blockdev::Measured`] for statistics), creates the exports, starts the NBD listener and,
+//! unless disabled, the gRPC management API on a control thread. [`Engine::shutdown`] stops
+//! accepting, closes connections, flushes every device and stops the reactors.
+
+pub mod config;
+mod grpc;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use blockdev::{BlockDevice, Device, Measured};
+use reactor::{Config as ReactorConfig, ReactorHandle, Runtime};
+use target_nbd::NbdServer;
+
+pub use config::EngineConfig;
+
+/// A device the engine owns.
+#[derive(Clone, Debug)]
+pub struct DeviceEntry {
+    /// The URI it was opened from.
+    pub uri: String,
+    /// The device, wrapped for statistics.
+    pub device: Arc<Measured>,
+}
+
+/// State shared by the data plane and the management API.
+pub struct EngineState {
+    devices: Mutex<BTreeMap<String, DeviceEntry>>,
+    nbd: Arc<NbdServer>,
+    nbd_addr: SocketAddr,
+    reactors: Vec<ReactorHandle>,
+    cores: usize,
+    mode: reactor::PollMode,
+    started: Instant,
+}
+
+impl std::fmt::Debug for EngineState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineState")
+            .field("nbd_addr", &self.nbd_addr)
+            .finish()
+    }
+}
+
+/// Why a management request failed; mapped to a gRPC status in one place.
+#[derive(Debug)]
+pub enum MgmtError {
+    /// Bad arguments.
+    Invalid(String),
+    /// Name not found.
+    NotFound(String),
+    /// Name taken.
+    Exists(String),
+    /// Not possible in the current state (device in use).
+    Busy(String),
+    /// The device failed.
+    Device(String),
+}
+
+impl std::fmt::Display for MgmtError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MgmtError::Invalid(s)
+            | MgmtError::NotFound(s)
+            | MgmtError::Exists(s)
+            | MgmtError::Busy(s)
+            | MgmtError::Device(s) => f.write_str(s),
+        }
+    }
+}
+
+impl std::error::Error for MgmtError {}
+
+impl EngineState {
+    /// The NBD listener's address.
+    pub fn nbd_addr(&self) -> SocketAddr {
+        self.nbd_addr
+    }
+
+    /// The `nbd://` URI of an export.
+    pub fn export_uri(&self, name: &str) -> String {
+        format!("nbd://{}/{}", self.nbd_addr, name)
+    }
+
+    /// Opens `uri` as device `name`.
+    pub fn create_device(&self, name: &str, uri: &str) -> Result<DeviceEntry, MgmtError> {
+        if name.is_empty() || name.len() > 256 || name.chars().any(|c| c.is_control() || c == '/') {
+            return Err(MgmtError::Invalid(format!("bad device name {name:?}")));
+        }
+        if self
+            .devices
+            .lock()
+            .expect("devices lock")
+            .contains_key(name)
+        {
+            return Err(MgmtError::Exists(format!("device {name:?} already exists")));
+        }
+        let dev = blockdev::open_uri(name, uri).map_err(MgmtError::Invalid)?;
+        let entry = DeviceEntry {
+            uri: uri.to_string(),
+            device: Arc::new(Measured::new(dev)),
+        };
+        let mut devs = self.devices.lock().expect("devices lock");
+        if devs.contains_key(name) {
+            return Err(MgmtError::Exists(format!("device {name:?} already exists")));
+        }
+        devs.insert(name.to_string(), entry.clone());
+        Ok(entry)
+    }
+
+    /// Flushes and closes a device that no export uses.
+    pub async fn destroy_device(&self, name: &str) -> Result<(), MgmtError> {
+        if let Some(export) = self.nbd.device_in_use(name) {
+            return Err(MgmtError::Busy(format!(
+                "device {name:?} is exported as {export:?}; destroy the export first"
+            )));
+        }
+        let entry = self
+            .devices
+            .lock()
+            .expect("devices lock")
+            .remove(name)
+            .ok_or_else(|| MgmtError::NotFound(format!("device {name:?} not found")))?;
+        let dev = entry.device.clone();
+        self.reactors[0]
+            .call(move || async move { dev.flush().await })
+            .await
+            .map_err(|e| MgmtError::Device(format!("flushing {name:?}: {e}")))
+    }
+
+    /// Devices by name.
+    pub fn devices(&self) -> Vec<(String, DeviceEntry)> {
+        self.devices
+            .lock()
+            .expect("devices lock")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Exports `device` as `name`.
+    pub fn create_export(
+        &self,
+        name: &str,
+        device: &str,
+        read_only: bool,
+    ) -> Result<(), MgmtError> {
+        let dev = self
+            .devices
+            .lock()
+            .expect("devices lock")
+            .get(device)
+            .map(|d| d.device.clone())
+            .ok_or_else(|| MgmtError::NotFound(format!("device {device:?} not found")))?;
+        let dev: Device = dev;
+        self.nbd
+            .add_export(name, dev, read_only)
+            .map_err(|e| match e {
+                target_nbd::ExportError::Exists(_) => MgmtError::Exists(e.to_string()),
+                target_nbd::ExportError::NotFound(_) => MgmtError::NotFound(e.to_string()),
+                target_nbd::ExportError::BadName(_) => MgmtError::Invalid(e.to_string()),
+            })
+    }
+
+    /// Removes an export.
+    pub fn destroy_export(&self, name: &str) -> Result<(), MgmtError> {
+        self.nbd
+            .remove_export(name)
+            .map_err(|e| MgmtError::NotFound(e.to_string()))
+    }
+
+    /// The exports.
+    pub fn exports(&self) -> Vec<target_nbd::ExportInfo> {
+        self.nbd.exports()
+    }
+
+    /// Flushes every device; returns how many were flushed and the failures.
+    pub async fn flush_all(&self) -> (usize, Vec<String>) {
+        let devs: Vec<Arc<Measured>> = self.devices().into_iter().map(|(_, d)| d.device).collect();
+        let n = devs.len();
+        let errors = self.reactors[0]
+            .call(move || async move {
+                let mut errs = Vec::new();
+                for d in devs {
+                    if let Err(e) = d.flush().await {
+                        errs.push(format!("{}: {e}", d.name()));
+                    }
+                }
+                errs
+            })
+            .await;
+        (n, errors)
+    }
+}
+
+/// A running engine.
+pub struct Engine {
+    state: Arc<EngineState>,
+    runtime: Option<Runtime>,
+    listener: std::net::TcpListener,
+    grpc: Option<(
+        tokio::sync::oneshot::Sender<()>,
+        std::thread::JoinHandle<()>,
+        SocketAddr,
+    )>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("nbd", &self.state.nbd_addr)
+            .finish()
+    }
+}
+
+impl Engine {
+    /// Starts everything in `cfg`; fails without side effects left running.
+    pub fn start(cfg: &EngineConfig) -> anyhow::Result<Engine> {
+        if cfg.cores == 0 || cfg.cores > 256 {
+            bail!("--cores must be between 1 and 256");
+        }
+        let listener = std::net::TcpListener::bind(cfg.nbd_listen)
+            .with_context(|| format!("binding NBD listener on {}", cfg.nbd_listen))?;
+        let nbd_addr = listener.local_addr()?;
+        let runtime = Runtime::start(ReactorConfig {
+            cores: cfg.cores,
+            mode: cfg.poll_mode,
+            pin: cfg.pin,
+            ..ReactorConfig::default()
+        })
+        .context("starting reactors (io_uring)")?;
+        let state = Arc::new(EngineState {
+            devices: Mutex::new(BTreeMap::new()),
+            nbd: NbdServer::new(),
+            nbd_addr,
+            reactors: runtime.handles().to_vec(),
+            cores: cfg.cores,
+            mode: cfg.poll_mode,
+            started: Instant::now(),
+        });
+        let mut engine = Engine {
+            state: state.clone(),
+            runtime: Some(runtime),
+            listener,
+            grpc: None,
+        };
+        for d in &cfg.devices {
+            state
+                .create_device(&d.name, &d.uri)
+                .with_context(|| format!("device {:?}", d.name))?;
+        }
+        for e in &cfg.exports {
+            state
+                .create_export(&e.name, e.device_name(), e.read_only)
+                .with_context(|| format!("export {:?}", e.name))?;
+        }
+        let l2 = engine.listener.try_clone()?;
+        state.nbd.serve(l2, state.reactors.clone());
+        if let Some(addr) = cfg.grpc_listen {
+            engine.grpc = Some(grpc::spawn(state.clone(), addr)?);
+        }
+        Ok(engine)
+    }
+
+    /// Shared state (for the management API and tests).
+    pub fn state(&self) -> &Arc<EngineState> {
+        &self.state
+    }
+
+    /// The management API's address, if running.
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.grpc.as_ref().map(|g| g.2)
+    }
+
+    /// Stops accepting, closes connections (waiting up to 5 s for them to finish), flushes
+    /// every device and stops the reactors. Returns the flush failures.
+    pub fn shutdown(mut self) -> Vec<String> {
+        if let Some((tx, t, _)) = self.grpc.take() {
+            let _ = tx.send(());
+            let _ = t.join();
+        }
+        self.state.nbd.stop(Some(self.listener.as_raw_fd()));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.state.nbd.connection_count() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let (_, errors) = block_on(self.state.flush_all());
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown();
+        }
+        errors
+    }
+}
+
+/// Runs a `Send` future to completion on the calling (non-reactor) thread.
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark()
+        }
+    }
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
+}

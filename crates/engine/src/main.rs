@@ -1,0 +1,133 @@
+//! `ballast-engine`: the Ballast data plane.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use ballast_engine::config::{self, EngineConfig, ExportConfig, FileConfig};
+use clap::Parser;
+
+/// Ballast's data plane: serves block devices over NBD from io_uring reactors, configured by
+/// flags, a TOML file, and at run time over the gRPC management API (`ballast` CLI).
+///
+/// Device URIs: `malloc:///NAME?size=1GiB[&block_size=4096]` (RAM, reports holes),
+/// `uring:///PATH[?size=10GiB][&ro][&direct=0]` or a plain absolute path (file or block device
+/// through io_uring with O_DIRECT; `size` creates or grows a file).
+///
+/// Prints one `nbd://HOST:PORT/NAME` line per export on stdout once serving, and runs until
+/// SIGINT or SIGTERM, then flushes every device and exits.
+#[derive(Parser, Debug)]
+#[command(name = "ballast-engine", version)]
+struct Args {
+    /// Number of reactors (threads, one per core, pinned).
+    #[arg(long, default_value_t = 1)]
+    cores: usize,
+    /// How idle reactors wait: poll (busy), interrupt (sleep), adaptive (poll under load,
+    /// sleep when idle).
+    #[arg(long, default_value = "adaptive")]
+    poll_mode: String,
+    /// Do not pin reactors to CPUs.
+    #[arg(long)]
+    no_pin: bool,
+    /// NBD listen address (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:10809")]
+    nbd_listen: String,
+    /// Management gRPC listen address, or `none`.
+    #[arg(long, default_value = "127.0.0.1:10124")]
+    grpc_listen: String,
+    /// A device to create: NAME=URI (repeatable).
+    #[arg(long = "device", value_name = "NAME=URI")]
+    devices: Vec<String>,
+    /// An export to create: NAME[=DEVICE][,ro] (repeatable; DEVICE defaults to NAME).
+    #[arg(long = "export", value_name = "NAME[=DEVICE][,ro]")]
+    exports: Vec<String>,
+    /// A TOML file with the same settings (`cores`, `poll_mode`, `nbd_listen`, `grpc_listen`,
+    /// `[[device]]` name/uri, `[[export]]` name/device/read_only); flags add to it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+fn build_config(a: Args) -> anyhow::Result<EngineConfig> {
+    let mut cfg = EngineConfig::default();
+    if let Some(path) = &a.config {
+        FileConfig::load(path)
+            .and_then(|f| f.apply(&mut cfg))
+            .map_err(anyhow::Error::msg)?;
+    }
+    cfg.cores = a.cores.max(cfg.cores.min(a.cores.max(1)));
+    if a.cores != 1 {
+        cfg.cores = a.cores;
+    }
+    if a.poll_mode != "adaptive" {
+        cfg.poll_mode = a.poll_mode.parse().map_err(anyhow::Error::msg)?;
+    }
+    if a.no_pin {
+        cfg.pin = false;
+    }
+    if a.nbd_listen != "127.0.0.1:10809" || a.config.is_none() {
+        cfg.nbd_listen = a
+            .nbd_listen
+            .parse()
+            .with_context(|| format!("--nbd-listen {}", a.nbd_listen))?;
+    }
+    if a.grpc_listen != "127.0.0.1:10124" || a.config.is_none() {
+        cfg.grpc_listen =
+            config::parse_optional_addr(&a.grpc_listen).map_err(anyhow::Error::msg)?;
+    }
+    for d in &a.devices {
+        cfg.devices
+            .push(config::parse_device(d).map_err(anyhow::Error::msg)?);
+    }
+    for e in &a.exports {
+        cfg.exports
+            .push(ExportConfig::parse(e).map_err(anyhow::Error::msg)?);
+    }
+    Ok(cfg)
+}
+
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data, initialised by sigemptyset before use.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer to a live sigset_t; the signals are valid. Blocking them here,
+    // before any thread starts, makes every thread inherit the mask, so only sigwait sees them.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+    set
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let cfg = build_config(args)?;
+    let set = block_signals();
+    let engine = ballast_engine::Engine::start(&cfg)?;
+    if let Some(a) = engine.grpc_addr() {
+        eprintln!("ballast-engine: management API on http://{a}");
+    }
+    eprintln!(
+        "ballast-engine: {} reactor(s), {} mode, NBD on {}",
+        cfg.cores,
+        cfg.poll_mode,
+        engine.state().nbd_addr()
+    );
+    for e in engine.state().exports() {
+        println!("{}", engine.state().export_uri(&e.name));
+    }
+    use std::io::Write;
+    std::io::stdout().flush()?;
+    let mut sig: libc::c_int = 0;
+    // SAFETY: waits for one of the signals blocked above; both pointers are live.
+    unsafe { libc::sigwait(&set, &mut sig) };
+    eprintln!("ballast-engine: signal {sig}, shutting down");
+    let errors = engine.shutdown();
+    for e in &errors {
+        eprintln!("ballast-engine: flush failed: {e}");
+    }
+    if !errors.is_empty() {
+        std::process::exit(1);
+    }
+    eprintln!("ballast-engine: devices flushed, bye");
+    Ok(())
+}

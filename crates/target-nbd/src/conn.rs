@@ -1,0 +1,399 @@
+//! The transmission phase of one connection.
+
+use std::cell::Cell;
+use std::io;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use blockdev::{BlockError, ExtentState, WriteFlags, ZeroFlags};
+use proto_nbd::{self as nbd, Command, Errno, Request, consts::*};
+use reactor::sync::{LocalMutex, LocalSemaphore};
+use reactor::{IoBuf, TcpStream, spawn_local};
+
+use crate::errors::errno_of;
+use crate::negotiate::{BASE_ALLOCATION_ID, Negotiated, negotiate};
+use crate::{Export, MAX_EXTENTS, MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES, MAX_PAYLOAD, NbdServer};
+
+/// Size of the receive buffer request headers are parsed from.
+const RECV_BUF: usize = 64 * 1024;
+/// Unit of the in-flight byte budget.
+const BYTE_UNIT: usize = 64 * 1024;
+
+struct Conn {
+    stream: TcpStream,
+    export: Arc<Export>,
+    structured: bool,
+    base_allocation: bool,
+    send_lock: LocalMutex<()>,
+    broken: Cell<bool>,
+}
+
+/// A reply to send: header bytes and optional data.
+enum Reply {
+    Done,
+    ReadData(IoBuf),
+    Extents(Vec<(u32, u32)>),
+}
+
+impl Conn {
+    async fn reply(&self, req: &Request, r: Result<Reply, Errno>) {
+        let cookie = req.cookie;
+        let _g = self.send_lock.lock().await;
+        if self.broken.get() {
+            return;
+        }
+        let res = match r {
+            Err(e) if self.structured && req.command == Command::Read => {
+                // Structured replies were negotiated: a read's error must be a chunk.
+                let mut out = Vec::with_capacity(64);
+                nbd::encode_error_chunk(&mut out, REPLY_FLAG_DONE, cookie, e.to_wire(), "");
+                self.stream.send_all(out).await.0
+            }
+            Err(e) => {
+                self.stream
+                    .send_all(nbd::simple_reply(e.to_wire(), cookie).to_vec())
+                    .await
+                    .0
+            }
+            Ok(Reply::Done) => {
+                self.stream
+                    .send_all(nbd::simple_reply(0, cookie).to_vec())
+                    .await
+                    .0
+            }
+            Ok(Reply::ReadData(data)) => {
+                if self.structured {
+                    match nbd::offset_data_header(
+                        REPLY_FLAG_DONE,
+                        cookie,
+                        req.offset,
+                        data.len() as u32,
+                    ) {
+                        Ok(h) => self.stream.send_all2(h.to_vec(), data).await.0,
+                        Err(_) => Err(io::ErrorKind::InvalidData.into()),
+                    }
+                } else {
+                    self.stream
+                        .send_all2(nbd::simple_reply(0, cookie).to_vec(), data)
+                        .await
+                        .0
+                }
+            }
+            Ok(Reply::Extents(ext)) => {
+                let mut out = Vec::with_capacity(32 + ext.len() * 8);
+                match nbd::encode_block_status(
+                    &mut out,
+                    REPLY_FLAG_DONE,
+                    cookie,
+                    BASE_ALLOCATION_ID,
+                    &ext,
+                ) {
+                    Ok(()) => self.stream.send_all(out).await.0,
+                    Err(_) => Err(io::ErrorKind::InvalidData.into()),
+                }
+            }
+        };
+        if res.is_err() {
+            self.broken.set(true);
+            self.stream.shutdown();
+        }
+    }
+}
+
+/// A buffered reader over the socket for headers; payloads bypass the buffer where possible.
+struct Reader {
+    buf: IoBuf,
+    start: usize,
+}
+
+impl Reader {
+    async fn fill(&mut self, stream: &TcpStream, need: usize) -> io::Result<()> {
+        if self.buf.len() - self.start >= need {
+            return Ok(());
+        }
+        // Compact, then receive until `need` bytes are buffered.
+        let avail = self.buf.len() - self.start;
+        if self.start > 0 {
+            self.buf.copy_within(self.start.., 0);
+            self.buf.set_len(avail);
+            self.start = 0;
+        }
+        while self.buf.len() < need {
+            let buf = std::mem::replace(&mut self.buf, IoBuf::with_capacity(0));
+            let at = buf.len();
+            let (r, b) = stream.recv(buf, at).await;
+            self.buf = b;
+            match r {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn take(&mut self, n: usize) -> &[u8] {
+        let s = &self.buf[self.start..self.start + n];
+        self.start += n;
+        s
+    }
+
+    /// Reads `len` payload bytes into a fresh buffer.
+    async fn payload(&mut self, stream: &TcpStream, len: usize) -> io::Result<IoBuf> {
+        let mut data = reactor::alloc_buf(len);
+        let have = (self.buf.len() - self.start).min(len);
+        data[..have].copy_from_slice(&self.buf[self.start..self.start + have]);
+        self.start += have;
+        if have < len {
+            data.set_len(have);
+            let (r, d) = stream.recv_exact(data, have, len).await;
+            r?;
+            data = d;
+        }
+        Ok(data)
+    }
+
+    /// Reads and drops `len` payload bytes.
+    async fn discard(&mut self, stream: &TcpStream, mut len: usize) -> io::Result<()> {
+        while len > 0 {
+            let n = len.min(RECV_BUF);
+            self.fill(stream, n.min(RECV_BUF)).await?;
+            self.take(n);
+            len -= n;
+        }
+        Ok(())
+    }
+}
+
+/// Serves one accepted connection until the client disconnects or misbehaves.
+pub(crate) async fn serve_connection(server: &NbdServer, stream: TcpStream) {
+    let neg = match negotiate(server, &stream).await {
+        Ok(Some(n)) => n,
+        Ok(None) | Err(_) => return,
+    };
+    let Negotiated {
+        export,
+        structured,
+        base_allocation,
+    } = neg;
+    export.connections.fetch_add(1, Ordering::Relaxed);
+    let conn = Rc::new(Conn {
+        stream,
+        export: export.clone(),
+        structured,
+        base_allocation,
+        send_lock: LocalMutex::new(()),
+        broken: Cell::new(false),
+    });
+    let requests = LocalSemaphore::new(MAX_IN_FLIGHT);
+    let bytes = LocalSemaphore::new(MAX_IN_FLIGHT_BYTES / BYTE_UNIT);
+    let _ = transmission(&conn, &requests, &bytes).await;
+    // Let in-flight requests finish before the socket goes away.
+    for _ in 0..MAX_IN_FLIGHT {
+        std::mem::forget(requests.acquire().await);
+    }
+    export.connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+async fn transmission(
+    conn: &Rc<Conn>,
+    requests: &LocalSemaphore,
+    bytes: &LocalSemaphore,
+) -> io::Result<()> {
+    let mut rd = Reader {
+        buf: IoBuf::with_capacity(RECV_BUF),
+        start: 0,
+    };
+    loop {
+        rd.fill(&conn.stream, nbd::REQUEST_LEN).await?;
+        let req = match Request::parse(rd.take(nbd::REQUEST_LEN)) {
+            Ok(r) => r,
+            // A bad magic means we lost framing: nothing can be trusted after it.
+            Err(_) => return Err(io::ErrorKind::InvalidData.into()),
+        };
+        if conn.export.removed.load(Ordering::SeqCst) || conn.broken.get() {
+            conn.reply(&req, Err(Errno::Eshutdown)).await;
+            return Ok(());
+        }
+        if req.command == Command::Disconnect {
+            return Ok(());
+        }
+        let mut payload = None;
+        if req.command == Command::Write {
+            if req.length > MAX_PAYLOAD {
+                // We cannot buffer it and skipping it unread would desynchronise the stream.
+                conn.reply(&req, Err(Errno::Eoverflow)).await;
+                return Err(io::ErrorKind::InvalidData.into());
+            }
+            if let Err(e) = validate(conn, &req) {
+                rd.discard(&conn.stream, req.length as usize).await?;
+                conn.reply(&req, Err(e)).await;
+                continue;
+            }
+        } else if let Err(e) = validate(conn, &req) {
+            conn.reply(&req, Err(e)).await;
+            continue;
+        }
+        let permit = requests.acquire().await;
+        let units = match req.command {
+            Command::Read | Command::Write => (req.length as usize).div_ceil(BYTE_UNIT).max(1),
+            _ => 0,
+        };
+        let mut byte_permits = Vec::with_capacity(units);
+        for _ in 0..units {
+            byte_permits.push(bytes.acquire().await);
+        }
+        if req.command == Command::Write {
+            payload = Some(rd.payload(&conn.stream, req.length as usize).await?);
+        }
+        let c = conn.clone();
+        spawn_local(async move {
+            let r = execute(&c, &req, payload).await;
+            c.reply(&req, r).await;
+            drop(byte_permits);
+            drop(permit);
+        });
+    }
+}
+
+/// Checks a request against the negotiated features and the export, before touching data.
+fn validate(conn: &Conn, req: &Request) -> Result<(), Errno> {
+    let ex = &conn.export;
+    let size = ex.size();
+    let bs = ex.device.geometry().block_size as u64;
+    let allowed = match req.command {
+        Command::Read => CMD_FLAG_DF,
+        Command::Write => CMD_FLAG_FUA,
+        Command::Trim => CMD_FLAG_FUA,
+        Command::WriteZeroes => CMD_FLAG_FUA | CMD_FLAG_NO_HOLE | CMD_FLAG_FAST_ZERO,
+        Command::BlockStatus => CMD_FLAG_REQ_ONE,
+        Command::Flush | Command::Cache => 0,
+        _ => return Err(Errno::Einval),
+    };
+    if req.flags & !allowed != 0 {
+        return Err(Errno::Einval);
+    }
+    if req.flags & CMD_FLAG_DF != 0 && !conn.structured {
+        return Err(Errno::Einval);
+    }
+    let writes = matches!(
+        req.command,
+        Command::Write | Command::Trim | Command::WriteZeroes
+    );
+    if writes && ex.read_only {
+        return Err(Errno::Eperm);
+    }
+    if req.command == Command::BlockStatus && !conn.base_allocation {
+        return Err(Errno::Einval);
+    }
+    if req.command == Command::Flush {
+        return if req.offset == 0 && req.length == 0 {
+            Ok(())
+        } else {
+            Err(Errno::Einval)
+        };
+    }
+    if req.length == 0 {
+        return Err(Errno::Einval);
+    }
+    if req.command == Command::Read && req.length > MAX_PAYLOAD {
+        return Err(if req.flags & CMD_FLAG_DF != 0 {
+            Errno::Eoverflow
+        } else {
+            Errno::Einval
+        });
+    }
+    let end = req.offset.checked_add(req.length as u64);
+    if end.is_none_or(|e| e > size) {
+        return Err(if writes { Errno::Enospc } else { Errno::Einval });
+    }
+    if matches!(
+        req.command,
+        Command::Read | Command::Write | Command::Trim | Command::WriteZeroes
+    ) && (req.offset % bs != 0 || req.length as u64 % bs != 0)
+    {
+        return Err(Errno::Einval);
+    }
+    Ok(())
+}
+
+fn map<T>(r: Result<T, BlockError>) -> Result<T, Errno> {
+    r.map_err(|e| errno_of(&e))
+}
+
+async fn execute(conn: &Conn, req: &Request, payload: Option<IoBuf>) -> Result<Reply, Errno> {
+    let dev = &conn.export.device;
+    let fua = req.flags & CMD_FLAG_FUA != 0;
+    let ok = Ok(Reply::Done);
+    match req.command {
+        Command::Read => {
+            let buf = reactor::alloc_buf(req.length as usize);
+            map(dev.read(req.offset, buf).await).map(Reply::ReadData)
+        }
+        Command::Write => {
+            let data = payload.expect("write payload read");
+            map(dev.write(req.offset, data, WriteFlags { fua }).await)?;
+            ok
+        }
+        Command::Flush => {
+            map(dev.flush().await)?;
+            ok
+        }
+        Command::Trim => {
+            // Trim is advisory: a device that cannot deallocate simply keeps the data.
+            if dev.capabilities().unmap {
+                map(dev.unmap(req.offset, req.length as u64).await)?;
+            }
+            if fua {
+                map(dev.flush().await)?;
+            }
+            ok
+        }
+        Command::WriteZeroes => {
+            let flags = ZeroFlags {
+                may_unmap: req.flags & CMD_FLAG_NO_HOLE == 0,
+                fast_only: req.flags & CMD_FLAG_FAST_ZERO != 0,
+                fua,
+            };
+            if dev.capabilities().write_zeroes {
+                map(dev.write_zeroes(req.offset, req.length as u64, flags).await)?;
+            } else if flags.fast_only {
+                return Err(Errno::Enotsup);
+            } else {
+                let zero = IoBuf::zeroed(req.length as usize);
+                map(dev.write(req.offset, zero, WriteFlags { fua }).await)?;
+            }
+            ok
+        }
+        Command::Cache => ok,
+        Command::BlockStatus => {
+            let ext = map(dev.block_status(req.offset, req.length as u64).await)?;
+            let mut out: Vec<(u32, u32)> = Vec::new();
+            let end = req.offset + req.length as u64;
+            for e in ext {
+                let start = e.offset.max(req.offset);
+                let stop = (e.offset + e.len).min(end);
+                if stop <= start {
+                    continue;
+                }
+                let flags = match e.state {
+                    ExtentState::Data => 0,
+                    ExtentState::Zero => STATE_ZERO,
+                    ExtentState::Hole => STATE_HOLE | STATE_ZERO,
+                };
+                out.push(((stop - start) as u32, flags));
+                if out.len() >= MAX_EXTENTS || req.flags & CMD_FLAG_REQ_ONE != 0 {
+                    break;
+                }
+            }
+            if out.is_empty() {
+                // The device described nothing: report the whole range as data.
+                out.push((req.length, 0));
+            }
+            Ok(Reply::Extents(out))
+        }
+        _ => Err(Errno::Einval),
+    }
+}
