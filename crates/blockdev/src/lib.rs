@@ -198,7 +198,7 @@ fn unsupported<T: 'static>(op: IoKind, offset: u64, len: u64) -> IoFuture<'stati
 /// Checks that `[offset, offset+len)` is block-aligned and inside a device of geometry `g`.
 pub fn check_range(g: &Geometry, op: IoKind, offset: u64, len: u64) -> Result<()> {
     let bs = g.block_size as u64;
-    if offset % bs != 0 || len % bs != 0 {
+    if !offset.is_multiple_of(bs) || !len.is_multiple_of(bs) {
         return Err(BlockError::new(ErrorKind::Misaligned, op, offset, len));
     }
     match offset.checked_add(len) {

@@ -61,8 +61,8 @@ impl UringDevice {
             .as_ref()
             .map(|m| m.file_type().is_block_device())
             .unwrap_or(false);
-        if meta.is_err() && flags.size.is_none() {
-            return Err(open_err(meta.unwrap_err()));
+        if let (Err(e), None) = (&meta, flags.size) {
+            return Err(open_err(io::Error::new(e.kind(), e.to_string())));
         }
         let mut direct = flags.direct;
         let open = |direct: bool| {
@@ -96,11 +96,12 @@ impl UringDevice {
             (size, ss as u32)
         } else {
             let mut len = file.metadata().map_err(open_err)?.len();
-            if let Some(want) = flags.size {
-                if len < want && !flags.read_only {
-                    file.set_len(want).map_err(open_err)?;
-                    len = want;
-                }
+            if let Some(want) = flags.size
+                && len < want
+                && !flags.read_only
+            {
+                file.set_len(want).map_err(open_err)?;
+                len = want;
             }
             (
                 len,

@@ -18,30 +18,31 @@ use clap::Parser;
 #[derive(Parser, Debug)]
 #[command(name = "ballast-engine", version)]
 struct Args {
-    /// Number of reactors (threads, one per core, pinned).
-    #[arg(long, default_value_t = 1)]
-    cores: usize,
+    /// Number of reactors (threads, one per core, pinned) [default: 1].
+    #[arg(long)]
+    cores: Option<usize>,
     /// How idle reactors wait: poll (busy), interrupt (sleep), adaptive (poll under load,
-    /// sleep when idle).
-    #[arg(long, default_value = "adaptive")]
-    poll_mode: String,
+    /// sleep when idle) [default: adaptive].
+    #[arg(long)]
+    poll_mode: Option<String>,
     /// Do not pin reactors to CPUs.
     #[arg(long)]
     no_pin: bool,
-    /// NBD listen address (port 0 picks a free port).
-    #[arg(long, default_value = "127.0.0.1:10809")]
-    nbd_listen: String,
-    /// Management gRPC listen address, or `none`.
-    #[arg(long, default_value = "127.0.0.1:10124")]
-    grpc_listen: String,
+    /// NBD listen address; port 0 picks a free port [default: 127.0.0.1:10809].
+    #[arg(long)]
+    nbd_listen: Option<String>,
+    /// Management gRPC listen address, or `none` [default: 127.0.0.1:10124].
+    #[arg(long)]
+    grpc_listen: Option<String>,
     /// A device to create: NAME=URI (repeatable).
     #[arg(long = "device", value_name = "NAME=URI")]
     devices: Vec<String>,
     /// An export to create: NAME[=DEVICE][,ro] (repeatable; DEVICE defaults to NAME).
     #[arg(long = "export", value_name = "NAME[=DEVICE][,ro]")]
     exports: Vec<String>,
-    /// A TOML file with the same settings (`cores`, `poll_mode`, `nbd_listen`, `grpc_listen`,
-    /// `[[device]]` name/uri, `[[export]]` name/device/read_only); flags add to it.
+    /// A TOML file with the same settings (`cores`, `poll_mode`, `pin`, `nbd_listen`,
+    /// `grpc_listen`, `[[device]]` name/uri, `[[export]]` name/device/read_only); flags
+    /// override its values and add devices and exports.
     #[arg(long)]
     config: Option<PathBuf>,
 }
@@ -53,25 +54,20 @@ fn build_config(a: Args) -> anyhow::Result<EngineConfig> {
             .and_then(|f| f.apply(&mut cfg))
             .map_err(anyhow::Error::msg)?;
     }
-    cfg.cores = a.cores.max(cfg.cores.min(a.cores.max(1)));
-    if a.cores != 1 {
-        cfg.cores = a.cores;
+    if let Some(c) = a.cores {
+        cfg.cores = c;
     }
-    if a.poll_mode != "adaptive" {
-        cfg.poll_mode = a.poll_mode.parse().map_err(anyhow::Error::msg)?;
+    if let Some(m) = &a.poll_mode {
+        cfg.poll_mode = m.parse().map_err(anyhow::Error::msg)?;
     }
     if a.no_pin {
         cfg.pin = false;
     }
-    if a.nbd_listen != "127.0.0.1:10809" || a.config.is_none() {
-        cfg.nbd_listen = a
-            .nbd_listen
-            .parse()
-            .with_context(|| format!("--nbd-listen {}", a.nbd_listen))?;
+    if let Some(l) = &a.nbd_listen {
+        cfg.nbd_listen = l.parse().with_context(|| format!("--nbd-listen {l}"))?;
     }
-    if a.grpc_listen != "127.0.0.1:10124" || a.config.is_none() {
-        cfg.grpc_listen =
-            config::parse_optional_addr(&a.grpc_listen).map_err(anyhow::Error::msg)?;
+    if let Some(l) = &a.grpc_listen {
+        cfg.grpc_listen = config::parse_optional_addr(l).map_err(anyhow::Error::msg)?;
     }
     for d in &a.devices {
         cfg.devices

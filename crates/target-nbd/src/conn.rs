@@ -312,7 +312,7 @@ fn validate(conn: &Conn, req: &Request) -> Result<(), Errno> {
     if matches!(
         req.command,
         Command::Read | Command::Write | Command::Trim | Command::WriteZeroes
-    ) && (req.offset % bs != 0 || req.length as u64 % bs != 0)
+    ) && (!req.offset.is_multiple_of(bs) || !(req.length as u64).is_multiple_of(bs))
     {
         return Err(Errno::Einval);
     }
