@@ -29,8 +29,13 @@ pub struct IoBuf {
 }
 
 enum Origin {
+    /// No allocation (capacity 0).
+    Empty,
     Heap,
-    Pool { pool: Arc<PoolInner>, index: u16 },
+    Pool {
+        pool: Arc<PoolInner>,
+        index: u16,
+    },
 }
 
 // SAFETY: an IoBuf exclusively owns its allocation (heap) or its slot (pool); no other
@@ -46,6 +51,16 @@ impl IoBuf {
         let mut b = IoBuf::with_capacity(len);
         b.len = len;
         b
+    }
+
+    /// A buffer with no capacity and no allocation: a placeholder to move out of a slot.
+    pub fn empty() -> IoBuf {
+        IoBuf {
+            ptr: NonNull::dangling(),
+            len: 0,
+            cap: 0,
+            origin: Origin::Empty,
+        }
     }
 
     /// An empty heap buffer able to hold `cap` bytes.
@@ -123,9 +138,15 @@ impl IoBuf {
     /// If this buffer lives in a registered pool: the ring it is registered with and its index.
     pub fn registration(&self) -> Option<(usize, u16)> {
         match &self.origin {
-            Origin::Heap => None,
+            Origin::Heap | Origin::Empty => None,
             Origin::Pool { pool, index } => Some((pool.ring_id, *index)),
         }
+    }
+}
+
+impl Default for IoBuf {
+    fn default() -> Self {
+        IoBuf::empty()
     }
 }
 
@@ -157,6 +178,7 @@ impl fmt::Debug for IoBuf {
 impl Drop for IoBuf {
     fn drop(&mut self) {
         match &self.origin {
+            Origin::Empty => {}
             Origin::Heap => {
                 let layout = Layout::from_size_align(self.cap, ALIGN).expect("layout was valid");
                 // SAFETY: allocated in with_capacity with this very layout, freed once.

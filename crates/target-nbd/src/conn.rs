@@ -120,7 +120,7 @@ impl Reader {
             self.start = 0;
         }
         while self.buf.len() < need {
-            let buf = std::mem::replace(&mut self.buf, IoBuf::with_capacity(0));
+            let buf = std::mem::take(&mut self.buf);
             let at = buf.len();
             let (r, b) = stream.recv(buf, at).await;
             self.buf = b;
