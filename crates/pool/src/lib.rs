@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod codec;
 pub mod crc;
 pub mod meta;
 pub mod superblock;
