@@ -9,4 +9,5 @@
 pub mod codec;
 pub mod crc;
 pub mod meta;
+pub mod pool;
 pub mod superblock;

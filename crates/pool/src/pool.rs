@@ -1,0 +1,1045 @@
+//! A pool on a device: create, import, metadata commits, and volumes as block devices.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::task::{Poll, Waker};
+
+use blockdev::{
+    BlockDevice, BlockError, Capabilities, Device, ErrorKind, Extent, ExtentState, Geometry, IoBuf,
+    IoFuture, IoKind, WriteFlags, ZeroFlags, check_range,
+};
+
+use crate::codec::{
+    JOURNAL_BLOCK, decode_checkpoint_body, decode_checkpoint_header, decode_journal_block,
+    encode_checkpoint, encode_journal_block,
+};
+use crate::meta::{Kind, Mapping, Meta, MetaError, Record};
+use crate::superblock::{MemberDevice, SUPERBLOCK_SIZE, Superblock};
+
+/// Why a pool operation failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum PoolError {
+    /// The device failed.
+    Device(BlockError),
+    /// No valid superblock: not a pool, or both copies damaged (reasons given).
+    NoSuperblock(String),
+    /// No valid checkpoint in either slot.
+    NoCheckpoint(String),
+    /// Metadata inconsistent or rejected.
+    Meta(MetaError),
+    /// No such volume or snapshot.
+    NotFound(String),
+    /// Bad arguments.
+    Invalid(String),
+    /// Out of space (clusters or metadata room).
+    NoSpace(String),
+}
+
+impl std::fmt::Display for PoolError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PoolError::Device(e) => write!(f, "device error: {e}"),
+            PoolError::NoSuperblock(w) => write!(f, "no valid pool superblock: {w}"),
+            PoolError::NoCheckpoint(w) => write!(f, "no valid metadata checkpoint: {w}"),
+            PoolError::Meta(e) => write!(f, "metadata: {e}"),
+            PoolError::NotFound(n) => write!(f, "{n:?} not found"),
+            PoolError::Invalid(w) => write!(f, "{w}"),
+            PoolError::NoSpace(w) => write!(f, "no space: {w}"),
+        }
+    }
+}
+
+impl std::error::Error for PoolError {}
+
+impl From<BlockError> for PoolError {
+    fn from(e: BlockError) -> Self {
+        PoolError::Device(e)
+    }
+}
+impl From<MetaError> for PoolError {
+    fn from(e: MetaError) -> Self {
+        PoolError::Meta(e)
+    }
+}
+
+/// Pool creation parameters.
+#[derive(Clone, Debug)]
+pub struct CreateOptions {
+    /// Pool name.
+    pub name: String,
+    /// Cluster size (power of two, 64 KiB – 4 MiB).
+    pub cluster_size: u32,
+    /// Logical clusters (over all volumes and snapshots) the metadata can describe, as a
+    /// multiple of the pool's physical clusters.
+    pub overcommit: u32,
+}
+
+impl Default for CreateOptions {
+    fn default() -> Self {
+        CreateOptions {
+            name: "pool".into(),
+            cluster_size: 128 * 1024,
+            overcommit: 4,
+        }
+    }
+}
+
+const CHECKPOINT_START: u64 = 2 * SUPERBLOCK_SIZE as u64;
+
+struct Waiters(Vec<Waker>);
+
+struct State {
+    meta: Meta,
+    /// Sequence number of the last record applied in memory.
+    seq: u64,
+    /// Records applied in memory, not yet in the journal.
+    pending: Vec<Record>,
+    /// Sequence number of the last durable record.
+    durable_seq: u64,
+    /// Next journal block (index within the ring).
+    journal_next: u64,
+    /// Journal blocks written since the last checkpoint.
+    journal_used: u64,
+    /// Checkpoint slot written last (0 or 1).
+    slot: u8,
+    /// Clusters freed by records not yet durable: not reusable until then.
+    freed_pending: Vec<(u64, u64)>,
+    /// Clusters handed out in memory whose mapping record is not yet applied.
+    reserved: HashSet<u64>,
+    /// Next cluster to consider for allocation.
+    hint: u64,
+    /// Logical clusters being allocated or copied: (volume id, index).
+    busy: HashSet<(u64, u64)>,
+    waiters: Waiters,
+    committing: bool,
+}
+
+/// A pool on one device.
+pub struct Pool {
+    dev: Device,
+    sb: Superblock,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool").field("name", &self.sb.name).finish()
+    }
+}
+
+/// Capacity figures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolUsage {
+    /// Bytes of data clusters.
+    pub capacity: u64,
+    /// Bytes of clusters referenced.
+    pub used: u64,
+    /// Bytes promised to volumes (sum of sizes; may exceed capacity when thin).
+    pub committed: u64,
+}
+
+/// One volume or snapshot, as listed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VolumeInfo {
+    /// Name.
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Snapshot (read-only) or volume.
+    pub snapshot: bool,
+    /// Thin.
+    pub thin: bool,
+    /// Bytes allocated (clusters mapped).
+    pub allocated: u64,
+    /// Origin snapshot or volume name, if it still exists.
+    pub origin: Option<String>,
+}
+
+fn uuid_from(seed: u64) -> [u8; 16] {
+    let mut u = [0u8; 16];
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    u[..8].copy_from_slice(&(t as u64 ^ seed).to_le_bytes());
+    u[8..].copy_from_slice(
+        &(std::process::id() as u64)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .to_le_bytes(),
+    );
+    u
+}
+
+async fn write_at(dev: &Device, offset: u64, data: &[u8]) -> Result<(), BlockError> {
+    dev.write(offset, IoBuf::from_slice(data), WriteFlags::default())
+        .await
+        .map(drop)
+}
+
+async fn read_at(dev: &Device, offset: u64, len: usize) -> Result<IoBuf, BlockError> {
+    dev.read(offset, IoBuf::zeroed(len)).await
+}
+
+impl Pool {
+    /// Formats `dev` as a new, empty pool.
+    pub async fn create(dev: Device, opts: &CreateOptions) -> Result<Arc<Pool>, PoolError> {
+        let g = dev.geometry();
+        let cs = opts.cluster_size as u64;
+        if !opts.cluster_size.is_power_of_two()
+            || !(64 * 1024..=4 << 20).contains(&opts.cluster_size)
+        {
+            return Err(PoolError::Invalid(
+                "cluster size must be a power of two from 64 KiB to 4 MiB".into(),
+            ));
+        }
+        if opts.name.is_empty() || opts.name.len() > 64 {
+            return Err(PoolError::Invalid("pool name must be 1 to 64 bytes".into()));
+        }
+        let size = g.size();
+        let approx_clusters = size / cs;
+        let checkpoint_bytes = (approx_clusters * 8 * opts.overcommit.max(1) as u64 + (1 << 20))
+            .next_multiple_of(4096);
+        let journal_bytes = (4u64 << 20)
+            .max(approx_clusters * 8)
+            .next_multiple_of(JOURNAL_BLOCK as u64);
+        let data_start =
+            (CHECKPOINT_START + 2 * checkpoint_bytes + journal_bytes).next_multiple_of(cs);
+        if data_start + cs > size {
+            return Err(PoolError::NoSpace(format!(
+                "device of {size} bytes is too small for a pool"
+            )));
+        }
+        let total_clusters = (size - data_start) / cs;
+        let sb = Superblock {
+            uuid: uuid_from(size),
+            name: opts.name.clone(),
+            cluster_size: opts.cluster_size,
+            block_size: g.block_size,
+            checkpoint_bytes,
+            journal_bytes,
+            data_start,
+            total_clusters,
+            generation: 1,
+            devices: vec![MemberDevice {
+                uuid: uuid_from(!size),
+                size,
+            }],
+        };
+        let meta = Meta::new(cs, total_clusters);
+        // An empty checkpoint in slot 0 and a cleared slot 1 and journal head, then the
+        // superblocks last: a crash before them leaves no pool, never half a pool.
+        write_at(&dev, CHECKPOINT_START, &encode_checkpoint(&meta, 0, 0)).await?;
+        write_at(&dev, CHECKPOINT_START + checkpoint_bytes, &[0u8; 4096]).await?;
+        write_at(
+            &dev,
+            CHECKPOINT_START + 2 * checkpoint_bytes,
+            &[0u8; JOURNAL_BLOCK],
+        )
+        .await?;
+        dev.flush().await?;
+        let b = sb.encode();
+        write_at(&dev, 0, &b).await?;
+        dev.flush().await?;
+        write_at(&dev, SUPERBLOCK_SIZE as u64, &b).await?;
+        dev.flush().await?;
+        Ok(Arc::new(Pool::with_state(dev, sb, meta, 0, 0, 0)))
+    }
+
+    fn with_state(
+        dev: Device,
+        sb: Superblock,
+        meta: Meta,
+        seq: u64,
+        journal_next: u64,
+        slot: u8,
+    ) -> Pool {
+        Pool {
+            dev,
+            sb,
+            state: Mutex::new(State {
+                meta,
+                seq,
+                pending: Vec::new(),
+                durable_seq: seq,
+                journal_next,
+                journal_used: 0,
+                slot,
+                freed_pending: Vec::new(),
+                reserved: HashSet::new(),
+                hint: 0,
+                busy: HashSet::new(),
+                waiters: Waiters(Vec::new()),
+                committing: false,
+            }),
+        }
+    }
+
+    /// Opens an existing pool: superblocks, newest valid checkpoint, journal replay.
+    pub async fn import(dev: Device) -> Result<Arc<Pool>, PoolError> {
+        let a = read_at(&dev, 0, SUPERBLOCK_SIZE).await?;
+        let b = read_at(&dev, SUPERBLOCK_SIZE as u64, SUPERBLOCK_SIZE).await?;
+        let (sb, _damage) = Superblock::choose(&a, &b)
+            .map_err(|[e1, e2]| PoolError::NoSuperblock(format!("copy A: {e1}; copy B: {e2}")))?;
+        let cs = sb.cluster_size as u64;
+        let mut best = None;
+        let mut why = Vec::new();
+        for slot in 0..2u8 {
+            let at = CHECKPOINT_START + slot as u64 * sb.checkpoint_bytes;
+            let hdr = read_at(&dev, at, 4096).await?;
+            match decode_checkpoint_header(&hdr) {
+                Ok(h) if h.body_len + 4096 <= sb.checkpoint_bytes => {
+                    let body = read_at(
+                        &dev,
+                        at + 4096,
+                        (h.body_len as usize).next_multiple_of(4096).max(4096),
+                    )
+                    .await?;
+                    match decode_checkpoint_body(&h, &body, cs, sb.total_clusters) {
+                        Ok(m)
+                            if best.as_ref().is_none_or(
+                                |(bh, _, _): &(crate::codec::CheckpointHeader, Meta, u8)| {
+                                    h.seq > bh.seq
+                                },
+                            ) =>
+                        {
+                            best = Some((h, m, slot))
+                        }
+                        Ok(_) => {}
+                        Err(e) => why.push(format!("slot {slot}: {e}")),
+                    }
+                }
+                Ok(_) => why.push(format!("slot {slot}: body larger than the slot")),
+                Err(e) => why.push(format!("slot {slot}: {e}")),
+            }
+        }
+        let (h, mut meta, slot) = best.ok_or_else(|| PoolError::NoCheckpoint(why.join("; ")))?;
+        // Replay the journal from the checkpoint's position.
+        let blocks = sb.journal_bytes / JOURNAL_BLOCK as u64;
+        let jstart = CHECKPOINT_START + 2 * sb.checkpoint_bytes;
+        let mut pos = h.journal_pos % blocks;
+        let mut seq = h.seq;
+        let mut used = 0;
+        for _ in 0..blocks {
+            let blk = read_at(&dev, jstart + pos * JOURNAL_BLOCK as u64, JOURNAL_BLOCK).await?;
+            let Ok((first, recs)) = decode_journal_block(&blk) else {
+                break;
+            };
+            if first != seq + 1 || recs.is_empty() {
+                break;
+            }
+            for r in &recs {
+                meta.apply(r)?;
+            }
+            seq += recs.len() as u64;
+            pos = (pos + 1) % blocks;
+            used += 1;
+        }
+        let pool = Pool::with_state(dev, sb, meta, seq, pos, slot);
+        pool.state.lock().expect("pool lock").journal_used = used;
+        Ok(Arc::new(pool))
+    }
+
+    /// The superblock.
+    pub fn superblock(&self) -> &Superblock {
+        &self.sb
+    }
+
+    /// Capacity, used and committed bytes.
+    pub fn usage(&self) -> PoolUsage {
+        let st = self.state.lock().expect("pool lock");
+        let cs = self.sb.cluster_size as u64;
+        let free = st.meta.free_count();
+        PoolUsage {
+            capacity: self.sb.total_clusters * cs,
+            used: (self.sb.total_clusters - free) * cs,
+            committed: st
+                .meta
+                .volumes
+                .values()
+                .filter(|v| v.kind == Kind::Volume)
+                .map(|v| v.size)
+                .sum(),
+        }
+    }
+
+    /// Invariant violations of the in-memory metadata (empty when consistent).
+    pub fn check(&self) -> Vec<String> {
+        self.state.lock().expect("pool lock").meta.check()
+    }
+
+    /// Volumes and snapshots.
+    pub fn list(&self) -> Vec<VolumeInfo> {
+        let st = self.state.lock().expect("pool lock");
+        let cs = self.sb.cluster_size as u64;
+        st.meta
+            .volumes
+            .values()
+            .map(|v| VolumeInfo {
+                name: v.name.clone(),
+                size: v.size,
+                snapshot: v.kind == Kind::Snapshot,
+                thin: v.thin,
+                allocated: v
+                    .map
+                    .iter()
+                    .filter(|&&e| Mapping::decode(e).cluster().is_some())
+                    .count() as u64
+                    * cs,
+                origin: v
+                    .origin
+                    .and_then(|o| st.meta.volumes.get(&o))
+                    .map(|o| o.name.clone()),
+            })
+            .collect()
+    }
+
+    fn id_of(st: &State, name: &str) -> Result<u64, PoolError> {
+        st.meta
+            .volumes
+            .values()
+            .find(|v| v.name == name)
+            .map(|v| v.id)
+            .ok_or_else(|| PoolError::NotFound(name.into()))
+    }
+
+    fn next_id(st: &State) -> u64 {
+        st.meta.volumes.keys().next_back().copied().unwrap_or(0) + 1
+    }
+
+    fn push(&self, st: &mut State, rec: Record) -> Result<(), PoolError> {
+        let freed = st.meta.apply(&rec)?;
+        st.seq += 1;
+        let seq = st.seq;
+        st.freed_pending.extend(freed.into_iter().map(|c| (seq, c)));
+        st.pending.push(rec);
+        Ok(())
+    }
+
+    fn check_name(name: &str) -> Result<(), PoolError> {
+        if name.is_empty()
+            || name.len() > crate::codec::MAX_NAME
+            || name.chars().any(|c| c.is_control() || c == '/')
+        {
+            return Err(PoolError::Invalid(format!("bad name {name:?}")));
+        }
+        Ok(())
+    }
+
+    /// Creates a volume; thick volumes get every cluster allocated (reading as zeroes).
+    pub async fn create_volume(&self, name: &str, size: u64, thin: bool) -> Result<(), PoolError> {
+        Self::check_name(name)?;
+        let bs = self.sb.block_size as u64;
+        if size == 0 || !size.is_multiple_of(bs) {
+            return Err(PoolError::Invalid(format!(
+                "size must be a non-zero multiple of {bs}"
+            )));
+        }
+        {
+            let mut st = self.state.lock().expect("pool lock");
+            let id = Self::next_id(&st);
+            let clusters = size.div_ceil(self.sb.cluster_size as u64);
+            if !thin && clusters > st.meta.free_count() {
+                return Err(PoolError::NoSpace(format!(
+                    "thick volume needs {clusters} clusters"
+                )));
+            }
+            self.push(
+                &mut st,
+                Record::CreateVolume {
+                    id,
+                    name: name.into(),
+                    size,
+                    thin,
+                },
+            )?;
+            if !thin {
+                for index in 0..clusters {
+                    let c = self
+                        .alloc_locked(&mut st)
+                        .ok_or_else(|| PoolError::NoSpace("pool is full".into()))?;
+                    st.reserved.remove(&c);
+                    self.push(
+                        &mut st,
+                        Record::SetMap {
+                            id,
+                            index,
+                            entry: Mapping::Zero(c).encode(),
+                        },
+                    )?;
+                }
+            }
+        }
+        self.commit().await
+    }
+
+    /// Deletes a volume or snapshot (any order; clusters shared with others stay).
+    pub async fn delete(&self, name: &str) -> Result<(), PoolError> {
+        {
+            let mut st = self.state.lock().expect("pool lock");
+            let id = Self::id_of(&st, name)?;
+            self.push(&mut st, Record::Delete { id })?;
+        }
+        self.commit().await
+    }
+
+    /// Snapshots volume `source` as `name` (acknowledged writes before the call are in it).
+    pub async fn snapshot(&self, source: &str, name: &str) -> Result<(), PoolError> {
+        Self::check_name(name)?;
+        self.dev.flush().await?;
+        {
+            let mut st = self.state.lock().expect("pool lock");
+            let src = Self::id_of(&st, source)?;
+            let id = Self::next_id(&st);
+            self.push(
+                &mut st,
+                Record::Snapshot {
+                    source: src,
+                    id,
+                    name: name.into(),
+                },
+            )?;
+        }
+        self.commit().await
+    }
+
+    /// Creates writable volume `name` from snapshot `snapshot`.
+    pub async fn clone_snapshot(&self, snapshot: &str, name: &str) -> Result<(), PoolError> {
+        Self::check_name(name)?;
+        {
+            let mut st = self.state.lock().expect("pool lock");
+            let s = Self::id_of(&st, snapshot)?;
+            let id = Self::next_id(&st);
+            self.push(
+                &mut st,
+                Record::Clone {
+                    snapshot: s,
+                    id,
+                    name: name.into(),
+                },
+            )?;
+        }
+        self.commit().await
+    }
+
+    /// Reverts `volume` to `snapshot`'s contents.
+    pub async fn revert(&self, volume: &str, snapshot: &str) -> Result<(), PoolError> {
+        {
+            let mut st = self.state.lock().expect("pool lock");
+            let v = Self::id_of(&st, volume)?;
+            let s = Self::id_of(&st, snapshot)?;
+            self.push(
+                &mut st,
+                Record::Revert {
+                    volume: v,
+                    snapshot: s,
+                },
+            )?;
+        }
+        self.commit().await
+    }
+
+    /// Resizes a volume; shrinking requires `force`.
+    pub async fn resize(&self, volume: &str, size: u64, force: bool) -> Result<(), PoolError> {
+        {
+            let mut st = self.state.lock().expect("pool lock");
+            let id = Self::id_of(&st, volume)?;
+            let old = st.meta.volumes[&id].size;
+            if size < old && !force {
+                return Err(PoolError::Invalid(
+                    "shrinking loses data; pass force".into(),
+                ));
+            }
+            if size == 0 || !size.is_multiple_of(self.sb.block_size as u64) {
+                return Err(PoolError::Invalid("bad size".into()));
+            }
+            self.push(&mut st, Record::Resize { id, size })?;
+        }
+        self.commit().await
+    }
+
+    /// Opens a volume or snapshot (read-only) as a block device.
+    pub fn open(self: &Arc<Self>, name: &str) -> Result<Device, PoolError> {
+        let st = self.state.lock().expect("pool lock");
+        let id = Self::id_of(&st, name)?;
+        let read_only = st.meta.volumes[&id].kind == Kind::Snapshot;
+        Ok(Arc::new(PoolVolume {
+            pool: self.clone(),
+            id,
+            name: name.into(),
+            read_only,
+        }))
+    }
+
+    /// Picks a free cluster: unreferenced, not freed by an uncommitted record, not reserved.
+    fn alloc_locked(&self, st: &mut State) -> Option<u64> {
+        let n = self.sb.total_clusters;
+        let pending: HashSet<u64> = st.freed_pending.iter().map(|&(_, c)| c).collect();
+        for i in 0..n {
+            let c = (st.hint + i) % n;
+            if st.meta.refcount(c) == 0 && !pending.contains(&c) && !st.reserved.contains(&c) {
+                st.reserved.insert(c);
+                st.hint = c + 1;
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    /// Makes every applied record durable: flushes data, then writes the journal (and a
+    /// checkpoint when the journal fills) and flushes again.
+    pub async fn commit(&self) -> Result<(), PoolError> {
+        // One commit at a time; a commit that finds nothing pending is free.
+        std::future::poll_fn(|cx| {
+            let mut st = self.state.lock().expect("pool lock");
+            if st.committing {
+                st.waiters.0.push(cx.waker().clone());
+                Poll::Pending
+            } else {
+                st.committing = true;
+                Poll::Ready(())
+            }
+        })
+        .await;
+        let r = self.commit_inner().await;
+        let waiters = {
+            let mut st = self.state.lock().expect("pool lock");
+            st.committing = false;
+            std::mem::take(&mut st.waiters.0)
+        };
+        for w in waiters {
+            w.wake();
+        }
+        r
+    }
+
+    async fn commit_inner(&self) -> Result<(), PoolError> {
+        self.dev.flush().await?;
+        let (records, first_seq, last_seq, mut pos, checkpoint) = {
+            let mut st = self.state.lock().expect("pool lock");
+            if st.pending.is_empty() {
+                return Ok(());
+            }
+            let records = std::mem::take(&mut st.pending);
+            let first = st.durable_seq + 1;
+            let last = st.seq;
+            let blocks = self.sb.journal_bytes / JOURNAL_BLOCK as u64;
+            let need = records.len() as u64 / 32 + 1;
+            let checkpoint = if st.journal_used + need > blocks / 2 {
+                Some((
+                    encode_checkpoint(&st.meta, last, st.journal_next),
+                    1 - st.slot,
+                ))
+            } else {
+                None
+            };
+            (records, first, last, st.journal_next, checkpoint)
+        };
+        let blocks = self.sb.journal_bytes / JOURNAL_BLOCK as u64;
+        let jstart = CHECKPOINT_START + 2 * self.sb.checkpoint_bytes;
+        if let Some((bytes, slot)) = checkpoint {
+            if bytes.len() as u64 > self.sb.checkpoint_bytes {
+                return Err(PoolError::NoSpace(
+                    "metadata does not fit its checkpoint slot".into(),
+                ));
+            }
+            write_at(
+                &self.dev,
+                CHECKPOINT_START + slot as u64 * self.sb.checkpoint_bytes,
+                &bytes,
+            )
+            .await?;
+            // Terminate the journal at the checkpoint's replay position.
+            write_at(
+                &self.dev,
+                jstart + pos * JOURNAL_BLOCK as u64,
+                &[0u8; JOURNAL_BLOCK],
+            )
+            .await?;
+            self.dev.flush().await?;
+            let mut st = self.state.lock().expect("pool lock");
+            st.slot = slot;
+            st.journal_used = 0;
+            st.durable_seq = last_seq;
+            st.freed_pending.retain(|&(s, _)| s > last_seq);
+            return Ok(());
+        }
+        let mut seq = first_seq;
+        let mut rest = &records[..];
+        let mut written = 0;
+        while !rest.is_empty() {
+            let (blk, n) = encode_journal_block(seq, rest);
+            write_at(&self.dev, jstart + pos * JOURNAL_BLOCK as u64, &blk).await?;
+            seq += n as u64;
+            rest = &rest[n..];
+            pos = (pos + 1) % blocks;
+            written += 1;
+        }
+        // The block after the tail must not look like a continuation from an older lap.
+        write_at(
+            &self.dev,
+            jstart + pos * JOURNAL_BLOCK as u64,
+            &[0u8; JOURNAL_BLOCK],
+        )
+        .await?;
+        self.dev.flush().await?;
+        let mut st = self.state.lock().expect("pool lock");
+        st.journal_next = pos;
+        st.journal_used += written;
+        st.durable_seq = last_seq;
+        st.freed_pending.retain(|&(s, _)| s > last_seq);
+        Ok(())
+    }
+
+    fn cluster_offset(&self, c: u64) -> u64 {
+        self.sb.data_start + c * self.sb.cluster_size as u64
+    }
+
+    fn lookup(&self, id: u64, index: u64) -> Result<(Mapping, u32), BlockError> {
+        let st = self.state.lock().expect("pool lock");
+        let v = st
+            .meta
+            .volumes
+            .get(&id)
+            .ok_or_else(|| BlockError::new(ErrorKind::Gone, IoKind::Read, 0, 0))?;
+        let m = Mapping::decode(v.map.get(index as usize).copied().unwrap_or(0));
+        let rc = m.cluster().map(|c| st.meta.refcount(c)).unwrap_or(0);
+        Ok((m, rc))
+    }
+}
+
+/// A volume or snapshot of a pool, as a block device.
+pub struct PoolVolume {
+    pool: Arc<Pool>,
+    id: u64,
+    name: String,
+    read_only: bool,
+}
+
+impl std::fmt::Debug for PoolVolume {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolVolume")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+struct BusyGuard<'a> {
+    pool: &'a Pool,
+    key: (u64, u64),
+}
+
+impl Drop for BusyGuard<'_> {
+    fn drop(&mut self) {
+        let waiters = {
+            let mut st = self.pool.state.lock().expect("pool lock");
+            st.busy.remove(&self.key);
+            std::mem::take(&mut st.waiters.0)
+        };
+        for w in waiters {
+            w.wake();
+        }
+    }
+}
+
+impl PoolVolume {
+    fn size(&self) -> u64 {
+        let st = self.pool.state.lock().expect("pool lock");
+        st.meta.volumes.get(&self.id).map(|v| v.size).unwrap_or(0)
+    }
+
+    async fn lock_cluster(&self, index: u64) -> BusyGuard<'_> {
+        let key = (self.id, index);
+        std::future::poll_fn(|cx| {
+            let mut st = self.pool.state.lock().expect("pool lock");
+            if st.busy.contains(&key) {
+                st.waiters.0.push(cx.waker().clone());
+                Poll::Pending
+            } else {
+                st.busy.insert(key);
+                Poll::Ready(())
+            }
+        })
+        .await;
+        BusyGuard {
+            pool: &self.pool,
+            key,
+        }
+    }
+
+    fn pieces(&self, offset: u64, len: u64) -> Vec<(u64, u64, u64, u64)> {
+        // (logical cluster, offset within cluster, offset within request, length)
+        let cs = self.pool.sb.cluster_size as u64;
+        let mut out = Vec::new();
+        let mut pos = offset;
+        while pos < offset + len {
+            let n = (cs - pos % cs).min(offset + len - pos);
+            out.push((pos / cs, pos % cs, pos - offset, n));
+            pos += n;
+        }
+        out
+    }
+
+    async fn do_read(&self, offset: u64, mut buf: IoBuf) -> Result<IoBuf, BlockError> {
+        check_range(&self.geometry(), IoKind::Read, offset, buf.len() as u64)?;
+        for (index, within, at, n) in self.pieces(offset, buf.len() as u64) {
+            let (m, _) = self.pool.lookup(self.id, index)?;
+            let (at, n) = (at as usize, n as usize);
+            match m {
+                Mapping::Hole | Mapping::Zero(_) => buf[at..at + n].fill(0),
+                Mapping::Data(c) => {
+                    let part = self
+                        .pool
+                        .dev
+                        .read(self.pool.cluster_offset(c) + within, IoBuf::zeroed(n))
+                        .await?;
+                    buf[at..at + n].copy_from_slice(&part);
+                }
+            }
+        }
+        Ok(buf)
+    }
+
+    /// Writes one piece inside logical cluster `index`.
+    async fn write_piece(
+        &self,
+        index: u64,
+        within: u64,
+        data: &[u8],
+        fua: bool,
+    ) -> Result<(), BlockError> {
+        let cs = self.pool.sb.cluster_size as u64;
+        let err = |k| BlockError::new(k, IoKind::Write, index * cs + within, data.len() as u64);
+        let (m, rc) = self.pool.lookup(self.id, index)?;
+        if let (Mapping::Data(c), 1) = (m, rc) {
+            // Owned cluster: in place.
+            let off = self.pool.cluster_offset(c) + within;
+            return self
+                .pool
+                .dev
+                .write(off, IoBuf::from_slice(data), WriteFlags { fua })
+                .await
+                .map(drop);
+        }
+        let _guard = self.lock_cluster(index).await;
+        // Re-read the mapping: another writer may have allocated it meanwhile.
+        let (m, rc) = self.pool.lookup(self.id, index)?;
+        if let (Mapping::Data(c), 1) = (m, rc) {
+            let off = self.pool.cluster_offset(c) + within;
+            return self
+                .pool
+                .dev
+                .write(off, IoBuf::from_slice(data), WriteFlags { fua })
+                .await
+                .map(drop);
+        }
+        // Build the whole new cluster: the old contents (zeroes, or the shared cluster's data
+        // for copy-on-write) with the new piece on top.
+        let mut full = match m {
+            Mapping::Data(old) if data.len() as u64 != cs => {
+                self.pool
+                    .dev
+                    .read(self.pool.cluster_offset(old), IoBuf::zeroed(cs as usize))
+                    .await?
+            }
+            _ => IoBuf::zeroed(cs as usize),
+        };
+        full[within as usize..within as usize + data.len()].copy_from_slice(data);
+        // A zero cluster we own is reused; otherwise allocate.
+        let target = match (m, rc) {
+            (Mapping::Zero(c), 1) => c,
+            _ => {
+                let mut st = self.pool.state.lock().expect("pool lock");
+                self.pool
+                    .alloc_locked(&mut st)
+                    .ok_or_else(|| err(ErrorKind::NoSpace))?
+            }
+        };
+        let r = self
+            .pool
+            .dev
+            .write(self.pool.cluster_offset(target), full, WriteFlags { fua })
+            .await;
+        let mut st = self.pool.state.lock().expect("pool lock");
+        st.reserved.remove(&target);
+        r?;
+        self.pool
+            .push(
+                &mut st,
+                Record::SetMap {
+                    id: self.id,
+                    index,
+                    entry: Mapping::Data(target).encode(),
+                },
+            )
+            .map_err(|_| err(ErrorKind::Gone))?;
+        Ok(())
+    }
+
+    async fn do_write(
+        &self,
+        offset: u64,
+        buf: IoBuf,
+        flags: WriteFlags,
+    ) -> Result<IoBuf, BlockError> {
+        if self.read_only {
+            return Err(BlockError::new(
+                ErrorKind::ReadOnly,
+                IoKind::Write,
+                offset,
+                buf.len() as u64,
+            ));
+        }
+        check_range(&self.geometry(), IoKind::Write, offset, buf.len() as u64)?;
+        for (index, within, at, n) in self.pieces(offset, buf.len() as u64) {
+            self.write_piece(index, within, &buf[at as usize..(at + n) as usize], false)
+                .await?;
+        }
+        if flags.fua {
+            self.pool.commit().await.map_err(|_| {
+                BlockError::new(ErrorKind::Io, IoKind::Write, offset, buf.len() as u64)
+            })?;
+        }
+        Ok(buf)
+    }
+
+    async fn do_zero(
+        &self,
+        op: IoKind,
+        offset: u64,
+        len: u64,
+        flags: ZeroFlags,
+    ) -> Result<(), BlockError> {
+        if self.read_only {
+            return Err(BlockError::new(ErrorKind::ReadOnly, op, offset, len));
+        }
+        check_range(&self.geometry(), op, offset, len)?;
+        let cs = self.pool.sb.cluster_size as u64;
+        for (index, within, _, n) in self.pieces(offset, len) {
+            if within == 0 && n == cs {
+                let _g = self.lock_cluster(index).await;
+                let mut st = self.pool.state.lock().expect("pool lock");
+                let v = &st.meta.volumes[&self.id];
+                let cur = Mapping::decode(v.map[index as usize]);
+                let thin = v.thin;
+                let rc = cur.cluster().map(|c| st.meta.refcount(c)).unwrap_or(0);
+                let entry = match cur {
+                    Mapping::Hole => continue,
+                    // Keep a thick volume's (or a no-unmap request's) allocation, owned.
+                    Mapping::Data(c) | Mapping::Zero(c)
+                        if (!thin || !flags.may_unmap) && rc == 1 =>
+                    {
+                        Mapping::Zero(c)
+                    }
+                    _ => Mapping::Hole,
+                };
+                self.pool
+                    .push(
+                        &mut st,
+                        Record::SetMap {
+                            id: self.id,
+                            index,
+                            entry: entry.encode(),
+                        },
+                    )
+                    .map_err(|_| BlockError::new(ErrorKind::Gone, op, offset, len))?;
+            } else {
+                let (m, _) = self.pool.lookup(self.id, index)?;
+                if matches!(m, Mapping::Data(_)) {
+                    self.write_piece(index, within, &vec![0u8; n as usize], false)
+                        .await?;
+                }
+            }
+        }
+        if flags.fua {
+            self.pool
+                .commit()
+                .await
+                .map_err(|_| BlockError::new(ErrorKind::Io, op, offset, len))?;
+        }
+        Ok(())
+    }
+
+    fn do_status(&self, offset: u64, len: u64) -> Result<Vec<Extent>, BlockError> {
+        check_range(&self.geometry(), IoKind::BlockStatus, offset, len)?;
+        let mut out: Vec<Extent> = Vec::new();
+        for (index, _, at, n) in self.pieces(offset, len) {
+            let (m, _) = self.pool.lookup(self.id, index)?;
+            let state = match m {
+                Mapping::Hole => ExtentState::Hole,
+                Mapping::Zero(_) => ExtentState::Zero,
+                Mapping::Data(_) => ExtentState::Data,
+            };
+            match out.last_mut() {
+                Some(l) if l.state == state => l.len += n,
+                _ => out.push(Extent {
+                    offset: offset + at,
+                    len: n,
+                    state,
+                }),
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl BlockDevice for PoolVolume {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn kind(&self) -> &'static str {
+        "pool-volume"
+    }
+    fn geometry(&self) -> Geometry {
+        let bs = self.pool.sb.block_size;
+        Geometry {
+            block_size: bs,
+            num_blocks: self.size() / bs as u64,
+            optimal_io: self.pool.sb.cluster_size,
+            max_io: 32 << 20,
+        }
+    }
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            flush: true,
+            fua: true,
+            unmap: !self.read_only,
+            write_zeroes: !self.read_only,
+            fast_zero: !self.read_only,
+            block_status: true,
+            read_only: self.read_only,
+            rotational: false,
+        }
+    }
+    fn read(&self, offset: u64, buf: IoBuf) -> IoFuture<'_, IoBuf> {
+        Box::pin(self.do_read(offset, buf))
+    }
+    fn write(&self, offset: u64, buf: IoBuf, flags: WriteFlags) -> IoFuture<'_, IoBuf> {
+        Box::pin(self.do_write(offset, buf, flags))
+    }
+    fn flush(&self) -> IoFuture<'_, ()> {
+        Box::pin(async move {
+            self.pool
+                .commit()
+                .await
+                .map_err(|_| BlockError::new(ErrorKind::Io, IoKind::Flush, 0, 0))
+        })
+    }
+    fn unmap(&self, offset: u64, len: u64) -> IoFuture<'_, ()> {
+        Box::pin(self.do_zero(
+            IoKind::Unmap,
+            offset,
+            len,
+            ZeroFlags {
+                may_unmap: true,
+                ..ZeroFlags::default()
+            },
+        ))
+    }
+    fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> IoFuture<'_, ()> {
+        Box::pin(self.do_zero(IoKind::WriteZeroes, offset, len, flags))
+    }
+    fn block_status(&self, offset: u64, len: u64) -> IoFuture<'_, Vec<Extent>> {
+        Box::pin(std::future::ready(self.do_status(offset, len)))
+    }
+}
