@@ -23,6 +23,8 @@ use std::sync::Arc;
 
 pub use reactor::IoBuf;
 
+#[cfg(feature = "test-utils")]
+pub mod crash;
 mod error;
 pub mod malloc;
 mod stats;

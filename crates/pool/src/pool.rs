@@ -614,11 +614,15 @@ impl Pool {
     }
 
     async fn commit_inner(&self) -> Result<(), PoolError> {
-        self.dev.flush().await?;
+        // Take the records first, then flush: every record taken describes data whose write
+        // completed before the record was pushed, so this flush makes that data durable before
+        // any journal block that points at it. (Flushing first would let a write complete
+        // between the flush and the take, and its record reach the disk before its data.)
         let (records, first_seq, last_seq, mut pos, checkpoint) = {
             let mut st = self.state.lock().expect("pool lock");
             if st.pending.is_empty() {
-                return Ok(());
+                drop(st);
+                return self.dev.flush().await.map_err(PoolError::from);
             }
             let records = std::mem::take(&mut st.pending);
             let first = st.durable_seq + 1;
@@ -635,6 +639,7 @@ impl Pool {
             };
             (records, first, last, st.journal_next, checkpoint)
         };
+        self.dev.flush().await?;
         let blocks = self.sb.journal_bytes / JOURNAL_BLOCK as u64;
         let jstart = CHECKPOINT_START + 2 * self.sb.checkpoint_bytes;
         if let Some((bytes, slot)) = checkpoint {
