@@ -618,26 +618,29 @@ impl Pool {
         // completed before the record was pushed, so this flush makes that data durable before
         // any journal block that points at it. (Flushing first would let a write complete
         // between the flush and the take, and its record reach the disk before its data.)
-        let (records, first_seq, last_seq, mut pos, checkpoint) = {
+        let taken = {
             let mut st = self.state.lock().expect("pool lock");
             if st.pending.is_empty() {
-                drop(st);
-                return self.dev.flush().await.map_err(PoolError::from);
-            }
-            let records = std::mem::take(&mut st.pending);
-            let first = st.durable_seq + 1;
-            let last = st.seq;
-            let blocks = self.sb.journal_bytes / JOURNAL_BLOCK as u64;
-            let need = records.len() as u64 / 32 + 1;
-            let checkpoint = if st.journal_used + need > blocks / 2 {
-                Some((
-                    encode_checkpoint(&st.meta, last, st.journal_next),
-                    1 - st.slot,
-                ))
-            } else {
                 None
-            };
-            (records, first, last, st.journal_next, checkpoint)
+            } else {
+                let records = std::mem::take(&mut st.pending);
+                let first = st.durable_seq + 1;
+                let last = st.seq;
+                let blocks = self.sb.journal_bytes / JOURNAL_BLOCK as u64;
+                let need = records.len() as u64 / 32 + 1;
+                let checkpoint = if st.journal_used + need > blocks / 2 {
+                    Some((
+                        encode_checkpoint(&st.meta, last, st.journal_next),
+                        1 - st.slot,
+                    ))
+                } else {
+                    None
+                };
+                Some((records, first, last, st.journal_next, checkpoint))
+            }
+        };
+        let Some((records, first_seq, last_seq, mut pos, checkpoint)) = taken else {
+            return self.dev.flush().await.map_err(PoolError::from);
         };
         self.dev.flush().await?;
         let blocks = self.sb.journal_bytes / JOURNAL_BLOCK as u64;
