@@ -334,7 +334,9 @@ unsafe impl StableBuf for Vec<u8> {
 }
 
 // SAFETY: as above; reads are only allowed into the initialised prefix `[0, len)`, so the
-// capacity reported is `len` and set_init never exposes uninitialised memory.
+// capacity reported is `len` and no uninitialised memory is ever exposed. A Vec's length is
+// its receive window and is never changed by an operation (`set_init` is a no-op), so a
+// partial receive followed by another into the rest of the window works.
 unsafe impl StableBufMut for Vec<u8> {
     fn stable_mut_ptr(&mut self) -> *mut u8 {
         self.as_mut_ptr()
@@ -342,9 +344,7 @@ unsafe impl StableBufMut for Vec<u8> {
     fn bytes_total(&self) -> usize {
         self.len()
     }
-    fn set_init(&mut self, n: usize) {
-        self.truncate(n)
-    }
+    fn set_init(&mut self, _n: usize) {}
 }
 
 #[cfg(test)]
