@@ -1,1 +1,214 @@
-fn main() {}
+//! `cargo xtask`: the project's tasks.
+//!
+//! - `demo`  — build and run an engine serving a file-backed and a RAM-backed NBD export.
+//! - `test`  — install what the tests need (when missing) and run the whole suite.
+//! - `bench` — benchmarks against peers, written to docs/benchmarks.md.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+mod bench;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn run(mut c: Command, what: &str) -> Result<(), String> {
+    let st = c
+        .status()
+        .map_err(|e| format!("{what}: cannot start: {e}"))?;
+    if st.success() {
+        Ok(())
+    } else {
+        Err(format!("{what} failed ({st})"))
+    }
+}
+
+const USAGE: &str = "usage: cargo xtask <demo | test [--lint] [NEXTEST ARGS...] | bench [--quick] [--runtime SECS]>";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let r = match args.first().map(String::as_str) {
+        Some("demo") => demo(),
+        Some("test") => test(&args[1..]),
+        Some("bench") => bench::bench(&args[1..]),
+        Some("-h" | "--help" | "help") => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        _ => Err(USAGE.to_string()),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Builds the release binaries and becomes the engine (exec), so Ctrl-C and SIGTERM reach it
+/// directly and it flushes and exits cleanly.
+fn demo() -> Result<(), String> {
+    let mut b = cargo();
+    b.args([
+        "build",
+        "--release",
+        "-p",
+        "ballast-engine",
+        "-p",
+        "ballast-cli",
+    ]);
+    run(b, "cargo build --release")?;
+    let dir = root().join("target/demo");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let disk = dir.join("disk0.img");
+    let engine = root().join("target/release/ballast-engine");
+    eprintln!(
+        "xtask demo: serving {} (1 GiB file) and a 1 GiB RAM device; try\n  \
+         nbdinfo --map nbd://127.0.0.1:10809/ram0\n  \
+         qemu-io -f raw -c 'write -P 0xab 0 1M' -c 'read -P 0xab 0 1M' nbd://127.0.0.1:10809/disk0\n  \
+         target/release/ballast device list\n  \
+         target/release/ballast stats\n\
+         Ctrl-C stops it (devices are flushed first).",
+        disk.display()
+    );
+    let mut c = Command::new(engine);
+    c.arg("--device")
+        .arg(format!("disk0=uring://{}?size=1GiB", disk.display()))
+        .args([
+            "--device",
+            "ram0=malloc:///ram0?size=1GiB",
+            "--export",
+            "disk0",
+            "--export",
+            "ram0",
+        ]);
+    use std::os::unix::process::CommandExt;
+    let e = c.exec();
+    Err(format!("cannot run the engine: {e}"))
+}
+
+fn have(cmd: &str, arg: &str) -> bool {
+    Command::new(cmd)
+        .arg(arg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok()
+}
+
+fn python_has_nbd() -> bool {
+    Command::new("/usr/bin/python3")
+        .args(["-c", "import nbd"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Installs the Debian packages the tests use, when their tools are missing.
+fn ensure_tools() -> Result<(), String> {
+    let mut missing: Vec<&str> = Vec::new();
+    let checks: [(&str, &str, &str); 8] = [
+        ("fio", "--version", "fio"),
+        ("nbdinfo", "--version", "libnbd-bin"),
+        ("nbdcopy", "--version", "libnbd-bin"),
+        ("nbdsh", "--version", "libnbd-bin"),
+        ("nbdkit", "--version", "nbdkit"),
+        ("qemu-img", "--version", "qemu-utils"),
+        ("qemu-io", "--version", "qemu-utils"),
+        ("qemu-storage-daemon", "--version", "qemu-utils"),
+    ];
+    for (tool, arg, pkg) in checks {
+        if !have(tool, arg) && !missing.contains(&pkg) {
+            missing.push(pkg);
+        }
+    }
+    if !python_has_nbd() && !missing.contains(&"python3-libnbd") {
+        missing.push("python3-libnbd");
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask test: installing missing test tools: {}",
+        missing.join(" ")
+    );
+    // SAFETY-free check of root: `id -u`.
+    let uid = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let sudo = uid.ok().as_deref() != Some("0");
+    let apt = |args: &[&str]| {
+        let mut c = if sudo {
+            Command::new("sudo")
+        } else {
+            Command::new("apt-get")
+        };
+        if sudo {
+            c.arg("apt-get");
+        }
+        c.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        c
+    };
+    run(apt(&["update", "-qq"]), "apt-get update")?;
+    let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
+    args.extend(missing.iter().copied());
+    run(apt(&args), "apt-get install")
+}
+
+fn test(args: &[String]) -> Result<(), String> {
+    ensure_tools()?;
+    let ci = std::env::var("CI")
+        .map(|v| v == "true" || v == "1")
+        .unwrap_or(false);
+    let lint = ci || args.iter().any(|a| a == "--lint");
+    let rest: Vec<&String> = args.iter().filter(|a| *a != "--lint").collect();
+    if lint {
+        let mut f = cargo();
+        f.args(["fmt", "--all", "--check"]);
+        run(f, "cargo fmt --check")?;
+        let mut c = cargo();
+        c.args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]);
+        run(c, "cargo clippy -D warnings")?;
+    }
+    let nextest = cargo()
+        .args(["nextest", "--version"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    let nextest = nextest || {
+        eprintln!("xtask test: installing cargo-nextest");
+        let mut i = cargo();
+        i.args(["install", "cargo-nextest", "--locked"]);
+        run(i, "cargo install cargo-nextest").is_ok()
+    };
+    let mut t = cargo();
+    if nextest {
+        t.args(["nextest", "run", "--workspace", "--no-fail-fast"]);
+    } else {
+        eprintln!("xtask test: cargo-nextest unavailable, using cargo test");
+        t.args(["test", "--workspace", "--no-fail-fast"]);
+    }
+    t.args(rest);
+    run(t, "tests")
+}
