@@ -157,7 +157,10 @@ impl Parser<'_> {
     fn number(&mut self) -> Result<Value, String> {
         let start = self.i;
         while self.i < self.s.len()
-            && matches!(self.s[self.i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+            && matches!(
+                self.s[self.i],
+                b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'
+            )
         {
             self.i += 1;
         }
@@ -229,7 +232,10 @@ mod tests {
         )
         .unwrap();
         let job = v.get("jobs").and_then(|j| j.at(0)).unwrap();
-        assert_eq!(job.path(&["read", "iops"]).and_then(Value::num), Some(81234.5));
+        assert_eq!(
+            job.path(&["read", "iops"]).and_then(Value::num),
+            Some(81234.5)
+        );
         assert_eq!(
             job.path(&["read", "lat_ns", "percentile", "99.000000"])
                 .and_then(Value::num),

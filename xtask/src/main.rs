@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 mod bench;
+mod json;
+mod procs;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -33,7 +35,7 @@ fn run(mut c: Command, what: &str) -> Result<(), String> {
     }
 }
 
-const USAGE: &str = "usage: cargo xtask <demo | test [--lint] [NEXTEST ARGS...] | bench [--quick] [--runtime SECS]>";
+const USAGE: &str = "usage: cargo xtask <demo | test [--lint] [NEXTEST ARGS...] | bench [--quick] [--runtime SECS] [--idle SECS] [--rounds N]>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -145,12 +147,21 @@ fn ensure_tools() -> Result<(), String> {
         "xtask test: installing missing test tools: {}",
         missing.join(" ")
     );
-    // SAFETY-free check of root: `id -u`.
     let uid = Command::new("id")
         .arg("-u")
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
     let sudo = uid.ok().as_deref() != Some("0");
+    if sudo && !have("sudo", "--version") {
+        return Err(format!(
+            "missing test tools need `apt-get install {}`, but this is not root and sudo is \
+             not installed; install them as root and rerun",
+            missing.join(" ")
+        ));
+    }
+    if sudo {
+        eprintln!("xtask test: not root, using sudo for apt-get");
+    }
     let apt = |args: &[&str]| {
         let mut c = if sudo {
             Command::new("sudo")
@@ -158,7 +169,7 @@ fn ensure_tools() -> Result<(), String> {
             Command::new("apt-get")
         };
         if sudo {
-            c.arg("apt-get");
+            c.args(["DEBIAN_FRONTEND=noninteractive", "apt-get"]);
         }
         c.args(args).env("DEBIAN_FRONTEND", "noninteractive");
         c
@@ -210,5 +221,14 @@ fn test(args: &[String]) -> Result<(), String> {
         t.args(["test", "--workspace", "--no-fail-fast"]);
     }
     t.args(rest);
-    run(t, "tests")
+    let st = t
+        .status()
+        .map_err(|e| format!("tests: cannot start: {e}"))?;
+    if !st.success() {
+        // Exit with the runner's own status (nextest uses distinct codes).
+        let code = st.code().unwrap_or(1);
+        eprintln!("xtask test: tests failed ({st})");
+        std::process::exit(if code == 0 { 1 } else { code });
+    }
+    Ok(())
 }
