@@ -180,12 +180,89 @@ impl Drop for IoBuf {
         match &self.origin {
             Origin::Empty => {}
             Origin::Heap => {
+                if let Some(class) = class_of(self.cap) {
+                    let kept = LARGE
+                        .try_with(|l| {
+                            let l = &mut l.borrow_mut().0;
+                            if l.len() <= class {
+                                l.resize_with(class + 1, Vec::new);
+                            }
+                            if l[class].len() < (CACHE_CLASS_BYTES / self.cap).max(1) {
+                                l[class].push(self.ptr);
+                                true
+                            } else {
+                                false
+                            }
+                        })
+                        .unwrap_or(false);
+                    if kept {
+                        return;
+                    }
+                }
                 let layout = Layout::from_size_align(self.cap, ALIGN).expect("layout was valid");
                 // SAFETY: allocated in with_capacity with this very layout, freed once.
                 unsafe { dealloc(self.ptr.as_ptr(), layout) }
             }
             Origin::Pool { pool, index } => pool.free.lock().expect("pool lock").push(*index),
         }
+    }
+}
+
+/// Smallest capacity kept in the large-buffer cache.
+const CACHE_MIN: usize = 256 * 1024;
+/// Largest capacity kept in the large-buffer cache.
+const CACHE_MAX: usize = 4 << 20;
+/// Bytes kept per size class and thread (so at most 5 × 8 MiB per thread in all).
+const CACHE_CLASS_BYTES: usize = 8 << 20;
+
+/// Recycled large heap buffers by power-of-two capacity (index = log2 of the capacity).
+struct LargeCache(Vec<Vec<NonNull<u8>>>);
+
+impl Drop for LargeCache {
+    fn drop(&mut self) {
+        for (class, bufs) in self.0.iter().enumerate() {
+            let layout = Layout::from_size_align(1 << class, ALIGN).expect("valid layout");
+            for p in bufs {
+                // SAFETY: every pointer here came from an IoBuf of capacity 1 << class,
+                // allocated with this layout, whose ownership passed to the cache on drop.
+                unsafe { dealloc(p.as_ptr(), layout) }
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// Allocating and zeroing a fresh megabyte (page faults included) for every large request
+    /// costs more than the I/O: large buffers are recycled per thread.
+    static LARGE: std::cell::RefCell<LargeCache> = const { std::cell::RefCell::new(LargeCache(Vec::new())) };
+}
+
+fn class_of(cap: usize) -> Option<usize> {
+    (cap.is_power_of_two() && (CACHE_MIN..=CACHE_MAX).contains(&cap))
+        .then(|| cap.trailing_zeros() as usize)
+}
+
+impl IoBuf {
+    /// A buffer of `len` payload bytes with unspecified (but initialised) contents, recycled
+    /// from this thread's cache of large buffers when possible. For reads and receives, which
+    /// overwrite the payload anyway.
+    pub fn recycled(len: usize) -> IoBuf {
+        let cap = len.max(1).next_power_of_two();
+        if let Some(class) = class_of(cap) {
+            let hit = LARGE.with(|l| l.borrow_mut().0.get_mut(class).and_then(|v| v.pop()));
+            if let Some(ptr) = hit {
+                return IoBuf {
+                    ptr,
+                    len,
+                    cap,
+                    origin: Origin::Heap,
+                };
+            }
+            let mut b = IoBuf::with_capacity(cap);
+            b.len = len;
+            return b;
+        }
+        IoBuf::zeroed(len)
     }
 }
 
@@ -357,6 +434,19 @@ mod tests {
         assert_eq!(b.as_ptr() as usize % ALIGN, 0);
         assert_eq!(b.capacity(), 8192);
         assert!(b.iter().all(|&x| x == 0));
+    }
+
+    #[test]
+    fn large_buffers_are_recycled() {
+        let a = IoBuf::recycled(1 << 20);
+        let p = a.as_ptr();
+        assert_eq!((a.len(), a.capacity()), (1 << 20, 1 << 20));
+        drop(a);
+        let b = IoBuf::recycled(700 * 1024);
+        assert_eq!(b.as_ptr(), p, "a dropped 1 MiB buffer is reused");
+        assert_eq!(b.len(), 700 * 1024);
+        let small = IoBuf::recycled(4096);
+        assert!(small.iter().all(|&x| x == 0));
     }
 
     #[test]

@@ -548,12 +548,13 @@ pub fn current_id() -> Option<usize> {
     CURRENT.with(|c| c.borrow().as_ref().map(|c| c.shared.id))
 }
 
-/// A heap or registered buffer for `len` bytes, from the current reactor's pool when one is
-/// free and large enough (off a reactor thread: always heap).
+/// A buffer for `len` bytes to read or receive into: registered, from the current reactor's
+/// pool, when one is free and large enough; otherwise a recycled large buffer or a new one.
+/// Its contents are unspecified (initialised, possibly stale): callers overwrite them.
 pub fn alloc_buf(len: usize) -> IoBuf {
     try_core()
         .and_then(|c| c.pool.take(len))
-        .unwrap_or_else(|| IoBuf::zeroed(len))
+        .unwrap_or_else(|| IoBuf::recycled(len))
 }
 
 /// A cloneable, thread-safe handle to one reactor: send it work.
