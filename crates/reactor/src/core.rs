@@ -419,7 +419,10 @@ impl Core {
 
     fn run(&self) {
         self.arm_doorbell();
-        let mut last_work = Instant::now();
+        // Events not yet reported to the adaptive tuner, and when the current idle stretch
+        // began. The busy path reads no clock: the tuner hears about work once it dries up.
+        let mut unreported: u64 = 0;
+        let mut idle_since: Option<Instant> = None;
         loop {
             let mut work = self.run_mailbox();
             work += self.run_tasks();
@@ -433,10 +436,8 @@ impl Core {
                     .stats
                     .busy_iterations
                     .fetch_add(1, Ordering::Relaxed);
-                if self.mode == PollMode::Adaptive {
-                    last_work = Instant::now();
-                    self.tuner.borrow_mut().activity(last_work, work);
-                }
+                unreported += work;
+                idle_since = None;
                 continue;
             }
             match self.mode {
@@ -444,10 +445,17 @@ impl Core {
                 PollMode::Interrupt => self.park(None),
                 PollMode::Adaptive => {
                     let now = Instant::now();
-                    let spin = self.tuner.borrow_mut().spin_window(now);
-                    if now.duration_since(last_work) >= spin {
+                    let since = *idle_since.get_or_insert(now);
+                    let mut tuner = self.tuner.borrow_mut();
+                    if unreported > 0 {
+                        tuner.activity(now, unreported);
+                        unreported = 0;
+                    }
+                    let spin = tuner.spin_window(now);
+                    drop(tuner);
+                    if now.duration_since(since) >= spin {
                         self.park(None);
-                        last_work = Instant::now();
+                        idle_since = None;
                     } else {
                         std::hint::spin_loop();
                     }
