@@ -120,6 +120,7 @@ pub struct Pool {
     dev: Device,
     sb: Superblock,
     state: Mutex<State>,
+    warnings: Vec<String>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -257,6 +258,7 @@ impl Pool {
         Pool {
             dev,
             sb,
+            warnings: Vec::new(),
             state: Mutex::new(State {
                 meta,
                 seq,
@@ -279,65 +281,115 @@ impl Pool {
     pub async fn import(dev: Device) -> Result<Arc<Pool>, PoolError> {
         let a = read_at(&dev, 0, SUPERBLOCK_SIZE).await?;
         let b = read_at(&dev, SUPERBLOCK_SIZE as u64, SUPERBLOCK_SIZE).await?;
-        let (sb, _damage) = Superblock::choose(&a, &b)
-            .map_err(|[e1, e2]| PoolError::NoSuperblock(format!("copy A: {e1}; copy B: {e2}")))?;
+        let (sb, damage) = Superblock::choose(&a, &b).map_err(|[e1, e2]| {
+            PoolError::NoSuperblock(format!("superblock copy A: {e1}; copy B: {e2}"))
+        })?;
+        let mut warnings = Vec::new();
+        for (copy, e) in ["A", "B"].iter().zip(damage) {
+            if let Some(e) = e {
+                warnings.push(format!(
+                    "superblock copy {copy}: {e}; the other copy is in use"
+                ));
+            }
+        }
         let cs = sb.cluster_size as u64;
-        let mut best = None;
+        let mut best: Option<(crate::codec::CheckpointHeader, Meta, u8)> = None;
         let mut why = Vec::new();
+        let mut damaged_seq = None;
         for slot in 0..2u8 {
             let at = CHECKPOINT_START + slot as u64 * sb.checkpoint_bytes;
             let hdr = read_at(&dev, at, 4096).await?;
+            if hdr.iter().all(|&x| x == 0) {
+                continue; // never written
+            }
             match decode_checkpoint_header(&hdr) {
                 Ok(h) if h.body_len + 4096 <= sb.checkpoint_bytes => {
-                    let body = read_at(
-                        &dev,
-                        at + 4096,
-                        (h.body_len as usize).next_multiple_of(4096).max(4096),
-                    )
-                    .await?;
+                    let len = (h.body_len as usize).next_multiple_of(4096).max(4096);
+                    let body = read_at(&dev, at + 4096, len).await?;
                     match decode_checkpoint_body(&h, &body, cs, sb.total_clusters) {
-                        Ok(m)
-                            if best.as_ref().is_none_or(
-                                |(bh, _, _): &(crate::codec::CheckpointHeader, Meta, u8)| {
-                                    h.seq > bh.seq
-                                },
-                            ) =>
-                        {
+                        Ok(m) if best.as_ref().is_none_or(|(bh, _, _)| h.seq > bh.seq) => {
                             best = Some((h, m, slot))
                         }
                         Ok(_) => {}
-                        Err(e) => why.push(format!("slot {slot}: {e}")),
+                        Err(e) => {
+                            damaged_seq = damaged_seq.max(Some(h.seq));
+                            why.push(format!("checkpoint slot {slot} (sequence {}): {e}", h.seq))
+                        }
                     }
                 }
-                Ok(_) => why.push(format!("slot {slot}: body larger than the slot")),
-                Err(e) => why.push(format!("slot {slot}: {e}")),
+                Ok(_) => why.push(format!("checkpoint slot {slot}: body larger than the slot")),
+                Err(e) => why.push(format!("checkpoint slot {slot}: {e}")),
             }
         }
         let (h, mut meta, slot) = best.ok_or_else(|| PoolError::NoCheckpoint(why.join("; ")))?;
+        for w in why {
+            warnings.push(format!(
+                "{w} (damaged, or torn by a crash while it was written)"
+            ));
+        }
+        if let Some(d) = damaged_seq.filter(|&d| d > h.seq) {
+            warnings.push(format!(
+                "the newest checkpoint (sequence {d}) is unreadable; recovered from the older \
+                 one (sequence {}) and the journal after it",
+                h.seq
+            ));
+        }
         // Replay the journal from the checkpoint's position.
         let blocks = sb.journal_bytes / JOURNAL_BLOCK as u64;
         let jstart = CHECKPOINT_START + 2 * sb.checkpoint_bytes;
+        let block_at = |pos: u64| jstart + pos * JOURNAL_BLOCK as u64;
         let mut pos = h.journal_pos % blocks;
         let mut seq = h.seq;
         let mut used = 0;
         for _ in 0..blocks {
-            let blk = read_at(&dev, jstart + pos * JOURNAL_BLOCK as u64, JOURNAL_BLOCK).await?;
-            let Ok((first, recs)) = decode_journal_block(&blk) else {
-                break;
-            };
-            if first != seq + 1 || recs.is_empty() {
-                break;
+            let blk = read_at(&dev, block_at(pos), JOURNAL_BLOCK).await?;
+            match decode_journal_block(&blk) {
+                Ok((first, recs)) if first == seq + 1 && !recs.is_empty() => {
+                    for r in &recs {
+                        meta.apply(r).map_err(|e| {
+                            PoolError::Meta(MetaError::Corrupt(match e {
+                                MetaError::Corrupt(w) => w,
+                                _ => "journal record does not apply to the checkpoint",
+                            }))
+                        })?;
+                    }
+                    seq += recs.len() as u64;
+                    pos = (pos + 1) % blocks;
+                    used += 1;
+                }
+                Ok(_) => break, // an older lap: the end of the journal
+                Err(_) if blk.iter().all(|&x| x == 0) => break,
+                Err(e) => {
+                    // Damaged, or torn by a crash. Records beyond it that continue the sequence
+                    // would mean committed metadata is being lost: say so.
+                    for ahead in 1..=64u64.min(blocks - 1) {
+                        let p = (pos + ahead) % blocks;
+                        let later = read_at(&dev, block_at(p), JOURNAL_BLOCK).await?;
+                        if let Ok((first, _)) = decode_journal_block(&later) {
+                            if first > seq + 1 {
+                                warnings.push(format!(
+                                    "journal block {pos} ({e}) stops replay at sequence {seq}, but \
+                                     block {p} holds records from sequence {first}: metadata \
+                                     after sequence {seq} is lost (damage, or a crash during a \
+                                     multi-block commit)"
+                                ));
+                                break;
+                            }
+                        }
+                    }
+                    break;
+                }
             }
-            for r in &recs {
-                meta.apply(r)?;
-            }
-            seq += recs.len() as u64;
-            pos = (pos + 1) % blocks;
-            used += 1;
         }
-        let pool = Pool::with_state(dev, sb, meta, seq, pos, slot);
+        let mut pool = Pool::with_state(dev, sb, meta, seq, pos, slot);
+        pool.warnings = warnings;
         pool.state.lock().expect("pool lock").journal_used = used;
         Ok(Arc::new(pool))
+    }
+
+    /// What import found damaged but could work around (empty for a clean pool).
+    pub fn import_warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// The superblock.
@@ -618,82 +670,75 @@ impl Pool {
         // completed before the record was pushed, so this flush makes that data durable before
         // any journal block that points at it. (Flushing first would let a write complete
         // between the flush and the take, and its record reach the disk before its data.)
+        let blocks = self.sb.journal_bytes / JOURNAL_BLOCK as u64;
         let taken = {
             let mut st = self.state.lock().expect("pool lock");
             if st.pending.is_empty() {
                 None
             } else {
                 let records = std::mem::take(&mut st.pending);
-                let first = st.durable_seq + 1;
                 let last = st.seq;
-                let blocks = self.sb.journal_bytes / JOURNAL_BLOCK as u64;
-                let need = records.len() as u64 / 32 + 1;
-                let checkpoint = if st.journal_used + need > blocks / 2 {
-                    Some((
-                        encode_checkpoint(&st.meta, last, st.journal_next),
-                        1 - st.slot,
-                    ))
-                } else {
-                    None
-                };
-                Some((records, first, last, st.journal_next, checkpoint))
+                let mut encoded = Vec::new();
+                let mut seq = st.durable_seq + 1;
+                let mut rest = &records[..];
+                while !rest.is_empty() {
+                    let (blk, n) = encode_journal_block(seq, rest);
+                    encoded.push(blk);
+                    seq += n as u64;
+                    rest = &rest[n..];
+                }
+                let start = st.journal_next;
+                let end = (start + encoded.len() as u64) % blocks;
+                // Past half the ring since the last checkpoint: checkpoint the state as of
+                // `last`, replay starting after this commit's blocks. The blocks are written
+                // too, so the older checkpoint plus the journal stays a complete fallback.
+                let checkpoint = (st.journal_used + encoded.len() as u64 > blocks / 2)
+                    .then(|| (encode_checkpoint(&st.meta, last, end), 1 - st.slot));
+                Some((encoded, last, start, end, checkpoint))
             }
         };
-        let Some((records, first_seq, last_seq, mut pos, checkpoint)) = taken else {
+        let Some((encoded, last_seq, start, end, checkpoint)) = taken else {
             return self.dev.flush().await.map_err(PoolError::from);
         };
         self.dev.flush().await?;
-        let blocks = self.sb.journal_bytes / JOURNAL_BLOCK as u64;
         let jstart = CHECKPOINT_START + 2 * self.sb.checkpoint_bytes;
-        if let Some((bytes, slot)) = checkpoint {
+        let mut pos = start;
+        for blk in &encoded {
+            write_at(&self.dev, jstart + pos * JOURNAL_BLOCK as u64, blk).await?;
+            pos = (pos + 1) % blocks;
+        }
+        // The block after the tail must not look like a continuation from an older lap.
+        write_at(
+            &self.dev,
+            jstart + end * JOURNAL_BLOCK as u64,
+            &[0u8; JOURNAL_BLOCK],
+        )
+        .await?;
+        if let Some((bytes, slot)) = &checkpoint {
             if bytes.len() as u64 > self.sb.checkpoint_bytes {
                 return Err(PoolError::NoSpace(
                     "metadata does not fit its checkpoint slot".into(),
                 ));
             }
-            write_at(
-                &self.dev,
-                CHECKPOINT_START + slot as u64 * self.sb.checkpoint_bytes,
-                &bytes,
-            )
-            .await?;
-            // Terminate the journal at the checkpoint's replay position.
-            write_at(
-                &self.dev,
-                jstart + pos * JOURNAL_BLOCK as u64,
-                &[0u8; JOURNAL_BLOCK],
-            )
-            .await?;
+            // The journal blocks must be durable before the checkpoint that skips them.
             self.dev.flush().await?;
-            let mut st = self.state.lock().expect("pool lock");
-            st.slot = slot;
-            st.journal_used = 0;
-            st.durable_seq = last_seq;
-            st.freed_pending.retain(|&(s, _)| s > last_seq);
-            return Ok(());
+            write_at(
+                &self.dev,
+                CHECKPOINT_START + *slot as u64 * self.sb.checkpoint_bytes,
+                bytes,
+            )
+            .await?;
         }
-        let mut seq = first_seq;
-        let mut rest = &records[..];
-        let mut written = 0;
-        while !rest.is_empty() {
-            let (blk, n) = encode_journal_block(seq, rest);
-            write_at(&self.dev, jstart + pos * JOURNAL_BLOCK as u64, &blk).await?;
-            seq += n as u64;
-            rest = &rest[n..];
-            pos = (pos + 1) % blocks;
-            written += 1;
-        }
-        // The block after the tail must not look like a continuation from an older lap.
-        write_at(
-            &self.dev,
-            jstart + pos * JOURNAL_BLOCK as u64,
-            &[0u8; JOURNAL_BLOCK],
-        )
-        .await?;
         self.dev.flush().await?;
         let mut st = self.state.lock().expect("pool lock");
-        st.journal_next = pos;
-        st.journal_used += written;
+        st.journal_next = end;
+        match checkpoint {
+            Some((_, slot)) => {
+                st.slot = slot;
+                st.journal_used = 0;
+            }
+            None => st.journal_used += encoded.len() as u64,
+        }
         st.durable_seq = last_seq;
         st.freed_pending.retain(|&(s, _)| s > last_seq);
         Ok(())
