@@ -365,16 +365,16 @@ impl Pool {
                     for ahead in 1..=64u64.min(blocks - 1) {
                         let p = (pos + ahead) % blocks;
                         let later = read_at(&dev, block_at(p), JOURNAL_BLOCK).await?;
-                        if let Ok((first, _)) = decode_journal_block(&later) {
-                            if first > seq + 1 {
-                                warnings.push(format!(
-                                    "journal block {pos} ({e}) stops replay at sequence {seq}, but \
+                        if let Ok((first, _)) = decode_journal_block(&later)
+                            && first > seq + 1
+                        {
+                            warnings.push(format!(
+                                "journal block {pos} ({e}) stops replay at sequence {seq}, but \
                                      block {p} holds records from sequence {first}: metadata \
                                      after sequence {seq} is lost (damage, or a crash during a \
                                      multi-block commit)"
-                                ));
-                                break;
-                            }
+                            ));
+                            break;
                         }
                     }
                     break;
