@@ -20,6 +20,9 @@ pub struct CrashDevice {
     geometry: Geometry,
     durable: Mutex<Vec<u8>>,
     volatile: Mutex<Vec<(u64, Vec<u8>)>>,
+    /// (flushes left before the crash, xorshift state for its coin flips)
+    armed: Mutex<Option<(u32, u64)>>,
+    captured: Mutex<Option<Vec<u8>>>,
 }
 
 impl std::fmt::Debug for CrashDevice {
@@ -48,6 +51,8 @@ impl CrashDevice {
             geometry,
             durable: Mutex::new(image),
             volatile: Mutex::new(Vec::new()),
+            armed: Mutex::new(None),
+            captured: Mutex::new(None),
         }
     }
 
@@ -70,7 +75,46 @@ impl CrashDevice {
         img
     }
 
+    /// Arms a crash at the `flushes`-th flush from now (1 = the next): at that moment, before
+    /// the flush makes anything durable, the disk a power loss would leave is captured (each
+    /// volatile write kept, torn or lost, by a generator seeded with `seed`). The device keeps
+    /// working; [`CrashDevice::take_captured`] returns the image.
+    pub fn arm(&self, flushes: u32, seed: u64) {
+        *self.armed.lock().expect("lock") = Some((flushes.max(1), seed | 1));
+    }
+
+    /// The image captured by an armed crash, once it happened.
+    pub fn take_captured(&self) -> Option<Vec<u8>> {
+        self.captured.lock().expect("lock").take()
+    }
+
+    fn flush_point(&self) {
+        let mut armed = self.armed.lock().expect("lock");
+        let Some((left, mut rng)) = *armed else {
+            return;
+        };
+        if left > 1 {
+            *armed = Some((left - 1, rng));
+            return;
+        }
+        *armed = None;
+        drop(armed);
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let img = self.crash_image(|_, sectors| match next() % 3 {
+            0 => 0,
+            1 => sectors,
+            _ => (next() % (sectors as u64 + 1)) as usize,
+        });
+        *self.captured.lock().expect("lock") = Some(img);
+    }
+
     fn persist(&self) {
+        self.flush_point();
         let mut d = self.durable.lock().expect("lock");
         for (off, data) in self.volatile.lock().expect("lock").drain(..) {
             d[off as usize..off as usize + data.len()].copy_from_slice(&data);

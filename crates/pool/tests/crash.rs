@@ -60,7 +60,7 @@ impl VolModel {
     }
 }
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Model {
     vols: BTreeMap<String, VolModel>,
 }
@@ -104,6 +104,103 @@ async fn verify(pool: &Arc<Pool>, model: &mut Model, ctx: &str) {
     }
 }
 
+/// One random operation against the pool, mirrored in the model.
+async fn step(pool: &Arc<Pool>, model: &mut Model, rng: &mut Rng, next: &mut u32) {
+    {
+        let names: Vec<String> = model.vols.keys().cloned().collect();
+        let vols: Vec<String> = model
+            .vols
+            .iter()
+            .filter(|(_, v)| !v.snapshot)
+            .map(|(n, _)| n.clone())
+            .collect();
+        let snaps: Vec<String> = model
+            .vols
+            .iter()
+            .filter(|(_, v)| v.snapshot)
+            .map(|(n, _)| n.clone())
+            .collect();
+        match rng.below(12) {
+            0 | 1 if model.vols.len() < 8 => {
+                *next += 1;
+                let name = format!("v{next}");
+                pool.create_volume(&name, VOL_SIZE, rng.below(3) != 0)
+                    .await
+                    .unwrap();
+                model.flush();
+                model
+                    .vols
+                    .insert(name, VolModel::new(false, vec![0; SECTORS]));
+            }
+            2..=6 if !vols.is_empty() => {
+                let name = &vols[rng.below(vols.len())];
+                let block = rng.below(SECTORS * SECTOR / BLOCK);
+                let byte = match (rng.below(254) + 1) as u8 {
+                    GARBAGE => 0x11,
+                    b => b,
+                };
+                let fua = rng.below(8) == 0;
+                let d = pool.open(name).unwrap();
+                d.write(
+                    (block * BLOCK) as u64,
+                    IoBuf::from_slice(&[byte; BLOCK]),
+                    WriteFlags { fua },
+                )
+                .await
+                .unwrap();
+                if fua {
+                    model.flush(); // a FUA write commits the pool
+                }
+                let vm = model.vols.get_mut(name).unwrap();
+                for s in block * 8..block * 8 + 8 {
+                    if fua {
+                        vm.durable[s] = byte;
+                    } else {
+                        vm.since_flush[s].push(byte);
+                    }
+                }
+            }
+            7 if !names.is_empty() => {
+                pool.open(&names[0]).unwrap().flush().await.unwrap();
+                model.flush();
+            }
+            8 if !vols.is_empty() && model.vols.len() < 8 => {
+                *next += 1;
+                let src = &vols[rng.below(vols.len())];
+                let name = format!("s{next}");
+                pool.snapshot(src, &name).await.unwrap();
+                model.flush();
+                let content = model.vols[src].durable.clone();
+                model.vols.insert(name, VolModel::new(true, content));
+            }
+            9 if !snaps.is_empty() && model.vols.len() < 8 => {
+                *next += 1;
+                let s = &snaps[rng.below(snaps.len())];
+                let name = format!("c{next}");
+                pool.clone_snapshot(s, &name).await.unwrap();
+                model.flush();
+                let content = model.vols[s].durable.clone();
+                model.vols.insert(name, VolModel::new(false, content));
+            }
+            10 if !snaps.is_empty() && !vols.is_empty() => {
+                let s = &snaps[rng.below(snaps.len())];
+                let v = &vols[rng.below(vols.len())];
+                pool.revert(v, s).await.unwrap();
+                model.flush();
+                let content = model.vols[s].durable.clone();
+                model.vols.insert(v.clone(), VolModel::new(false, content));
+            }
+            11 if !names.is_empty() => {
+                let n = &names[rng.below(names.len())];
+                pool.delete(n).await.unwrap();
+                model.flush();
+                model.vols.remove(n);
+            }
+            _ => {}
+        }
+    }
+}
+
 async fn case(seed: u64) {
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     // The disk starts full of old garbage: a mapped cluster whose data never reached the disk
@@ -124,97 +221,7 @@ async fn case(seed: u64) {
     let mut next = 0;
     for round in 0..3 {
         for _ in 0..rng.below(40) + 5 {
-            let names: Vec<String> = model.vols.keys().cloned().collect();
-            let vols: Vec<String> = model
-                .vols
-                .iter()
-                .filter(|(_, v)| !v.snapshot)
-                .map(|(n, _)| n.clone())
-                .collect();
-            let snaps: Vec<String> = model
-                .vols
-                .iter()
-                .filter(|(_, v)| v.snapshot)
-                .map(|(n, _)| n.clone())
-                .collect();
-            match rng.below(12) {
-                0 | 1 if model.vols.len() < 8 => {
-                    next += 1;
-                    let name = format!("v{next}");
-                    pool.create_volume(&name, VOL_SIZE, rng.below(3) != 0)
-                        .await
-                        .unwrap();
-                    model.flush();
-                    model
-                        .vols
-                        .insert(name, VolModel::new(false, vec![0; SECTORS]));
-                }
-                2..=6 if !vols.is_empty() => {
-                    let name = &vols[rng.below(vols.len())];
-                    let block = rng.below(SECTORS * SECTOR / BLOCK);
-                    let byte = match (rng.below(254) + 1) as u8 {
-                        GARBAGE => 0x11,
-                        b => b,
-                    };
-                    let fua = rng.below(8) == 0;
-                    let d = pool.open(name).unwrap();
-                    d.write(
-                        (block * BLOCK) as u64,
-                        IoBuf::from_slice(&[byte; BLOCK]),
-                        WriteFlags { fua },
-                    )
-                    .await
-                    .unwrap();
-                    if fua {
-                        model.flush(); // a FUA write commits the pool
-                    }
-                    let vm = model.vols.get_mut(name).unwrap();
-                    for s in block * 8..block * 8 + 8 {
-                        if fua {
-                            vm.durable[s] = byte;
-                        } else {
-                            vm.since_flush[s].push(byte);
-                        }
-                    }
-                }
-                7 if !names.is_empty() => {
-                    pool.open(&names[0]).unwrap().flush().await.unwrap();
-                    model.flush();
-                }
-                8 if !vols.is_empty() && model.vols.len() < 8 => {
-                    next += 1;
-                    let src = &vols[rng.below(vols.len())];
-                    let name = format!("s{next}");
-                    pool.snapshot(src, &name).await.unwrap();
-                    model.flush();
-                    let content = model.vols[src].durable.clone();
-                    model.vols.insert(name, VolModel::new(true, content));
-                }
-                9 if !snaps.is_empty() && model.vols.len() < 8 => {
-                    next += 1;
-                    let s = &snaps[rng.below(snaps.len())];
-                    let name = format!("c{next}");
-                    pool.clone_snapshot(s, &name).await.unwrap();
-                    model.flush();
-                    let content = model.vols[s].durable.clone();
-                    model.vols.insert(name, VolModel::new(false, content));
-                }
-                10 if !snaps.is_empty() && !vols.is_empty() => {
-                    let s = &snaps[rng.below(snaps.len())];
-                    let v = &vols[rng.below(vols.len())];
-                    pool.revert(v, s).await.unwrap();
-                    model.flush();
-                    let content = model.vols[s].durable.clone();
-                    model.vols.insert(v.clone(), VolModel::new(false, content));
-                }
-                11 if !names.is_empty() => {
-                    let n = &names[rng.below(names.len())];
-                    pool.delete(n).await.unwrap();
-                    model.flush();
-                    model.vols.remove(n);
-                }
-                _ => {}
-            }
+            step(&pool, &mut model, &mut rng, &mut next).await;
         }
         // Crash: each unflushed write is kept, torn or lost.
         let image = keep_dev.crash_image(|_, sectors| match rng.below(3) {
@@ -283,4 +290,120 @@ async fn futures_catch<F: std::future::Future<Output = ()>>(
         }
     })
     .await
+}
+
+/// After a crash during an operation: the pool is the state before it or after it.
+async fn verify_either(pool: &Arc<Pool>, before: &Model, after: &Model, ctx: &str) {
+    let problems = pool.check();
+    assert!(problems.is_empty(), "{ctx}: check found {problems:?}");
+    let mut names: Vec<String> = pool.list().into_iter().map(|v| v.name).collect();
+    names.sort();
+    let b: Vec<String> = before.vols.keys().cloned().collect();
+    let a: Vec<String> = after.vols.keys().cloned().collect();
+    assert!(
+        names == b || names == a,
+        "{ctx}: volumes {names:?}, before {b:?}, after {a:?}"
+    );
+    for name in &names {
+        let dev = pool.open(name).unwrap();
+        let data = dev.read(0, IoBuf::zeroed(VOL_SIZE as usize)).await.unwrap();
+        for s in 0..SECTORS {
+            let sec = &data[s * SECTOR..(s + 1) * SECTOR];
+            assert!(
+                sec.iter().all(|&x| x == sec[0]),
+                "{ctx}: {name} sector {s} not uniform"
+            );
+            let mut allowed = Vec::new();
+            for m in [before, after] {
+                if let Some(v) = m.vols.get(name) {
+                    allowed.push(v.durable[s]);
+                    allowed.extend(&v.since_flush[s]);
+                }
+            }
+            assert!(
+                allowed.contains(&sec[0]),
+                "{ctx}: {name} sector {s} reads {:#x}, allowed {allowed:?}",
+                sec[0]
+            );
+        }
+    }
+}
+
+async fn flush_point_case(seed: u64) -> bool {
+    let mut rng = Rng(seed.wrapping_mul(0xD1B5_4A32_D192_ED03) | 1);
+    let disk = Arc::new(CrashDevice::from_image(vec![GARBAGE; 12 << 20]));
+    let dev: Device = disk.clone();
+    let pool = Pool::create(
+        dev,
+        &CreateOptions {
+            cluster_size: CLUSTER as u32,
+            ..CreateOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut model = Model::default();
+    let mut next = 0;
+    let mut armed = false;
+    for _ in 0..80 {
+        if !armed && rng.below(6) == 0 {
+            disk.arm(rng.below(3) as u32 + 1, rng.next());
+            armed = true;
+        }
+        let before = model.clone();
+        step(&pool, &mut model, &mut rng, &mut next).await;
+        if let Some(img) = disk.take_captured() {
+            let crashed = Pool::import(Arc::new(CrashDevice::from_image(img)))
+                .await
+                .unwrap_or_else(|e| {
+                    panic!("seed {seed}: import after a crash inside an operation: {e}")
+                });
+            verify_either(
+                &crashed,
+                &before,
+                &model,
+                &format!("flush-point seed {seed}"),
+            )
+            .await;
+            return true;
+        }
+    }
+    false
+}
+
+#[test]
+fn crashes_inside_operations_at_flush_points_leave_before_or_after() {
+    let cases: u64 = std::env::var("POOL_CRASH_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300);
+    let rt = Runtime::start(Config {
+        cores: 1,
+        mode: PollMode::Interrupt,
+        pin: false,
+        registered_buffers: 4,
+        ..Config::default()
+    })
+    .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    rt.handles()[0].spawn(move || async move {
+        let r = std::panic::AssertUnwindSafe(async move {
+            let mut crashed = 0;
+            for seed in 1..=cases {
+                crashed += flush_point_case(seed).await as u64;
+            }
+            assert!(
+                crashed * 2 > cases,
+                "only {crashed} of {cases} cases reached their crash"
+            );
+        });
+        let _ = tx.send(futures_catch(r).await);
+    });
+    let r = rx
+        .recv_timeout(std::time::Duration::from_secs(600))
+        .expect("crash test finished in time");
+    rt.shutdown();
+    if let Err(msg) = r {
+        panic!("{msg}");
+    }
 }
