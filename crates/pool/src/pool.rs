@@ -744,6 +744,11 @@ impl Pool {
         Ok(())
     }
 
+    /// Whether metadata changes are waiting for a commit.
+    pub fn has_pending(&self) -> bool {
+        !self.state.lock().expect("pool lock").pending.is_empty()
+    }
+
     fn cluster_offset(&self, c: u64) -> u64 {
         self.sb.data_start + c * self.sb.cluster_size as u64
     }
@@ -835,7 +840,18 @@ impl PoolVolume {
 
     async fn do_read(&self, offset: u64, mut buf: IoBuf) -> Result<IoBuf, BlockError> {
         check_range(&self.geometry(), IoKind::Read, offset, buf.len() as u64)?;
-        for (index, within, at, n) in self.pieces(offset, buf.len() as u64) {
+        let pieces = self.pieces(offset, buf.len() as u64);
+        if let [(index, within, _, _)] = pieces[..] {
+            // Fast path: one cluster, read straight into the caller's buffer.
+            if let (Mapping::Data(c), _) = self.pool.lookup(self.id, index)? {
+                return self
+                    .pool
+                    .dev
+                    .read(self.pool.cluster_offset(c) + within, buf)
+                    .await;
+            }
+        }
+        for (index, within, at, n) in pieces {
             let (m, _) = self.pool.lookup(self.id, index)?;
             let (at, n) = (at as usize, n as usize);
             match m {
@@ -944,7 +960,26 @@ impl PoolVolume {
             ));
         }
         check_range(&self.geometry(), IoKind::Write, offset, buf.len() as u64)?;
-        for (index, within, at, n) in self.pieces(offset, buf.len() as u64) {
+        let pieces = self.pieces(offset, buf.len() as u64);
+        if let [(index, within, _, _)] = pieces[..] {
+            // Fast path: one cluster this volume owns alone, written in place from the
+            // caller's buffer.
+            if let (Mapping::Data(c), 1) = self.pool.lookup(self.id, index)? {
+                let off = self.pool.cluster_offset(c) + within;
+                let len = buf.len() as u64;
+                let buf = self.pool.dev.write(off, buf, flags).await?;
+                // FUA promises the data survives a crash, so the mapping that leads to it
+                // must too: commit if any metadata is still pending.
+                if flags.fua && self.pool.has_pending() {
+                    self.pool
+                        .commit()
+                        .await
+                        .map_err(|_| BlockError::new(ErrorKind::Io, IoKind::Write, offset, len))?;
+                }
+                return Ok(buf);
+            }
+        }
+        for (index, within, at, n) in pieces {
             self.write_piece(index, within, &buf[at as usize..(at + n) as usize], false)
                 .await?;
         }

@@ -148,13 +148,12 @@ async fn step(pool: &Arc<Pool>, model: &mut Model, rng: &mut Rng, next: &mut u32
                 )
                 .await
                 .unwrap();
-                if fua {
-                    model.flush(); // a FUA write commits the pool
-                }
+                // FUA makes this write durable (and may make more so); nothing else is promised.
                 let vm = model.vols.get_mut(name).unwrap();
                 for s in block * 8..block * 8 + 8 {
                     if fua {
                         vm.durable[s] = byte;
+                        vm.since_flush[s].clear();
                     } else {
                         vm.since_flush[s].push(byte);
                     }
