@@ -47,7 +47,7 @@ async fn run(
     for q in 0..load.qd {
         let (dev, ops, lat, fresh) = (dev.clone(), ops.clone(), lat.clone(), fresh.clone());
         handles.push(spawn_local(async move {
-            let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (q as u64 + 1) * 7919);
+            let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((q as u64 + 1) * 7919));
             let blocks = span / load.bs as u64;
             let mut seq = q as u64 * blocks / load.qd as u64;
             while Instant::now() < deadline {
