@@ -14,6 +14,8 @@ fn main() -> Result<(), Box<dyn Error>> {
         .build_client(true)
         .build_server(true)
         .build_transport(true)
+        // Servers implement what they serve; the rest answers UNIMPLEMENTED.
+        .generate_default_stubs(true)
         .compile_fds(fds)?;
     Ok(())
 }

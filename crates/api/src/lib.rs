@@ -5,7 +5,8 @@
 //! - Server side: implement [`EngineService`] (the generated
 //!   `engine_server::Engine` trait) and serve it wrapped in [`EngineServer`],
 //!   e.g. `tonic::transport::Server::builder().serve_with_shutdown(addr,
-//!   EngineServer::new(svc), shutdown)`.
+//!   EngineServer::new(svc), shutdown)`. Methods left unimplemented answer
+//!   `UNIMPLEMENTED` (test doubles implement only what they need).
 //! - Client side: [`EngineClient::connect`] with an `http://host:port` URL.
 
 /// Generated code, one module per protobuf package.
@@ -21,10 +22,14 @@ pub mod engine {
 pub use engine::v1::engine_client::EngineClient;
 pub use engine::v1::engine_server::{Engine as EngineService, EngineServer};
 pub use engine::v1::{
-    CreateDeviceRequest, CreateExportRequest, DestroyDeviceReply, DestroyDeviceRequest,
-    DestroyExportReply, DestroyExportRequest, Device, DeviceStats, EngineInfo, Export,
-    GetInfoRequest, GetStatsReply, GetStatsRequest, LatencyBucket, ListDevicesReply,
-    ListDevicesRequest, ListExportsReply, ListExportsRequest, OpStats,
+    CheckPoolReply, CheckPoolRequest, CloneSnapshotRequest, ClosePoolReply, ClosePoolRequest,
+    CreateDeviceRequest, CreateExportRequest, CreatePoolRequest, CreateVolumeRequest,
+    DestroyDeviceReply, DestroyDeviceRequest, DestroyExportReply, DestroyExportRequest,
+    DestroyVolumeReply, DestroyVolumeRequest, Device, DeviceStats, EngineInfo, Export,
+    GetInfoRequest, GetStatsReply, GetStatsRequest, ImportPoolRequest, LatencyBucket,
+    ListDevicesReply, ListDevicesRequest, ListExportsReply, ListExportsRequest, ListPoolsReply,
+    ListPoolsRequest, ListVolumesReply, ListVolumesRequest, OpStats, Pool, ResizeVolumeRequest,
+    RevertVolumeRequest, SnapshotVolumeRequest, Volume,
 };
 
 /// TCP port the engine's management gRPC server listens on by default.

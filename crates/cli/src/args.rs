@@ -5,14 +5,21 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// Operator CLI of the Ballast storage engine.
 ///
 /// Talks to a running `ballast-engine` over its management gRPC API. Create
-/// block devices (RAM or file backed), export them over NBD, and watch their
-/// I/O statistics.
+/// block devices (RAM or file backed), pools on them with thin or thick
+/// volumes, snapshots and clones, export devices and volumes over NBD, and
+/// watch their I/O statistics.
 ///
 /// Example:
 ///   ballast device create d0 'malloc:///d0?size=1GiB'
 ///   ballast export create vol0 d0
 ///   nbd-client -N vol0 127.0.0.1 /dev/nbd0
 ///   ballast stats d0
+///
+///   ballast device create disk1 '/var/tmp/disk1.img?size=10GiB'
+///   ballast pool create pool1 disk1
+///   ballast volume create pool1 db 4GiB
+///   ballast export create db pool1/db
+///   ballast volume snapshot pool1 db db-monday
 #[derive(Debug, Parser)]
 #[command(
     name = "ballast",
@@ -72,6 +79,19 @@ pub enum Command {
     /// Exports of devices over the engine's NBD target: create, destroy, list.
     #[command(subcommand)]
     Export(ExportCommand),
+
+    /// Storage pools: create, import, close, list, check.
+    ///
+    /// A pool is a device formatted with Ballast's pool format; it holds thin
+    /// or thick volumes, their snapshots and clones. Each volume or snapshot
+    /// is also an engine device named POOL/VOLUME, exported with
+    /// `ballast export create NAME POOL/VOLUME`.
+    #[command(subcommand)]
+    Pool(PoolCommand),
+
+    /// Volumes of pools: create, destroy, resize, snapshot, clone, revert, list.
+    #[command(subcommand)]
+    Volume(VolumeCommand),
 
     /// I/O statistics per device.
     ///
@@ -162,6 +182,191 @@ pub enum ExportCommand {
     List,
 }
 
+/// `ballast pool ...`
+#[derive(Debug, Subcommand)]
+pub enum PoolCommand {
+    /// Format DEVICE as a new, empty pool NAME. Everything on DEVICE is lost.
+    ///
+    /// DEVICE is an engine device (see `ballast device list`) that is neither
+    /// exported nor holding a pool already.
+    Create {
+        /// Pool name (1 to 64 bytes, no '/').
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// Engine device to format.
+        #[arg(value_name = "DEVICE")]
+        device: String,
+        /// Allocation unit: a power of two from 64KiB to 4MiB; snapshots copy
+        /// a whole cluster on the first write to it [default: 128KiB].
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        cluster_size: Option<u64>,
+    },
+
+    /// Open the pool on DEVICE and register its volumes as devices POOL/VOLUME.
+    ///
+    /// The engine does this by itself for the devices it is started with;
+    /// use it for devices created later, or to retry a faulted pool.
+    Import {
+        /// Engine device holding the pool.
+        #[arg(value_name = "DEVICE")]
+        device: String,
+    },
+
+    /// Make a pool's metadata durable and stop serving it.
+    ///
+    /// Its volume devices disappear; its device stays, as a plain device.
+    /// Fails while any volume is exported. A faulted pool is closed by its
+    /// name, or by its device's name when its name is unknown.
+    Close {
+        /// Pool name (or a faulted pool's device).
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
+
+    /// List pools: state, device, capacity, used and committed space.
+    List,
+
+    /// Verify a pool's metadata; exits 1 and lists the problems if any.
+    ///
+    /// `ballast pool check NAME` checks an online pool through the engine.
+    /// `ballast pool check --offline URI` checks the pool on a device no
+    /// engine is using, by running `ballast-engine --pool-check URI` (the
+    /// binary next to `ballast`, else from PATH): exit status 0 clean, 1
+    /// problems found, 2 the pool cannot be imported (the damage is named).
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["name", "offline"])))]
+    Check {
+        /// Name of an online pool.
+        #[arg(value_name = "NAME")]
+        name: Option<String>,
+        /// Check the pool on this device URI (a path or uring:///PATH) offline
+        /// instead, opened read-only.
+        #[arg(long, value_name = "URI")]
+        offline: Option<String>,
+    },
+}
+
+/// `ballast volume ...`
+#[derive(Debug, Subcommand)]
+pub enum VolumeCommand {
+    /// Create volume NAME of SIZE in POOL (thin unless --thick).
+    ///
+    /// The volume becomes device POOL/NAME: export it with
+    /// `ballast export create EXPORT POOL/NAME`.
+    Create {
+        /// Pool name.
+        #[arg(value_name = "POOL")]
+        pool: String,
+        /// Volume name (unique in the pool, no '/').
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// Size, e.g. 10GiB, 512M, 1048576 (a multiple of the pool's block size).
+        #[arg(value_name = "SIZE", value_parser = parse_size)]
+        size: u64,
+        /// Allocate all the space now instead of on first write.
+        #[arg(long)]
+        thick: bool,
+    },
+
+    /// Delete a volume or snapshot (refused while its device is exported).
+    Destroy {
+        /// Pool name.
+        #[arg(value_name = "POOL")]
+        pool: String,
+        /// Volume or snapshot name.
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
+
+    /// Change a volume's size (shrinking needs --force and loses the data
+    /// beyond the new end).
+    Resize {
+        /// Pool name.
+        #[arg(value_name = "POOL")]
+        pool: String,
+        /// Volume name.
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// New size, e.g. 20GiB.
+        #[arg(value_name = "SIZE", value_parser = parse_size)]
+        size: u64,
+        /// Allow shrinking.
+        #[arg(long)]
+        force: bool,
+    },
+
+    /// Take a read-only snapshot of VOLUME, device POOL/SNAPSHOT.
+    Snapshot {
+        /// Pool name.
+        #[arg(value_name = "POOL")]
+        pool: String,
+        /// Volume to snapshot.
+        #[arg(value_name = "VOLUME")]
+        volume: String,
+        /// Name of the new snapshot.
+        #[arg(value_name = "SNAPSHOT")]
+        snapshot: String,
+    },
+
+    /// Create writable volume CLONE from SNAPSHOT, device POOL/CLONE.
+    Clone {
+        /// Pool name.
+        #[arg(value_name = "POOL")]
+        pool: String,
+        /// Snapshot to clone.
+        #[arg(value_name = "SNAPSHOT")]
+        snapshot: String,
+        /// Name of the new volume.
+        #[arg(value_name = "CLONE")]
+        clone: String,
+    },
+
+    /// Give VOLUME the contents (and size) of SNAPSHOT; later writes are lost.
+    Revert {
+        /// Pool name.
+        #[arg(value_name = "POOL")]
+        pool: String,
+        /// Volume to revert.
+        #[arg(value_name = "VOLUME")]
+        volume: String,
+        /// Snapshot to revert to.
+        #[arg(value_name = "SNAPSHOT")]
+        snapshot: String,
+    },
+
+    /// List the volumes and snapshots of POOL, or of every pool.
+    List {
+        /// Only this pool.
+        #[arg(value_name = "POOL")]
+        pool: Option<String>,
+    },
+}
+
+/// Parses a size: a number of bytes with an optional binary unit suffix
+/// (K, M, G, T, also KiB/KB, MiB/MB, ..., all powers of 1024), e.g. `1GiB`,
+/// `512M`, `4096`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("bad size {s:?}: expected e.g. 10GiB, 512M or 4096"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        other => {
+            return Err(format!(
+                "bad size unit {other:?} in {s:?}: use K, M, G or T (KiB, MiB, GiB, TiB)"
+            ));
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} is too large"))
+}
+
 /// `ballast stats [DEVICE]`
 #[derive(Debug, Args)]
 pub struct StatsArgs {
@@ -210,6 +415,61 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("128KiB"), Ok(128 << 10));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("2t"), Ok(2 << 40));
+        assert!(parse_size("1.5G").is_err());
+        assert!(parse_size("G").is_err());
+        assert!(parse_size("1X").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn parses_pool_and_volume_commands() {
+        let cli = Cli::try_parse_from([
+            "ballast",
+            "pool",
+            "create",
+            "p",
+            "d",
+            "--cluster-size",
+            "64KiB",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Pool(PoolCommand::Create {
+                cluster_size: Some(65536),
+                ..
+            })
+        ));
+        let cli = Cli::try_parse_from(["ballast", "volume", "create", "p", "v", "1G", "--thick"])
+            .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Volume(VolumeCommand::Create {
+                size: 1073741824,
+                thick: true,
+                ..
+            })
+        ));
+        let cli = Cli::try_parse_from(["ballast", "pool", "check", "--offline", "/x"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Pool(PoolCommand::Check {
+                name: None,
+                offline: Some(_)
+            })
+        ));
+        assert!(Cli::try_parse_from(["ballast", "pool", "check"]).is_err());
+        assert!(Cli::try_parse_from(["ballast", "pool", "check", "p", "--offline", "/x"]).is_err());
+        assert!(Cli::try_parse_from(["ballast", "volume", "create", "p", "v", "lots"]).is_err());
     }
 
     #[test]

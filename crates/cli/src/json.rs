@@ -3,7 +3,7 @@
 //! Field names are those of the protobuf messages; integers are JSON numbers
 //! (bytes and nanoseconds, exact).
 
-use ballast_api::{Device, DeviceStats, EngineInfo, Export, LatencyBucket, OpStats};
+use ballast_api::{Device, DeviceStats, EngineInfo, Export, LatencyBucket, OpStats, Pool, Volume};
 
 /// A JSON string literal for `s`, quotes included.
 pub fn string(s: &str) -> String {
@@ -125,6 +125,58 @@ pub fn exports(list: &[Export]) -> String {
         .build()
 }
 
+/// `Pool` as JSON.
+pub fn pool(p: &Pool) -> String {
+    Object::new()
+        .str("name", &p.name)
+        .str("device", &p.device)
+        .num("capacity_bytes", p.capacity_bytes)
+        .num("used_bytes", p.used_bytes)
+        .num("committed_bytes", p.committed_bytes)
+        .num("volumes", p.volumes)
+        .num("snapshots", p.snapshots)
+        .str("state", &p.state)
+        .str("reason", &p.reason)
+        .num("cluster_size", p.cluster_size)
+        .build()
+}
+
+/// A pool list as JSON: `{"pools":[...]}`.
+pub fn pools(list: &[Pool]) -> String {
+    Object::new()
+        .raw("pools", array(list.iter().map(pool)))
+        .build()
+}
+
+/// `Volume` as JSON.
+pub fn volume(v: &Volume) -> String {
+    Object::new()
+        .str("pool", &v.pool)
+        .str("name", &v.name)
+        .str("device", &v.device)
+        .num("size_bytes", v.size_bytes)
+        .num("allocated_bytes", v.allocated_bytes)
+        .bool("snapshot", v.snapshot)
+        .bool("thin", v.thin)
+        .str("origin", &v.origin)
+        .build()
+}
+
+/// A volume list as JSON: `{"volumes":[...]}`.
+pub fn volumes(list: &[Volume]) -> String {
+    Object::new()
+        .raw("volumes", array(list.iter().map(volume)))
+        .build()
+}
+
+/// A pool check as JSON: `{"pool":"p","problems":[...]}`.
+pub fn check(pool: &str, problems: &[String]) -> String {
+    Object::new()
+        .str("pool", pool)
+        .raw("problems", array(problems.iter().map(|p| string(p))))
+        .build()
+}
+
 fn op_stats(o: Option<&OpStats>) -> String {
     let o = o.copied().unwrap_or_default();
     Object::new()
@@ -190,6 +242,37 @@ mod tests {
             r#"{"devices":[{"name":"d0","uri":"malloc:///d0?size=1GiB","kind":"malloc","size_bytes":1073741824,"block_size":512,"read_only":false,"capabilities":["flush","unmap"]}]}"#
         );
         assert_eq!(devices(&[]), r#"{"devices":[]}"#);
+    }
+
+    #[test]
+    fn pool_and_volume_json() {
+        let p = Pool {
+            name: "p".into(),
+            device: "d".into(),
+            capacity_bytes: 10,
+            state: "online".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            pools(&[p]),
+            r#"{"pools":[{"name":"p","device":"d","capacity_bytes":10,"used_bytes":0,"committed_bytes":0,"volumes":0,"snapshots":0,"state":"online","reason":"","cluster_size":0}]}"#
+        );
+        let v = Volume {
+            pool: "p".into(),
+            name: "v".into(),
+            device: "p/v".into(),
+            size_bytes: 4096,
+            thin: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            volume(&v),
+            r#"{"pool":"p","name":"v","device":"p/v","size_bytes":4096,"allocated_bytes":0,"snapshot":false,"thin":true,"origin":""}"#
+        );
+        assert_eq!(
+            check("p", &["x".into()]),
+            r#"{"pool":"p","problems":["x"]}"#
+        );
     }
 
     #[test]

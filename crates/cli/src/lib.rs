@@ -10,12 +10,18 @@ use std::fmt;
 use std::time::Duration;
 
 use ballast_api::{
-    CreateDeviceRequest, CreateExportRequest, DestroyDeviceRequest, DestroyExportRequest,
-    EngineClient, GetInfoRequest, GetStatsRequest, ListDevicesRequest, ListExportsRequest,
+    CheckPoolRequest, CloneSnapshotRequest, ClosePoolRequest, CreateDeviceRequest,
+    CreateExportRequest, CreatePoolRequest, CreateVolumeRequest, DestroyDeviceRequest,
+    DestroyExportRequest, DestroyVolumeRequest, EngineClient, GetInfoRequest, GetStatsRequest,
+    ImportPoolRequest, ListDevicesRequest, ListExportsRequest, ListPoolsRequest,
+    ListVolumesRequest, ResizeVolumeRequest, RevertVolumeRequest, SnapshotVolumeRequest,
 };
 use tonic::transport::{Channel, Endpoint};
 
-pub use args::{Cli, Command, DeviceCommand, EngineCommand, ExportCommand, OutputFormat};
+pub use args::{
+    Cli, Command, DeviceCommand, EngineCommand, ExportCommand, OutputFormat, PoolCommand,
+    VolumeCommand,
+};
 
 /// How long to wait for the TCP connection to the engine.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -41,6 +47,19 @@ pub enum CliError {
     },
     /// The engine answered with an error status.
     Status(tonic::Status),
+    /// The command ran but its verdict is a failure (a pool check that found problems, an
+    /// offline check's exit status): print `stdout` and `stderr` as they are and exit with
+    /// `code`.
+    Exit {
+        /// What to print on stdout.
+        stdout: String,
+        /// What to print on stderr.
+        stderr: String,
+        /// Exit status.
+        code: u8,
+    },
+    /// A local command (the offline pool check) could not be run.
+    Local(String),
 }
 
 impl fmt::Display for CliError {
@@ -52,6 +71,11 @@ impl fmt::Display for CliError {
             }
             Self::Status(s) if s.message().is_empty() => write!(f, "{}", s.code().description()),
             Self::Status(s) => f.write_str(s.message()),
+            Self::Exit { stderr, code, .. } if stderr.is_empty() => {
+                write!(f, "exit status {code}")
+            }
+            Self::Exit { stderr, .. } => f.write_str(stderr.trim_end()),
+            Self::Local(m) => f.write_str(m),
         }
     }
 }
@@ -109,8 +133,64 @@ fn call_error(url: &str, status: tonic::Status) -> CliError {
     }
 }
 
+/// The `ballast-engine` binary: next to the running `ballast`, else `ballast-engine` from
+/// `PATH`.
+pub fn engine_binary() -> std::path::PathBuf {
+    let name = "ballast-engine";
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(dir) = exe.parent()
+    {
+        let p = dir.join(name);
+        if p.is_file() {
+            return p;
+        }
+    }
+    std::path::PathBuf::from(name)
+}
+
+/// `ballast pool check --offline URI`: runs `ballast-engine --pool-check URI` and relays its
+/// output and exit status.
+pub fn offline_check(uri: &str) -> Result<String, CliError> {
+    let bin = engine_binary();
+    let out = std::process::Command::new(&bin)
+        .arg("--pool-check")
+        .arg(uri)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| CliError::Local(format!("cannot run {}: {e}", bin.display())))?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    match out.status.code() {
+        Some(0) => {
+            // Warnings (if any) still reach the operator.
+            eprint!("{stderr}");
+            Ok(stdout)
+        }
+        Some(code) => Err(CliError::Exit {
+            stdout,
+            stderr,
+            code: u8::try_from(code).unwrap_or(1).max(1),
+        }),
+        None => Err(CliError::Exit {
+            stdout,
+            stderr: format!(
+                "{stderr}error: {} was killed ({})\n",
+                bin.display(),
+                out.status
+            ),
+            code: 2,
+        }),
+    }
+}
+
 /// Runs one parsed command line and returns what to print on stdout.
 pub async fn run(cli: &Cli) -> Result<String, CliError> {
+    if let Command::Pool(PoolCommand::Check {
+        offline: Some(uri), ..
+    }) = &cli.command
+    {
+        return offline_check(uri);
+    }
     let mut client = connect(&cli.engine).await?;
     let err = |s| call_error(&cli.engine, s);
     let json = cli.output == OutputFormat::Json;
@@ -200,6 +280,185 @@ pub async fn run(cli: &Cli) -> Result<String, CliError> {
                 table::exports(&list)
             }
         }
+        Command::Pool(PoolCommand::Create {
+            name,
+            device,
+            cluster_size,
+        }) => {
+            let cluster_size = match cluster_size {
+                None => 0,
+                Some(c) => u32::try_from(*c).map_err(|_| {
+                    CliError::Local(format!("cluster size {c} is too large (at most 4MiB)"))
+                })?,
+            };
+            let req = CreatePoolRequest {
+                name: name.clone(),
+                device: device.clone(),
+                cluster_size,
+            };
+            let p = client.create_pool(req).await.map_err(err)?.into_inner();
+            if json {
+                json::pool(&p)
+            } else {
+                table::pools(std::slice::from_ref(&p))
+            }
+        }
+        Command::Pool(PoolCommand::Import { device }) => {
+            let req = ImportPoolRequest {
+                device: device.clone(),
+            };
+            let p = client.import_pool(req).await.map_err(err)?.into_inner();
+            if json {
+                json::pool(&p)
+            } else {
+                table::pools(std::slice::from_ref(&p))
+            }
+        }
+        Command::Pool(PoolCommand::Close { name }) => {
+            let req = ClosePoolRequest { name: name.clone() };
+            client.close_pool(req).await.map_err(err)?;
+            if json {
+                "{}".to_owned()
+            } else {
+                format!("closed pool {name:?}\n")
+            }
+        }
+        Command::Pool(PoolCommand::List) => {
+            let list = client
+                .list_pools(ListPoolsRequest {})
+                .await
+                .map_err(err)?
+                .into_inner()
+                .pools;
+            if json {
+                json::pools(&list)
+            } else {
+                table::pools(&list)
+            }
+        }
+        Command::Pool(PoolCommand::Check { name, .. }) => {
+            let name = name.clone().unwrap_or_default();
+            let req = CheckPoolRequest { name: name.clone() };
+            let problems = client
+                .check_pool(req)
+                .await
+                .map_err(err)?
+                .into_inner()
+                .problems;
+            let out = if json {
+                json::check(&name, &problems) + "\n"
+            } else {
+                table::check(&name, &problems)
+            };
+            if !problems.is_empty() {
+                return Err(CliError::Exit {
+                    stdout: out,
+                    stderr: format!(
+                        "error: pool {name:?}: {} problem(s) found\n",
+                        problems.len()
+                    ),
+                    code: 1,
+                });
+            }
+            out
+        }
+        Command::Volume(VolumeCommand::Create {
+            pool,
+            name,
+            size,
+            thick,
+        }) => {
+            let req = CreateVolumeRequest {
+                pool: pool.clone(),
+                name: name.clone(),
+                size_bytes: *size,
+                thin: !thick,
+            };
+            let v = client.create_volume(req).await.map_err(err)?.into_inner();
+            volume_out(json, &v)
+        }
+        Command::Volume(VolumeCommand::Destroy { pool, name }) => {
+            let req = DestroyVolumeRequest {
+                pool: pool.clone(),
+                name: name.clone(),
+            };
+            client.destroy_volume(req).await.map_err(err)?;
+            if json {
+                "{}".to_owned()
+            } else {
+                format!("destroyed {name:?} of pool {pool:?}\n")
+            }
+        }
+        Command::Volume(VolumeCommand::Resize {
+            pool,
+            name,
+            size,
+            force,
+        }) => {
+            let req = ResizeVolumeRequest {
+                pool: pool.clone(),
+                name: name.clone(),
+                size_bytes: *size,
+                force: *force,
+            };
+            let v = client.resize_volume(req).await.map_err(err)?.into_inner();
+            volume_out(json, &v)
+        }
+        Command::Volume(VolumeCommand::Snapshot {
+            pool,
+            volume,
+            snapshot,
+        }) => {
+            let req = SnapshotVolumeRequest {
+                pool: pool.clone(),
+                volume: volume.clone(),
+                snapshot: snapshot.clone(),
+            };
+            let v = client.snapshot_volume(req).await.map_err(err)?.into_inner();
+            volume_out(json, &v)
+        }
+        Command::Volume(VolumeCommand::Clone {
+            pool,
+            snapshot,
+            clone,
+        }) => {
+            let req = CloneSnapshotRequest {
+                pool: pool.clone(),
+                snapshot: snapshot.clone(),
+                clone: clone.clone(),
+            };
+            let v = client.clone_snapshot(req).await.map_err(err)?.into_inner();
+            volume_out(json, &v)
+        }
+        Command::Volume(VolumeCommand::Revert {
+            pool,
+            volume,
+            snapshot,
+        }) => {
+            let req = RevertVolumeRequest {
+                pool: pool.clone(),
+                volume: volume.clone(),
+                snapshot: snapshot.clone(),
+            };
+            let v = client.revert_volume(req).await.map_err(err)?.into_inner();
+            volume_out(json, &v)
+        }
+        Command::Volume(VolumeCommand::List { pool }) => {
+            let req = ListVolumesRequest {
+                pool: pool.clone().unwrap_or_default(),
+            };
+            let list = client
+                .list_volumes(req)
+                .await
+                .map_err(err)?
+                .into_inner()
+                .volumes;
+            if json {
+                json::volumes(&list)
+            } else {
+                table::volumes(&list)
+            }
+        }
         Command::Stats(args) => {
             let req = GetStatsRequest {
                 device: args.device.clone().unwrap_or_default(),
@@ -218,6 +477,14 @@ pub async fn run(cli: &Cli) -> Result<String, CliError> {
         }
     };
     Ok(if out.ends_with('\n') { out } else { out + "\n" })
+}
+
+fn volume_out(json: bool, v: &ballast_api::Volume) -> String {
+    if json {
+        json::volume(v)
+    } else {
+        table::volumes(std::slice::from_ref(v))
+    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 use std::io::Write as _;
 use std::process::ExitCode;
 
-use ballast_cli::Cli;
+use ballast_cli::{Cli, CliError};
 use clap::Parser as _;
 
 fn main() -> ExitCode {
@@ -23,6 +23,15 @@ fn main() -> ExitCode {
             // A closed stdout (`ballast device list | head -0`) is not an error.
             let _ = std::io::stdout().lock().write_all(out.as_bytes());
             ExitCode::SUCCESS
+        }
+        Err(CliError::Exit {
+            stdout,
+            stderr,
+            code,
+        }) => {
+            let _ = std::io::stdout().lock().write_all(stdout.as_bytes());
+            let _ = std::io::stderr().lock().write_all(stderr.as_bytes());
+            ExitCode::from(code)
         }
         Err(e) => {
             eprintln!("error: {e}");

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use ballast_api::{Device, DeviceStats, EngineInfo, Export, LatencyBucket, OpStats};
+use ballast_api::{Device, DeviceStats, EngineInfo, Export, LatencyBucket, OpStats, Pool, Volume};
 
 /// Column alignment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,6 +197,104 @@ pub fn exports(list: &[Export]) -> String {
         ]);
     }
     t.render("")
+}
+
+/// A share of a total as a percentage: "12%", "<1%" for a small non-zero part.
+fn percent(part: u64, total: u64) -> String {
+    if total == 0 {
+        return "-".to_owned();
+    }
+    let p = part as f64 * 100.0 / total as f64;
+    if part > 0 && p < 1.0 {
+        "<1%".to_owned()
+    } else {
+        format!("{p:.0}%")
+    }
+}
+
+/// `ballast pool list` (and the pool just created or imported).
+pub fn pools(list: &[Pool]) -> String {
+    if list.is_empty() {
+        return "no pools\n".to_owned();
+    }
+    let mut t = Table::new(&[
+        ("NAME", Align::Left),
+        ("STATE", Align::Left),
+        ("DEVICE", Align::Left),
+        ("CAPACITY", Align::Right),
+        ("USED", Align::Right),
+        ("USED%", Align::Right),
+        ("COMMITTED", Align::Right),
+        ("VOLUMES", Align::Right),
+        ("SNAPSHOTS", Align::Right),
+        ("REASON", Align::Left),
+    ]);
+    for p in list {
+        let online = p.state == "online";
+        let num = |v: String| if online { v } else { "-".to_owned() };
+        t.row(vec![
+            or_dash(&p.name),
+            or_dash(&p.state),
+            p.device.clone(),
+            num(human_bytes(p.capacity_bytes)),
+            num(human_bytes(p.used_bytes)),
+            num(percent(p.used_bytes, p.capacity_bytes)),
+            num(human_bytes(p.committed_bytes)),
+            num(p.volumes.to_string()),
+            num(p.snapshots.to_string()),
+            or_dash(&p.reason),
+        ]);
+    }
+    t.render("")
+}
+
+/// `ballast volume list` (and the volume just created, snapshotted, ...).
+pub fn volumes(list: &[Volume]) -> String {
+    if list.is_empty() {
+        return "no volumes\n".to_owned();
+    }
+    let mut t = Table::new(&[
+        ("POOL", Align::Left),
+        ("NAME", Align::Left),
+        ("TYPE", Align::Left),
+        ("SIZE", Align::Right),
+        ("ALLOCATED", Align::Right),
+        ("PROVISIONING", Align::Left),
+        ("ORIGIN", Align::Left),
+        ("DEVICE", Align::Left),
+    ]);
+    for v in list {
+        let kind = if v.snapshot {
+            "snapshot"
+        } else if v.origin.is_empty() {
+            "volume"
+        } else {
+            "clone"
+        };
+        t.row(vec![
+            v.pool.clone(),
+            v.name.clone(),
+            kind.to_owned(),
+            human_bytes(v.size_bytes),
+            human_bytes(v.allocated_bytes),
+            if v.thin { "thin" } else { "thick" }.to_owned(),
+            or_dash(&v.origin),
+            v.device.clone(),
+        ]);
+    }
+    t.render("")
+}
+
+/// `ballast pool check NAME`: "pool NAME: clean" or the problems, one per line.
+pub fn check(pool: &str, problems: &[String]) -> String {
+    if problems.is_empty() {
+        return format!("pool {pool}: clean\n");
+    }
+    let mut out = format!("pool {pool}: {} problem(s):\n", problems.len());
+    for p in problems {
+        let _ = writeln!(out, "  {p}");
+    }
+    out
 }
 
 /// Width in characters of the longest histogram bar.
@@ -414,6 +512,76 @@ mod tests {
              poll mode    adaptive\n\
              nbd address  -\n\
              uptime       1m 01s\n"
+        );
+    }
+
+    #[test]
+    fn pool_table() {
+        let online = Pool {
+            name: "p0".into(),
+            device: "d0".into(),
+            capacity_bytes: 100 << 20,
+            used_bytes: 25 << 20,
+            committed_bytes: 1 << 30,
+            volumes: 2,
+            snapshots: 1,
+            state: "online".into(),
+            reason: String::new(),
+            cluster_size: 128 << 10,
+        };
+        let faulted = Pool {
+            name: String::new(),
+            device: "d1".into(),
+            state: "faulted".into(),
+            reason: "no valid pool superblock".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            pools(&[online, faulted]),
+            "NAME  STATE    DEVICE   CAPACITY      USED  USED%  COMMITTED  VOLUMES  SNAPSHOTS  REASON\n\
+             p0    online   d0      100.0 MiB  25.0 MiB    25%    1.0 GiB        2          1  -\n\
+             -     faulted  d1              -         -      -          -        -          -  no valid pool superblock\n"
+        );
+        assert_eq!(pools(&[]), "no pools\n");
+    }
+
+    #[test]
+    fn volume_table() {
+        let v = Volume {
+            pool: "p0".into(),
+            name: "db".into(),
+            device: "p0/db".into(),
+            size_bytes: 1 << 30,
+            allocated_bytes: 0,
+            snapshot: false,
+            thin: true,
+            origin: String::new(),
+        };
+        let s = Volume {
+            name: "db-1".into(),
+            device: "p0/db-1".into(),
+            snapshot: true,
+            origin: "db".into(),
+            ..v.clone()
+        };
+        let c = Volume {
+            name: "db-2".into(),
+            device: "p0/db-2".into(),
+            thin: false,
+            origin: "db-1".into(),
+            ..v.clone()
+        };
+        assert_eq!(
+            volumes(&[v, s, c]),
+            "POOL  NAME  TYPE         SIZE  ALLOCATED  PROVISIONING  ORIGIN  DEVICE\n\
+             p0    db    volume    1.0 GiB        0 B  thin          -       p0/db\n\
+             p0    db-1  snapshot  1.0 GiB        0 B  thin          db      p0/db-1\n\
+             p0    db-2  clone     1.0 GiB        0 B  thick         db-1    p0/db-2\n"
+        );
+        assert_eq!(check("p0", &[]), "pool p0: clean\n");
+        assert_eq!(
+            check("p0", &["a".into(), "b".into()]),
+            "pool p0: 2 problem(s):\n  a\n  b\n"
         );
     }
 

@@ -85,6 +85,8 @@ pub struct EngineConfig {
     pub devices: Vec<DeviceConfig>,
     /// Exports to create.
     pub exports: Vec<ExportConfig>,
+    /// Probe every device given at start for a pool and import it.
+    pub pool_import: bool,
 }
 
 impl Default for EngineConfig {
@@ -97,6 +99,7 @@ impl Default for EngineConfig {
             grpc_listen: Some("127.0.0.1:10124".parse().expect("valid")),
             devices: Vec::new(),
             exports: Vec::new(),
+            pool_import: true,
         }
     }
 }
@@ -115,6 +118,8 @@ pub struct FileConfig {
     pub nbd_listen: Option<String>,
     /// gRPC listen address, or `"none"`.
     pub grpc_listen: Option<String>,
+    /// Import the pools found on the devices (default true).
+    pub pool_import: Option<bool>,
     /// Devices.
     #[serde(default, rename = "device")]
     pub devices: Vec<DeviceConfig>,
@@ -147,6 +152,9 @@ impl FileConfig {
         }
         if let Some(a) = self.grpc_listen {
             cfg.grpc_listen = parse_optional_addr(&a)?;
+        }
+        if let Some(i) = self.pool_import {
+            cfg.pool_import = i;
         }
         cfg.devices.extend(self.devices);
         cfg.exports.extend(self.exports);
@@ -182,7 +190,7 @@ mod tests {
         assert!(ExportConfig::parse("=x").is_err());
         assert!(parse_device("x").is_err());
         let f: FileConfig = toml::from_str(
-            "cores = 2\npoll_mode = \"poll\"\ngrpc_listen = \"none\"\n\
+            "cores = 2\npoll_mode = \"poll\"\ngrpc_listen = \"none\"\npool_import = false\n\
              [[device]]\nname = \"d\"\nuri = \"malloc:///d?size=1M\"\n\
              [[export]]\nname = \"d\"\nread_only = true\n",
         )
@@ -192,6 +200,7 @@ mod tests {
         assert_eq!(cfg.cores, 2);
         assert_eq!(cfg.poll_mode, PollMode::Poll);
         assert_eq!(cfg.grpc_listen, None);
+        assert!(!cfg.pool_import);
         assert_eq!(cfg.devices.len(), 1);
         assert!(cfg.exports[0].read_only);
         assert!(toml::from_str::<FileConfig>("bogus = 1").is_err());

@@ -20,6 +20,7 @@ fn status(e: MgmtError) -> Status {
         MgmtError::NotFound(m) => Status::not_found(m),
         MgmtError::Exists(m) => Status::already_exists(m),
         MgmtError::Busy(m) => Status::failed_precondition(m),
+        MgmtError::NoSpace(m) => Status::resource_exhausted(m),
         MgmtError::Device(m) => Status::internal(m),
     }
 }
@@ -36,6 +37,34 @@ fn device_pb(name: &str, e: &crate::DeviceEntry) -> pb::Device {
         block_size: g.block_size,
         read_only: caps.read_only,
         capabilities: caps.names().into_iter().map(String::from).collect(),
+    }
+}
+
+fn pool_pb(p: crate::pools::PoolStatus) -> pb::Pool {
+    pb::Pool {
+        name: p.name,
+        device: p.device,
+        capacity_bytes: p.capacity,
+        used_bytes: p.used,
+        committed_bytes: p.committed,
+        volumes: p.volumes,
+        snapshots: p.snapshots,
+        state: p.state.to_string(),
+        reason: p.reason,
+        cluster_size: p.cluster_size,
+    }
+}
+
+fn volume_pb(v: crate::pools::VolumeStatus) -> pb::Volume {
+    pb::Volume {
+        pool: v.pool,
+        name: v.name,
+        device: v.device,
+        size_bytes: v.size,
+        allocated_bytes: v.allocated,
+        snapshot: v.snapshot,
+        thin: v.thin,
+        origin: v.origin.unwrap_or_default(),
     }
 }
 
@@ -177,6 +206,153 @@ impl EngineService for Service {
             })
             .collect();
         Ok(Response::new(pb::GetStatsReply { devices }))
+    }
+
+    async fn create_pool(
+        &self,
+        r: Request<pb::CreatePoolRequest>,
+    ) -> Result<Response<pb::Pool>, Status> {
+        let r = r.into_inner();
+        let p = self
+            .state
+            .create_pool(&r.name, &r.device, r.cluster_size)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pool_pb(p)))
+    }
+
+    async fn import_pool(
+        &self,
+        r: Request<pb::ImportPoolRequest>,
+    ) -> Result<Response<pb::Pool>, Status> {
+        let p = self
+            .state
+            .import_pool(&r.into_inner().device)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pool_pb(p)))
+    }
+
+    async fn close_pool(
+        &self,
+        r: Request<pb::ClosePoolRequest>,
+    ) -> Result<Response<pb::ClosePoolReply>, Status> {
+        self.state
+            .close_pool(&r.into_inner().name)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ClosePoolReply {}))
+    }
+
+    async fn list_pools(
+        &self,
+        _: Request<pb::ListPoolsRequest>,
+    ) -> Result<Response<pb::ListPoolsReply>, Status> {
+        let pools = self.state.list_pools().into_iter().map(pool_pb).collect();
+        Ok(Response::new(pb::ListPoolsReply { pools }))
+    }
+
+    async fn check_pool(
+        &self,
+        r: Request<pb::CheckPoolRequest>,
+    ) -> Result<Response<pb::CheckPoolReply>, Status> {
+        let problems = self
+            .state
+            .check_pool(&r.into_inner().name)
+            .map_err(status)?;
+        Ok(Response::new(pb::CheckPoolReply { problems }))
+    }
+
+    async fn create_volume(
+        &self,
+        r: Request<pb::CreateVolumeRequest>,
+    ) -> Result<Response<pb::Volume>, Status> {
+        let r = r.into_inner();
+        let v = self
+            .state
+            .create_volume(&r.pool, &r.name, r.size_bytes, r.thin)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(volume_pb(v)))
+    }
+
+    async fn destroy_volume(
+        &self,
+        r: Request<pb::DestroyVolumeRequest>,
+    ) -> Result<Response<pb::DestroyVolumeReply>, Status> {
+        let r = r.into_inner();
+        self.state
+            .destroy_volume(&r.pool, &r.name)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::DestroyVolumeReply {}))
+    }
+
+    async fn resize_volume(
+        &self,
+        r: Request<pb::ResizeVolumeRequest>,
+    ) -> Result<Response<pb::Volume>, Status> {
+        let r = r.into_inner();
+        let v = self
+            .state
+            .resize_volume(&r.pool, &r.name, r.size_bytes, r.force)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(volume_pb(v)))
+    }
+
+    async fn snapshot_volume(
+        &self,
+        r: Request<pb::SnapshotVolumeRequest>,
+    ) -> Result<Response<pb::Volume>, Status> {
+        let r = r.into_inner();
+        let v = self
+            .state
+            .snapshot_volume(&r.pool, &r.volume, &r.snapshot)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(volume_pb(v)))
+    }
+
+    async fn clone_snapshot(
+        &self,
+        r: Request<pb::CloneSnapshotRequest>,
+    ) -> Result<Response<pb::Volume>, Status> {
+        let r = r.into_inner();
+        let v = self
+            .state
+            .clone_snapshot(&r.pool, &r.snapshot, &r.clone)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(volume_pb(v)))
+    }
+
+    async fn revert_volume(
+        &self,
+        r: Request<pb::RevertVolumeRequest>,
+    ) -> Result<Response<pb::Volume>, Status> {
+        let r = r.into_inner();
+        let v = self
+            .state
+            .revert_volume(&r.pool, &r.volume, &r.snapshot)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(volume_pb(v)))
+    }
+
+    async fn list_volumes(
+        &self,
+        r: Request<pb::ListVolumesRequest>,
+    ) -> Result<Response<pb::ListVolumesReply>, Status> {
+        let pool = r.into_inner().pool;
+        let volumes = self
+            .state
+            .list_volumes((!pool.is_empty()).then_some(pool.as_str()))
+            .map_err(status)?
+            .into_iter()
+            .map(volume_pb)
+            .collect();
+        Ok(Response::new(pb::ListVolumesReply { volumes }))
     }
 }
 

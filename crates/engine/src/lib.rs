@@ -1,12 +1,15 @@
 //! The Ballast engine: wires reactors, devices, the NBD target and the management API.
 //!
 //! [`Engine::start`] brings up the reactors, opens the configured devices (each wrapped in
-//! [`blockdev::Measured`] for statistics), creates the exports, starts the NBD listener and,
-//! unless disabled, the gRPC management API on a control thread. [`Engine::shutdown`] stops
-//! accepting, closes connections, flushes every device and stops the reactors.
+//! [`blockdev::Measured`] for statistics), imports the pools they hold (their volumes become
+//! devices named `POOL/VOLUME`), creates the exports, starts the NBD listener and, unless
+//! disabled, the gRPC management API on a control thread. [`Engine::shutdown`] stops
+//! accepting, closes connections, commits every pool, flushes every device and stops the
+//! reactors.
 
 pub mod config;
 mod grpc;
+pub mod pools;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -33,6 +36,9 @@ pub struct DeviceEntry {
 /// State shared by the data plane and the management API.
 pub struct EngineState {
     devices: Mutex<BTreeMap<String, DeviceEntry>>,
+    pools: Mutex<pools::Pools>,
+    /// Serialises pool management operations (they await device I/O).
+    pool_ops: tokio::sync::Mutex<()>,
     nbd: Arc<NbdServer>,
     nbd_addr: SocketAddr,
     reactors: Vec<ReactorHandle>,
@@ -60,6 +66,8 @@ pub enum MgmtError {
     Exists(String),
     /// Not possible in the current state (device in use).
     Busy(String),
+    /// Out of space.
+    NoSpace(String),
     /// The device failed.
     Device(String),
 }
@@ -71,6 +79,7 @@ impl std::fmt::Display for MgmtError {
             | MgmtError::NotFound(s)
             | MgmtError::Exists(s)
             | MgmtError::Busy(s)
+            | MgmtError::NoSpace(s)
             | MgmtError::Device(s) => f.write_str(s),
         }
     }
@@ -115,8 +124,17 @@ impl EngineState {
         Ok(entry)
     }
 
-    /// Flushes and closes a device that no export uses.
+    /// Flushes and closes a device that no export and no pool uses.
     pub async fn destroy_device(&self, name: &str) -> Result<(), MgmtError> {
+        if self
+            .devices
+            .lock()
+            .expect("devices lock")
+            .contains_key(name)
+            && let Some(why) = self.pool_claim(name)
+        {
+            return Err(MgmtError::Busy(why));
+        }
         if let Some(export) = self.nbd.device_in_use(name) {
             return Err(MgmtError::Busy(format!(
                 "device {name:?} is exported as {export:?}; destroy the export first"
@@ -159,6 +177,11 @@ impl EngineState {
             .get(device)
             .map(|d| d.device.clone())
             .ok_or_else(|| MgmtError::NotFound(format!("device {device:?} not found")))?;
+        if !device.contains('/')
+            && let Some(why) = self.pool_claim(device)
+        {
+            return Err(MgmtError::Busy(format!("cannot export: {why}")));
+        }
         let dev: Device = dev;
         self.nbd
             .add_export(name, dev, read_only)
@@ -181,8 +204,10 @@ impl EngineState {
         self.nbd.exports()
     }
 
-    /// Flushes every device; returns how many were flushed and the failures.
+    /// Commits every pool, then flushes every device; returns how many devices were flushed
+    /// and the failures.
     pub async fn flush_all(&self) -> (usize, Vec<String>) {
+        let mut pool_errors = self.commit_pools().await;
         let devs: Vec<Arc<Measured>> = self.devices().into_iter().map(|(_, d)| d.device).collect();
         let n = devs.len();
         let errors = self.reactors[0]
@@ -196,7 +221,8 @@ impl EngineState {
                 errs
             })
             .await;
-        (n, errors)
+        pool_errors.extend(errors);
+        (n, pool_errors)
     }
 }
 
@@ -238,6 +264,8 @@ impl Engine {
         .context("starting reactors (io_uring)")?;
         let state = Arc::new(EngineState {
             devices: Mutex::new(BTreeMap::new()),
+            pools: Mutex::new(pools::Pools::default()),
+            pool_ops: tokio::sync::Mutex::new(()),
             nbd: NbdServer::new(),
             nbd_addr,
             reactors: runtime.handles().to_vec(),
@@ -255,11 +283,35 @@ impl Engine {
             state
                 .create_device(&d.name, &d.uri)
                 .with_context(|| format!("device {:?}", d.name))?;
+            if cfg.pool_import {
+                for line in block_on(state.probe_device(&d.name)) {
+                    eprintln!("ballast-engine: {line}");
+                }
+            }
         }
         for e in &cfg.exports {
-            state
-                .create_export(&e.name, e.device_name(), e.read_only)
-                .with_context(|| format!("export {:?}", e.name))?;
+            let device = e.device_name();
+            if let Err(err) = state.create_export(&e.name, device, e.read_only) {
+                // An export of a volume whose pool could not be imported, or of a device a
+                // pool holds, is skipped with an error: everything else is still served.
+                let faulted_volume = device
+                    .split_once('/')
+                    .is_some_and(|(p, _)| !state.pool_online(p) && state.has_faulted_pools());
+                let faulted_device = !device.contains('/') && state.pool_claim(device).is_some();
+                if faulted_volume || faulted_device {
+                    eprintln!(
+                        "ballast-engine: error: export {:?} not created: {err}{}",
+                        e.name,
+                        if faulted_volume {
+                            " (its pool may be one of the faulted pools)"
+                        } else {
+                            ""
+                        }
+                    );
+                    continue;
+                }
+                return Err(anyhow::Error::new(err).context(format!("export {:?}", e.name)));
+            }
         }
         let l2 = engine.listener.try_clone()?;
         state.nbd.serve(l2, state.reactors.clone());
@@ -279,8 +331,8 @@ impl Engine {
         self.grpc.as_ref().map(|g| g.2)
     }
 
-    /// Stops accepting, closes connections (waiting up to 5 s for them to finish), flushes
-    /// every device and stops the reactors. Returns the flush failures.
+    /// Stops accepting, closes connections (waiting up to 5 s for them to finish), commits
+    /// every pool, flushes every device and stops the reactors. Returns the failures.
     pub fn shutdown(mut self) -> Vec<String> {
         if let Some((tx, t, _)) = self.grpc.take() {
             let _ = tx.send(());

@@ -13,8 +13,17 @@ use clap::Parser;
 /// `uring:///PATH[?size=10GiB][&ro][&direct=0]` or a plain absolute path (file or block device
 /// through io_uring with O_DIRECT; `size` creates or grows a file).
 ///
+/// Every device given at start is probed for a storage pool: a pool found is imported and its
+/// volumes and snapshots become devices named `POOL/VOLUME` (exportable like any device,
+/// e.g. `--export vol0=pool0/vol0`); a damaged pool is reported, listed as faulted and not
+/// served. Pools are managed at run time with `ballast pool ...` and `ballast volume ...`.
+///
 /// Prints one `nbd://HOST:PORT/NAME` line per export on stdout once serving, and runs until
-/// SIGINT or SIGTERM, then flushes every device and exits.
+/// SIGINT or SIGTERM, then commits every pool, flushes every device and exits.
+///
+/// `ballast-engine --pool-check URI` instead verifies the pool on URI offline (opened
+/// read-only; no engine may be using it) and exits: 0 clean, 1 problems found, 2 the pool
+/// cannot be imported (the damage is printed).
 #[derive(Parser, Debug)]
 #[command(name = "ballast-engine", version)]
 struct Args {
@@ -45,6 +54,14 @@ struct Args {
     /// override its values and add devices and exports.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Do not probe the devices given at start for pools: they stay plain devices (also
+    /// `pool_import = false` in the TOML file).
+    #[arg(long)]
+    no_pool_import: bool,
+    /// Check the pool on URI offline and exit (0 clean, 1 problems, 2 not importable); the
+    /// device is opened read-only. No other flag applies.
+    #[arg(long, value_name = "URI", exclusive = true)]
+    pool_check: Option<String>,
 }
 
 fn build_config(a: Args) -> anyhow::Result<EngineConfig> {
@@ -62,6 +79,9 @@ fn build_config(a: Args) -> anyhow::Result<EngineConfig> {
     }
     if a.no_pin {
         cfg.pin = false;
+    }
+    if a.no_pool_import {
+        cfg.pool_import = false;
     }
     if let Some(l) = &a.nbd_listen {
         cfg.nbd_listen = l.parse().with_context(|| format!("--nbd-listen {l}"))?;
@@ -96,6 +116,14 @@ fn block_signals() -> libc::sigset_t {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(uri) = &args.pool_check {
+        let (out, err, code) = ballast_engine::pools::offline_check(uri);
+        print!("{out}");
+        eprint!("{err}");
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        std::process::exit(code);
+    }
     let cfg = build_config(args)?;
     let set = block_signals();
     let engine = ballast_engine::Engine::start(&cfg)?;

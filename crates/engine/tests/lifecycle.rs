@@ -4,12 +4,10 @@
 mod common;
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::nbd::Client;
-use common::{Engine, Output, TempDir, engine_bin, qemu_io, qemu_io_raw, run};
+use common::{Engine, TempDir, ballast, cli_bin, qemu_io, qemu_io_raw};
 
 #[test]
 fn sigterm_flushes_and_data_survives_restart() {
@@ -77,46 +75,6 @@ fn sigterm_flushes_and_data_survives_restart() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "exit after SIGINT: {status}");
-}
-
-/// The `ballast` CLI next to the engine binary, built first if it is not there (binaries of
-/// other packages are not built for this package's tests).
-fn cli_bin() -> PathBuf {
-    let engine = engine_bin();
-    let dir = engine.parent().expect("engine dir");
-    let cli = dir.join("ballast");
-    if cli.is_file() {
-        return cli;
-    }
-    let ws = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let profile = match dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") | None => "dev".to_string(),
-        Some(p) => p.to_string(),
-    };
-    let target_dir = dir.parent().expect("target dir");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut c = Command::new(cargo);
-    c.current_dir(ws).args([
-        "build",
-        "-p",
-        "ballast-cli",
-        "--bin",
-        "ballast",
-        "--profile",
-    ]);
-    c.arg(profile).arg("--target-dir").arg(target_dir);
-    run(&mut c, Duration::from_secs(600)).assert_success();
-    assert!(cli.is_file(), "{} not built", cli.display());
-    cli
-}
-
-fn ballast(engine: &str, args: &[&str]) -> Output {
-    let mut c = Command::new(cli_bin());
-    c.env_remove("BALLAST_ENGINE")
-        .arg("--engine")
-        .arg(engine)
-        .args(args);
-    run(&mut c, Duration::from_secs(60))
 }
 
 /// `"key":{"ops":N` in the CLI's JSON stats.

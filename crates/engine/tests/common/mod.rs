@@ -520,3 +520,44 @@ pub fn nbd_map(uri: &str) -> Vec<(u64, u64, u32)> {
         })
         .collect()
 }
+
+/// The `ballast` CLI next to the engine binary, built first if it is not there (binaries of
+/// other packages are not built for this package's tests).
+pub fn cli_bin() -> PathBuf {
+    let engine = engine_bin();
+    let dir = engine.parent().expect("engine dir");
+    let cli = dir.join("ballast");
+    if cli.is_file() {
+        return cli;
+    }
+    let ws = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let profile = match dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") | None => "dev".to_string(),
+        Some(p) => p.to_string(),
+    };
+    let target_dir = dir.parent().expect("target dir");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut c = Command::new(cargo);
+    c.current_dir(ws).args([
+        "build",
+        "-p",
+        "ballast-cli",
+        "--bin",
+        "ballast",
+        "--profile",
+    ]);
+    c.arg(profile).arg("--target-dir").arg(target_dir);
+    run(&mut c, Duration::from_secs(600)).assert_success();
+    assert!(cli.is_file(), "{} not built", cli.display());
+    cli
+}
+
+/// Runs `ballast --engine ENGINE ARGS...` (60 s limit).
+pub fn ballast(engine: &str, args: &[&str]) -> Output {
+    let mut c = Command::new(cli_bin());
+    c.env_remove("BALLAST_ENGINE")
+        .arg("--engine")
+        .arg(engine)
+        .args(args);
+    run(&mut c, Duration::from_secs(60))
+}

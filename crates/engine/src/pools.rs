@@ -1,0 +1,1198 @@
+//! Storage pools in the engine: a registry of pools by name, each on an engine device, whose
+//! volumes and snapshots are engine devices named `POOL/VOLUME`.
+//!
+//! Every pool operation does device I/O and runs on reactor 0 (`ReactorHandle::call`); the
+//! management API awaits it from its own thread. Pool management operations are serialised by
+//! one async lock, so an operation never observes another's half-done registration. Devices a
+//! pool uses are claimed: the device holding a pool (online, faulted, or being formatted) can
+//! be neither exported nor destroyed, and a volume's device is destroyed only through the pool.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use blockdev::{
+    BlockDevice, Capabilities, Device, Extent, Geometry, IoBuf, IoFuture, Measured, WriteFlags,
+    ZeroFlags,
+};
+use pool::meta::MetaError;
+use pool::pool::{CreateOptions, Pool, PoolError, VolumeInfo};
+use pool::superblock::{SUPERBLOCK_SIZE, Superblock, SuperblockError};
+
+use crate::{DeviceEntry, EngineState, MgmtError};
+
+/// An online pool.
+#[derive(Clone, Debug)]
+pub struct PoolEntry {
+    /// The pool.
+    pub pool: Arc<Pool>,
+    /// Name of the engine device holding it.
+    pub device: String,
+    /// What import noticed without failing (a damaged superblock copy).
+    pub warning: Option<String>,
+}
+
+/// A pool found on a device but not served: damaged, or in conflict with an online pool.
+#[derive(Clone, Debug)]
+pub struct FaultedPool {
+    /// The pool's name, when a superblock copy is readable.
+    pub name: Option<String>,
+    /// Name of the engine device holding it.
+    pub device: String,
+    /// Why it is not served.
+    pub reason: String,
+}
+
+/// The pool registry.
+#[derive(Debug, Default)]
+pub(crate) struct Pools {
+    /// Online pools by name.
+    online: BTreeMap<String, PoolEntry>,
+    /// Faulted pools by device name.
+    faulted: BTreeMap<String, FaultedPool>,
+    /// Devices a pool operation is working on (being formatted, imported or closed).
+    busy: BTreeSet<String>,
+}
+
+/// A pool as listed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolStatus {
+    /// Name (empty when unknown: faulted with no readable superblock).
+    pub name: String,
+    /// Device holding it.
+    pub device: String,
+    /// Bytes of data clusters.
+    pub capacity: u64,
+    /// Bytes of clusters in use.
+    pub used: u64,
+    /// Sum of volume sizes.
+    pub committed: u64,
+    /// Writable volumes.
+    pub volumes: u32,
+    /// Snapshots.
+    pub snapshots: u32,
+    /// `online` or `faulted`.
+    pub state: &'static str,
+    /// Why faulted, or a warning.
+    pub reason: String,
+    /// Cluster size (0 when unknown).
+    pub cluster_size: u32,
+}
+
+/// A volume or snapshot as listed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VolumeStatus {
+    /// Pool.
+    pub pool: String,
+    /// Name within the pool.
+    pub name: String,
+    /// Engine device name, `POOL/NAME`.
+    pub device: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Bytes mapped.
+    pub allocated: u64,
+    /// Read-only snapshot.
+    pub snapshot: bool,
+    /// Thin.
+    pub thin: bool,
+    /// Origin volume or snapshot, if any.
+    pub origin: Option<String>,
+}
+
+/// The engine device name of volume `volume` of pool `pool`.
+pub fn volume_device_name(pool: &str, volume: &str) -> String {
+    format!("{pool}/{volume}")
+}
+
+/// What a device holds, as far as pools go.
+#[derive(Debug)]
+pub enum Probe {
+    /// No pool superblock in either copy (bad magic in both): an ordinary device.
+    NotAPool,
+    /// A pool, imported.
+    Pool {
+        /// The pool.
+        pool: Arc<Pool>,
+        /// A damaged superblock copy, if any.
+        warning: Option<String>,
+    },
+    /// A pool that cannot be imported.
+    Damaged {
+        /// Its name, if a superblock copy is readable.
+        name: Option<String>,
+        /// The damage, precisely.
+        reason: String,
+    },
+}
+
+/// What each superblock copy holds.
+#[derive(Debug)]
+pub struct SuperblockCopies {
+    /// Copy A (offset 0) and copy B (offset 4 KiB), decoded or why not.
+    pub copies: [Result<Superblock, SuperblockError>; 2],
+}
+
+impl SuperblockCopies {
+    /// Reads both copies.
+    pub async fn read(dev: &Device) -> Result<SuperblockCopies, String> {
+        let bs = dev.geometry().block_size.max(1) as usize;
+        let len = (2 * SUPERBLOCK_SIZE).next_multiple_of(bs);
+        if dev.geometry().size() < len as u64 {
+            let e = || Err(SuperblockError::NotAPool);
+            return Ok(SuperblockCopies { copies: [e(), e()] });
+        }
+        let buf = dev
+            .read(0, IoBuf::zeroed(len))
+            .await
+            .map_err(|e| format!("cannot read the superblocks: {e}"))?;
+        Ok(SuperblockCopies {
+            copies: [
+                Superblock::decode(&buf[..SUPERBLOCK_SIZE]),
+                Superblock::decode(&buf[SUPERBLOCK_SIZE..2 * SUPERBLOCK_SIZE]),
+            ],
+        })
+    }
+
+    /// True when neither copy looks like a pool superblock at all.
+    pub fn not_a_pool(&self) -> bool {
+        self.copies
+            .iter()
+            .all(|c| matches!(c, Err(SuperblockError::NotAPool)))
+    }
+
+    /// The pool name from a valid copy.
+    pub fn name(&self) -> Option<String> {
+        self.copies
+            .iter()
+            .find_map(|c| c.as_ref().ok().map(|s| s.name.clone()))
+    }
+
+    /// "superblock copy A: ...; copy B: ..." for damaged copies when the other is whole.
+    pub fn warning(&self) -> Option<String> {
+        let bad: Vec<String> = ["A", "B"]
+            .iter()
+            .zip(&self.copies)
+            .filter_map(|(n, c)| {
+                c.as_ref()
+                    .err()
+                    .map(|e| format!("superblock copy {n} is damaged ({e})"))
+            })
+            .collect();
+        if bad.is_empty() || bad.len() == 2 {
+            return None;
+        }
+        let good = if self.copies[0].is_ok() { "A" } else { "B" };
+        Some(format!("{}; using copy {good}", bad.join("; ")))
+    }
+}
+
+/// Finds out whether `dev` holds a pool and imports it. Runs on a reactor.
+pub async fn probe(dev: Device) -> Probe {
+    let copies = match SuperblockCopies::read(&dev).await {
+        Ok(c) => c,
+        Err(reason) => return Probe::Damaged { name: None, reason },
+    };
+    if copies.not_a_pool() {
+        return Probe::NotAPool;
+    }
+    match Pool::import(dev).await {
+        Ok(pool) => Probe::Pool {
+            pool,
+            warning: copies.warning(),
+        },
+        Err(e) => Probe::Damaged {
+            name: copies.name(),
+            reason: e.to_string(),
+        },
+    }
+}
+
+/// Maps a pool error to the management error (and so the gRPC status) in one place; `what`
+/// says which operation on what, e.g. `creating volume "v" in pool "p"`.
+pub fn pool_error(what: &str, e: PoolError) -> MgmtError {
+    match e {
+        PoolError::NotFound(n) => {
+            MgmtError::NotFound(format!("{what}: no volume or snapshot {n:?}"))
+        }
+        PoolError::Invalid(m) => MgmtError::Invalid(format!("{what}: {m}")),
+        PoolError::NoSpace(m) => MgmtError::NoSpace(format!("{what}: pool out of space: {m}")),
+        PoolError::Meta(MetaError::NameTaken(n)) => MgmtError::Exists(format!(
+            "{what}: the name {n:?} is taken by another volume or snapshot of the pool"
+        )),
+        PoolError::Meta(MetaError::WrongKind(_)) => MgmtError::Busy(format!(
+            "{what}: not allowed on this kind of object (a snapshot where a volume is needed, \
+             or the other way round)"
+        )),
+        e @ (PoolError::NoSuperblock(_) | PoolError::NoCheckpoint(_)) => {
+            MgmtError::Busy(format!("{what}: {e}"))
+        }
+        e => MgmtError::Device(format!("{what}: {e}")),
+    }
+}
+
+fn check_pool_name(name: &str) -> Result<(), MgmtError> {
+    if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control() || c == '/') {
+        return Err(MgmtError::Invalid(format!(
+            "bad pool name {name:?}: 1 to 64 bytes, no '/' or control characters"
+        )));
+    }
+    Ok(())
+}
+
+fn status_of(pool: &str, v: VolumeInfo) -> VolumeStatus {
+    VolumeStatus {
+        pool: pool.to_string(),
+        device: volume_device_name(pool, &v.name),
+        name: v.name,
+        size: v.size,
+        allocated: v.allocated,
+        snapshot: v.snapshot,
+        thin: v.thin,
+        origin: v.origin,
+    }
+}
+
+/// A device under another name: a pool volume as engine device `POOL/VOLUME` (exports and
+/// statistics know devices by their names).
+struct Named {
+    name: String,
+    inner: Device,
+}
+
+impl std::fmt::Debug for Named {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Named").field("name", &self.name).finish()
+    }
+}
+
+impl BlockDevice for Named {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+    fn geometry(&self) -> Geometry {
+        self.inner.geometry()
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    fn read(&self, offset: u64, buf: IoBuf) -> IoFuture<'_, IoBuf> {
+        self.inner.read(offset, buf)
+    }
+    fn write(&self, offset: u64, buf: IoBuf, flags: WriteFlags) -> IoFuture<'_, IoBuf> {
+        self.inner.write(offset, buf, flags)
+    }
+    fn flush(&self) -> IoFuture<'_, ()> {
+        self.inner.flush()
+    }
+    fn unmap(&self, offset: u64, len: u64) -> IoFuture<'_, ()> {
+        self.inner.unmap(offset, len)
+    }
+    fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> IoFuture<'_, ()> {
+        self.inner.write_zeroes(offset, len, flags)
+    }
+    fn block_status(&self, offset: u64, len: u64) -> IoFuture<'_, Vec<Extent>> {
+        self.inner.block_status(offset, len)
+    }
+    fn reset(&self) -> IoFuture<'_, ()> {
+        self.inner.reset()
+    }
+}
+
+/// Releases a device marked busy when dropped (also when the operation's future is dropped).
+struct BusyGuard<'a> {
+    state: &'a EngineState,
+    device: String,
+}
+
+impl Drop for BusyGuard<'_> {
+    fn drop(&mut self) {
+        self.state.pools().busy.remove(&self.device);
+    }
+}
+
+impl EngineState {
+    pub(crate) fn pools(&self) -> std::sync::MutexGuard<'_, Pools> {
+        self.pools.lock().expect("pools lock")
+    }
+
+    /// Why `device` may not be exported, destroyed or given to another pool, if it belongs to
+    /// a pool (its device, a faulted pool's device, or a volume).
+    pub(crate) fn pool_claim(&self, device: &str) -> Option<String> {
+        if let Some((pool, volume)) = device.split_once('/') {
+            return Some(format!(
+                "device {device:?} is {} of pool {pool:?}; use `ballast volume destroy {pool} \
+                 {volume}`",
+                if self.is_snapshot(pool, volume) {
+                    format!("snapshot {volume:?}")
+                } else {
+                    format!("volume {volume:?}")
+                }
+            ));
+        }
+        let p = self.pools();
+        if let Some(e) = p.online.values().find(|e| e.device == device) {
+            return Some(format!(
+                "device {device:?} holds pool {:?}; close the pool first (`ballast pool close \
+                 {}`)",
+                e.pool.superblock().name,
+                e.pool.superblock().name
+            ));
+        }
+        if let Some(f) = p.faulted.get(device) {
+            return Some(format!(
+                "device {device:?} holds a faulted pool ({}); `ballast pool close {}` releases it",
+                f.reason,
+                f.name.as_deref().unwrap_or(device)
+            ));
+        }
+        if p.busy.contains(device) {
+            return Some(format!("device {device:?} is busy with a pool operation"));
+        }
+        None
+    }
+
+    fn is_snapshot(&self, pool: &str, volume: &str) -> bool {
+        self.pools()
+            .online
+            .get(pool)
+            .map(|e| e.pool.list().iter().any(|v| v.name == volume && v.snapshot))
+            .unwrap_or(false)
+    }
+
+    /// Names of the devices whose export failure at start may be a faulted pool's fault.
+    pub(crate) fn has_faulted_pools(&self) -> bool {
+        !self.pools().faulted.is_empty()
+    }
+
+    /// Whether pool `name` is online.
+    pub fn pool_online(&self, name: &str) -> bool {
+        self.pools().online.contains_key(name)
+    }
+
+    fn online(&self, name: &str) -> Result<Arc<Pool>, MgmtError> {
+        let p = self.pools();
+        if let Some(e) = p.online.get(name) {
+            return Ok(e.pool.clone());
+        }
+        if let Some(f) = p.faulted.values().find(|f| f.name.as_deref() == Some(name)) {
+            return Err(MgmtError::Busy(format!(
+                "pool {name:?} is faulted: {}",
+                f.reason
+            )));
+        }
+        Err(MgmtError::NotFound(format!("pool {name:?} not found")))
+    }
+
+    fn device_of(&self, name: &str) -> Result<Arc<Measured>, MgmtError> {
+        self.devices
+            .lock()
+            .expect("devices lock")
+            .get(name)
+            .map(|d| d.device.clone())
+            .ok_or_else(|| MgmtError::NotFound(format!("device {name:?} not found")))
+    }
+
+    /// Opens volume `volume` of `pool` and registers it as device `POOL/VOLUME`.
+    fn register_volume(
+        &self,
+        pool_name: &str,
+        pool: &Arc<Pool>,
+        volume: &str,
+    ) -> Result<(), MgmtError> {
+        let dev = pool
+            .open(volume)
+            .map_err(|e| pool_error(&format!("opening {volume:?} of pool {pool_name:?}"), e))?;
+        let name = volume_device_name(pool_name, volume);
+        let entry = DeviceEntry {
+            uri: format!("pool://{name}"),
+            device: Arc::new(Measured::new(Arc::new(Named {
+                name: name.clone(),
+                inner: dev,
+            }))),
+        };
+        self.devices
+            .lock()
+            .expect("devices lock")
+            .insert(name, entry);
+        Ok(())
+    }
+
+    fn unregister_volume(&self, pool: &str, volume: &str) -> Option<DeviceEntry> {
+        self.devices
+            .lock()
+            .expect("devices lock")
+            .remove(&volume_device_name(pool, volume))
+    }
+
+    /// Registers an imported or created pool and its volumes; fails when the name is taken.
+    fn register_pool(&self, entry: PoolEntry) -> Result<(), MgmtError> {
+        let name = entry.pool.superblock().name.clone();
+        {
+            let mut p = self.pools();
+            if let Some(other) = p.online.get(&name) {
+                return Err(MgmtError::Exists(format!(
+                    "a pool named {name:?} is already online (on device {:?})",
+                    other.device
+                )));
+            }
+            p.faulted.remove(&entry.device);
+            p.online.insert(name.clone(), entry.clone());
+        }
+        for v in entry.pool.list() {
+            self.register_volume(&name, &entry.pool, &v.name)?;
+        }
+        Ok(())
+    }
+
+    /// Probes `device` (at start): registers the pool it holds, records it as faulted when
+    /// damaged. Returns lines for the log.
+    pub(crate) async fn probe_device(&self, device: &str) -> Vec<String> {
+        let Ok(dev) = self.device_of(device) else {
+            return Vec::new();
+        };
+        let dev: Device = dev;
+        let found = self.reactors[0]
+            .call(move || async move { probe(dev).await })
+            .await;
+        let mut log = Vec::new();
+        match found {
+            Probe::NotAPool => {}
+            Probe::Pool { pool, warning } => {
+                let name = pool.superblock().name.clone();
+                if let Some(w) = &warning {
+                    log.push(format!("device {device:?}: pool {name:?}: warning: {w}"));
+                }
+                let n = pool.list().len();
+                match self.register_pool(PoolEntry {
+                    pool,
+                    device: device.to_string(),
+                    warning,
+                }) {
+                    Ok(()) => log.push(format!(
+                        "device {device:?}: imported pool {name:?} ({n} volume(s) and snapshot(s))"
+                    )),
+                    Err(e) => {
+                        let reason = e.to_string();
+                        log.push(format!(
+                            "error: device {device:?}: pool {name:?} not imported: {reason}"
+                        ));
+                        self.pools().faulted.insert(
+                            device.to_string(),
+                            FaultedPool {
+                                name: Some(name),
+                                device: device.to_string(),
+                                reason,
+                            },
+                        );
+                    }
+                }
+            }
+            Probe::Damaged { name, reason } => {
+                log.push(format!(
+                    "error: device {device:?} holds a damaged pool{}: {reason}; it is not served \
+                     and the device is not exported (see `ballast pool list`)",
+                    name.as_deref()
+                        .map(|n| format!(" {n:?}"))
+                        .unwrap_or_default()
+                ));
+                self.pools().faulted.insert(
+                    device.to_string(),
+                    FaultedPool {
+                        name,
+                        device: device.to_string(),
+                        reason,
+                    },
+                );
+            }
+        }
+        log
+    }
+
+    /// Checks that `device` can be given to a pool operation and marks it busy. A faulted
+    /// pool's device is accepted when `retry_faulted` (importing it again).
+    fn claim_device(&self, device: &str, retry_faulted: bool) -> Result<BusyGuard<'_>, MgmtError> {
+        self.device_of(device)?;
+        if let Some(export) = self.nbd.device_in_use(device) {
+            return Err(MgmtError::Busy(format!(
+                "device {device:?} is exported as {export:?}; destroy the export first"
+            )));
+        }
+        let retry = retry_faulted && self.pools().faulted.contains_key(device);
+        if !retry && let Some(why) = self.pool_claim(device) {
+            return Err(MgmtError::Busy(why));
+        }
+        if !self.pools().busy.insert(device.to_string()) {
+            return Err(MgmtError::Busy(format!(
+                "device {device:?} is busy with a pool operation"
+            )));
+        }
+        Ok(BusyGuard {
+            state: self,
+            device: device.to_string(),
+        })
+    }
+
+    /// Formats `device` as pool `name`.
+    pub async fn create_pool(
+        &self,
+        name: &str,
+        device: &str,
+        cluster_size: u32,
+    ) -> Result<PoolStatus, MgmtError> {
+        let _op = self.pool_ops.lock().await;
+        check_pool_name(name)?;
+        if let Some(e) = self.pools().online.get(name) {
+            return Err(MgmtError::Exists(format!(
+                "pool {name:?} already exists (on device {:?})",
+                e.device
+            )));
+        }
+        let _busy = self.claim_device(device, false)?;
+        let dev: Device = self.device_of(device)?;
+        let d2 = dev.clone();
+        let copies = self.reactors[0]
+            .call(move || async move { SuperblockCopies::read(&d2).await })
+            .await
+            .map_err(|e| MgmtError::Device(format!("device {device:?}: {e}")))?;
+        if !copies.not_a_pool() {
+            let what = match copies.name() {
+                Some(n) => format!("pool {n:?}"),
+                None => "a damaged pool".to_string(),
+            };
+            return Err(MgmtError::Exists(format!(
+                "device {device:?} already holds {what}; import it with `ballast pool import \
+                 {device}`, or zero its first 8 KiB to reuse the device"
+            )));
+        }
+        let opts = CreateOptions {
+            name: name.to_string(),
+            cluster_size: if cluster_size == 0 {
+                CreateOptions::default().cluster_size
+            } else {
+                cluster_size
+            },
+            ..CreateOptions::default()
+        };
+        let pool = self.reactors[0]
+            .call(move || async move { Pool::create(dev, &opts).await })
+            .await
+            .map_err(|e| pool_error(&format!("creating pool {name:?} on device {device:?}"), e))?;
+        self.register_pool(PoolEntry {
+            pool,
+            device: device.to_string(),
+            warning: None,
+        })?;
+        self.pool_status(name)
+    }
+
+    /// Imports the pool on `device` (also retrying a faulted one).
+    pub async fn import_pool(&self, device: &str) -> Result<PoolStatus, MgmtError> {
+        let _op = self.pool_ops.lock().await;
+        let _busy = self.claim_device(device, true)?;
+        let dev: Device = self.device_of(device)?;
+        let found = self.reactors[0]
+            .call(move || async move { probe(dev).await })
+            .await;
+        match found {
+            Probe::NotAPool => Err(MgmtError::Busy(format!(
+                "device {device:?} holds no pool (neither superblock copy has the pool magic)"
+            ))),
+            Probe::Damaged { name, reason } => {
+                let mut p = self.pools();
+                if let Some(f) = p.faulted.get_mut(device) {
+                    f.reason = reason.clone();
+                }
+                Err(MgmtError::Busy(format!(
+                    "device {device:?} holds a damaged pool{}: {reason}",
+                    name.map(|n| format!(" {n:?}")).unwrap_or_default()
+                )))
+            }
+            Probe::Pool { pool, warning } => {
+                let name = pool.superblock().name.clone();
+                self.register_pool(PoolEntry {
+                    pool,
+                    device: device.to_string(),
+                    warning,
+                })?;
+                self.pool_status(&name)
+            }
+        }
+    }
+
+    /// Commits and forgets pool `name` (or a faulted pool, by name or device).
+    pub async fn close_pool(&self, name: &str) -> Result<(), MgmtError> {
+        let _op = self.pool_ops.lock().await;
+        let entry = self.pools().online.get(name).cloned();
+        let Some(entry) = entry else {
+            let mut p = self.pools();
+            let key = p
+                .faulted
+                .iter()
+                .find(|(d, f)| f.name.as_deref() == Some(name) || d.as_str() == name)
+                .map(|(d, _)| d.clone());
+            return match key {
+                Some(k) => {
+                    p.faulted.remove(&k);
+                    Ok(())
+                }
+                None => Err(MgmtError::NotFound(format!("pool {name:?} not found"))),
+            };
+        };
+        let volumes = entry.pool.list();
+        for v in &volumes {
+            let dev = volume_device_name(name, &v.name);
+            if let Some(export) = self.nbd.device_in_use(&dev) {
+                return Err(MgmtError::Busy(format!(
+                    "pool {name:?}: device {dev:?} is exported as {export:?}; destroy the export \
+                     first"
+                )));
+            }
+        }
+        // Unregister first (nothing can be exported any more), then commit.
+        let mut removed = Vec::new();
+        {
+            let mut p = self.pools();
+            p.online.remove(name);
+            p.busy.insert(entry.device.clone());
+        }
+        let _busy = BusyGuard {
+            state: self,
+            device: entry.device.clone(),
+        };
+        for v in &volumes {
+            if let Some(d) = self.unregister_volume(name, &v.name) {
+                removed.push((volume_device_name(name, &v.name), d));
+            }
+        }
+        let pool = entry.pool.clone();
+        let r = self.reactors[0]
+            .call(move || async move { pool.commit().await })
+            .await;
+        if let Err(e) = r {
+            // Put everything back: the pool stays online.
+            self.pools().online.insert(name.to_string(), entry);
+            let mut devs = self.devices.lock().expect("devices lock");
+            for (n, d) in removed {
+                devs.insert(n, d);
+            }
+            return Err(pool_error(&format!("closing pool {name:?}"), e));
+        }
+        Ok(())
+    }
+
+    fn status_online(name: &str, e: &PoolEntry) -> PoolStatus {
+        let u = e.pool.usage();
+        let list = e.pool.list();
+        let snaps = list.iter().filter(|v| v.snapshot).count() as u32;
+        PoolStatus {
+            name: name.to_string(),
+            device: e.device.clone(),
+            capacity: u.capacity,
+            used: u.used,
+            committed: u.committed,
+            volumes: list.len() as u32 - snaps,
+            snapshots: snaps,
+            state: "online",
+            reason: e.warning.clone().unwrap_or_default(),
+            cluster_size: e.pool.superblock().cluster_size,
+        }
+    }
+
+    fn pool_status(&self, name: &str) -> Result<PoolStatus, MgmtError> {
+        let p = self.pools();
+        let e = p
+            .online
+            .get(name)
+            .ok_or_else(|| MgmtError::NotFound(format!("pool {name:?} not found")))?;
+        Ok(Self::status_online(name, e))
+    }
+
+    /// Every pool, online and faulted, by name.
+    pub fn list_pools(&self) -> Vec<PoolStatus> {
+        let p = self.pools();
+        let mut out: Vec<PoolStatus> = p
+            .online
+            .iter()
+            .map(|(n, e)| Self::status_online(n, e))
+            .collect();
+        out.extend(p.faulted.values().map(|f| PoolStatus {
+            name: f.name.clone().unwrap_or_default(),
+            device: f.device.clone(),
+            capacity: 0,
+            used: 0,
+            committed: 0,
+            volumes: 0,
+            snapshots: 0,
+            state: "faulted",
+            reason: f.reason.clone(),
+            cluster_size: 0,
+        }));
+        out.sort_by(|a, b| (&a.name, &a.device).cmp(&(&b.name, &b.device)));
+        out
+    }
+
+    /// The invariant violations of an online pool's metadata.
+    pub fn check_pool(&self, name: &str) -> Result<Vec<String>, MgmtError> {
+        Ok(self.online(name)?.check())
+    }
+
+    fn volume_info(pool: &Pool, name: &str) -> Option<VolumeInfo> {
+        pool.list().into_iter().find(|v| v.name == name)
+    }
+
+    fn volume_status(&self, pool_name: &str, name: &str) -> Result<VolumeStatus, MgmtError> {
+        let pool = self.online(pool_name)?;
+        Self::volume_info(&pool, name)
+            .map(|v| status_of(pool_name, v))
+            .ok_or_else(|| {
+                MgmtError::NotFound(format!(
+                    "pool {pool_name:?}: no volume or snapshot {name:?}"
+                ))
+            })
+    }
+
+    /// Requires `name` in `pool` to be a volume (`want_snapshot` false) or a snapshot.
+    fn require_kind(
+        pool_name: &str,
+        pool: &Pool,
+        name: &str,
+        want_snapshot: bool,
+        what: &str,
+    ) -> Result<(), MgmtError> {
+        match Self::volume_info(pool, name) {
+            None => Err(MgmtError::NotFound(format!(
+                "{what}: pool {pool_name:?} has no {} {name:?}",
+                if want_snapshot { "snapshot" } else { "volume" }
+            ))),
+            Some(v) if v.snapshot != want_snapshot => Err(MgmtError::Busy(format!(
+                "{what}: {name:?} is a {}, not a {}",
+                if v.snapshot { "snapshot" } else { "volume" },
+                if want_snapshot { "snapshot" } else { "volume" }
+            ))),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Creates a volume and registers its device.
+    pub async fn create_volume(
+        &self,
+        pool_name: &str,
+        name: &str,
+        size: u64,
+        thin: bool,
+    ) -> Result<VolumeStatus, MgmtError> {
+        let _op = self.pool_ops.lock().await;
+        let pool = self.online(pool_name)?;
+        let what = format!("creating volume {name:?} in pool {pool_name:?}");
+        if Self::volume_info(&pool, name).is_some() {
+            return Err(MgmtError::Exists(format!(
+                "{what}: the name is taken by another volume or snapshot of the pool"
+            )));
+        }
+        let p2 = pool.clone();
+        let n2 = name.to_string();
+        self.reactors[0]
+            .call(move || async move { p2.create_volume(&n2, size, thin).await })
+            .await
+            .map_err(|e| pool_error(&what, e))?;
+        self.register_volume(pool_name, &pool, name)?;
+        self.volume_status(pool_name, name)
+    }
+
+    /// Deletes a volume or snapshot that is not exported.
+    pub async fn destroy_volume(&self, pool_name: &str, name: &str) -> Result<(), MgmtError> {
+        let _op = self.pool_ops.lock().await;
+        let pool = self.online(pool_name)?;
+        let what = format!("destroying {name:?} of pool {pool_name:?}");
+        if Self::volume_info(&pool, name).is_none() {
+            return Err(MgmtError::NotFound(format!(
+                "{what}: no volume or snapshot {name:?}"
+            )));
+        }
+        let dev = volume_device_name(pool_name, name);
+        if let Some(export) = self.nbd.device_in_use(&dev) {
+            return Err(MgmtError::Busy(format!(
+                "{what}: device {dev:?} is exported as {export:?}; destroy the export first"
+            )));
+        }
+        let removed = self.unregister_volume(pool_name, name);
+        let n2 = name.to_string();
+        let r = self.reactors[0]
+            .call(move || async move { pool.delete(&n2).await })
+            .await;
+        if let Err(e) = r {
+            if let Some(d) = removed {
+                self.devices.lock().expect("devices lock").insert(dev, d);
+            }
+            return Err(pool_error(&what, e));
+        }
+        Ok(())
+    }
+
+    /// Resizes a volume.
+    pub async fn resize_volume(
+        &self,
+        pool_name: &str,
+        name: &str,
+        size: u64,
+        force: bool,
+    ) -> Result<VolumeStatus, MgmtError> {
+        let _op = self.pool_ops.lock().await;
+        let pool = self.online(pool_name)?;
+        let what = format!("resizing volume {name:?} of pool {pool_name:?}");
+        Self::require_kind(pool_name, &pool, name, false, &what)?;
+        let old = Self::volume_info(&pool, name).map_or(0, |v| v.size);
+        if size < old && !force {
+            return Err(MgmtError::Invalid(format!(
+                "{what}: shrinking from {old} to {size} bytes discards the data beyond the new \
+                 end; pass force (`ballast volume resize --force`) to do it"
+            )));
+        }
+        let n2 = name.to_string();
+        self.reactors[0]
+            .call(move || async move { pool.resize(&n2, size, force).await })
+            .await
+            .map_err(|e| pool_error(&what, e))?;
+        self.volume_status(pool_name, name)
+    }
+
+    /// Snapshots a volume and registers the snapshot's device.
+    pub async fn snapshot_volume(
+        &self,
+        pool_name: &str,
+        volume: &str,
+        snapshot: &str,
+    ) -> Result<VolumeStatus, MgmtError> {
+        let _op = self.pool_ops.lock().await;
+        let pool = self.online(pool_name)?;
+        let what = format!("snapshotting volume {volume:?} of pool {pool_name:?} as {snapshot:?}");
+        Self::require_kind(pool_name, &pool, volume, false, &what)?;
+        let (p2, v2, s2) = (pool.clone(), volume.to_string(), snapshot.to_string());
+        self.reactors[0]
+            .call(move || async move { p2.snapshot(&v2, &s2).await })
+            .await
+            .map_err(|e| pool_error(&what, e))?;
+        self.register_volume(pool_name, &pool, snapshot)?;
+        self.volume_status(pool_name, snapshot)
+    }
+
+    /// Clones a snapshot into a new volume and registers its device.
+    pub async fn clone_snapshot(
+        &self,
+        pool_name: &str,
+        snapshot: &str,
+        clone: &str,
+    ) -> Result<VolumeStatus, MgmtError> {
+        let _op = self.pool_ops.lock().await;
+        let pool = self.online(pool_name)?;
+        let what = format!("cloning snapshot {snapshot:?} of pool {pool_name:?} as {clone:?}");
+        Self::require_kind(pool_name, &pool, snapshot, true, &what)?;
+        let (p2, s2, c2) = (pool.clone(), snapshot.to_string(), clone.to_string());
+        self.reactors[0]
+            .call(move || async move { p2.clone_snapshot(&s2, &c2).await })
+            .await
+            .map_err(|e| pool_error(&what, e))?;
+        self.register_volume(pool_name, &pool, clone)?;
+        self.volume_status(pool_name, clone)
+    }
+
+    /// Reverts a volume to a snapshot.
+    pub async fn revert_volume(
+        &self,
+        pool_name: &str,
+        volume: &str,
+        snapshot: &str,
+    ) -> Result<VolumeStatus, MgmtError> {
+        let _op = self.pool_ops.lock().await;
+        let pool = self.online(pool_name)?;
+        let what = format!("reverting volume {volume:?} of pool {pool_name:?} to {snapshot:?}");
+        Self::require_kind(pool_name, &pool, volume, false, &what)?;
+        Self::require_kind(pool_name, &pool, snapshot, true, &what)?;
+        let (v2, s2) = (volume.to_string(), snapshot.to_string());
+        self.reactors[0]
+            .call(move || async move { pool.revert(&v2, &s2).await })
+            .await
+            .map_err(|e| pool_error(&what, e))?;
+        self.volume_status(pool_name, volume)
+    }
+
+    /// Volumes and snapshots of one online pool, or of all.
+    pub fn list_volumes(&self, pool: Option<&str>) -> Result<Vec<VolumeStatus>, MgmtError> {
+        let pools: Vec<(String, Arc<Pool>)> = match pool {
+            Some(name) => vec![(name.to_string(), self.online(name)?)],
+            None => self
+                .pools()
+                .online
+                .iter()
+                .map(|(n, e)| (n.clone(), e.pool.clone()))
+                .collect(),
+        };
+        let mut out = Vec::new();
+        for (name, p) in pools {
+            let mut list: Vec<VolumeStatus> =
+                p.list().into_iter().map(|v| status_of(&name, v)).collect();
+            list.sort_by(|a, b| a.name.cmp(&b.name));
+            out.extend(list);
+        }
+        Ok(out)
+    }
+
+    /// Commits every online pool; returns the failures.
+    pub async fn commit_pools(&self) -> Vec<String> {
+        let pools: Vec<(String, Arc<Pool>)> = self
+            .pools()
+            .online
+            .iter()
+            .map(|(n, e)| (n.clone(), e.pool.clone()))
+            .collect();
+        self.reactors[0]
+            .call(move || async move {
+                let mut errs = Vec::new();
+                for (n, p) in pools {
+                    if let Err(e) = p.commit().await {
+                        errs.push(format!("pool {n:?}: {e}"));
+                    }
+                }
+                errs
+            })
+            .await
+    }
+}
+
+/// A byte count in binary units ("1.5 MiB").
+fn human(n: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1023.95 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+/// The URI opened read-only: `ro` added to file URIs (malloc devices have no such parameter).
+pub fn read_only_uri(uri: &str) -> String {
+    if uri.starts_with("malloc:") {
+        return uri.to_string();
+    }
+    match uri.split_once('?') {
+        Some((_, q)) if q.split('&').any(|kv| kv == "ro" || kv.starts_with("ro=")) => {
+            uri.to_string()
+        }
+        Some(_) => format!("{uri}&ro"),
+        None => format!("{uri}?ro"),
+    }
+}
+
+/// Exit status of `ballast-engine --pool-check` when the pool is consistent.
+pub const CHECK_CLEAN: i32 = 0;
+/// Exit status when the metadata violates invariants.
+pub const CHECK_PROBLEMS: i32 = 1;
+/// Exit status when the pool cannot be imported at all (or the device not opened).
+pub const CHECK_DAMAGED: i32 = 2;
+
+/// The offline check: opens `uri` read-only, imports the pool on a private one-reactor runtime
+/// and verifies it. Returns the report (stdout), the errors (stderr) and the exit status.
+pub fn offline_check(uri: &str) -> (String, String, i32) {
+    let mut out = String::new();
+    // A relative path is taken from the current directory.
+    let abs;
+    let uri = if !uri.contains("://") && !uri.starts_with('/') {
+        abs = std::env::current_dir()
+            .map(|d| d.join(uri).display().to_string())
+            .unwrap_or_else(|_| uri.to_string());
+        abs.as_str()
+    } else {
+        uri
+    };
+    let ro = read_only_uri(uri);
+    let dev = match blockdev::open_uri("pool-check", &ro) {
+        Ok(d) => d,
+        Err(e) => return (out, format!("error: {e}\n"), CHECK_DAMAGED),
+    };
+    let rt = match reactor::Runtime::start(reactor::Config {
+        cores: 1,
+        pin: false,
+        mode: reactor::PollMode::Interrupt,
+        registered_buffers: 8,
+        ..reactor::Config::default()
+    }) {
+        Ok(rt) => rt,
+        Err(e) => {
+            return (
+                out,
+                format!("error: starting a reactor (io_uring): {e}\n"),
+                CHECK_DAMAGED,
+            );
+        }
+    };
+    let g = dev.geometry();
+    let _ = writeln!(
+        out,
+        "device {uri}: {} ({} bytes), block size {}, opened read-only",
+        human(g.size()),
+        g.size(),
+        g.block_size
+    );
+    let d2 = dev.clone();
+    let result = crate::block_on(rt.handles()[0].call(move || async move {
+        let copies = SuperblockCopies::read(&d2).await?;
+        let import = Pool::import(d2).await;
+        Ok::<_, String>((copies, import))
+    }));
+    rt.shutdown();
+    let (copies, import) = match result {
+        Ok(x) => x,
+        Err(e) => return (out, format!("error: {e}\n"), CHECK_DAMAGED),
+    };
+    for (n, c) in ["A", "B"].iter().zip(&copies.copies) {
+        match c {
+            Ok(sb) => {
+                let _ = writeln!(
+                    out,
+                    "superblock copy {n}: valid (generation {})",
+                    sb.generation
+                );
+            }
+            Err(e) => {
+                let _ = writeln!(out, "superblock copy {n}: {e}");
+            }
+        }
+    }
+    if copies.not_a_pool() {
+        return (
+            out,
+            format!(
+                "error: {uri}: not a Ballast pool (neither superblock copy has the pool magic)\n"
+            ),
+            CHECK_DAMAGED,
+        );
+    }
+    let pool = match import {
+        Ok(p) => p,
+        Err(e) => {
+            return (
+                out,
+                format!("error: {uri}: the pool cannot be imported: {e}\n"),
+                CHECK_DAMAGED,
+            );
+        }
+    };
+    if let Some(w) = copies.warning() {
+        let _ = writeln!(out, "note: {w}; the pool itself is readable");
+    }
+    let sb = pool.superblock();
+    let uuid: String = sb.uuid.iter().map(|b| format!("{b:02x}")).collect();
+    let _ = writeln!(out, "pool {:?}", sb.name);
+    let _ = writeln!(out, "  uuid            {uuid}");
+    let _ = writeln!(out, "  generation      {}", sb.generation);
+    let _ = writeln!(out, "  cluster size    {}", human(sb.cluster_size as u64));
+    let _ = writeln!(out, "  block size      {}", sb.block_size);
+    let _ = writeln!(out, "  clusters        {}", sb.total_clusters);
+    let _ = writeln!(
+        out,
+        "  data start      {} ({})",
+        sb.data_start,
+        human(sb.data_start)
+    );
+    let _ = writeln!(out, "  checkpoint slot {}", human(sb.checkpoint_bytes));
+    let _ = writeln!(out, "  journal         {}", human(sb.journal_bytes));
+    let u = pool.usage();
+    let _ = writeln!(
+        out,
+        "usage: capacity {}, used {}, committed {}",
+        human(u.capacity),
+        human(u.used),
+        human(u.committed)
+    );
+    let mut list = pool.list();
+    list.sort_by(|a, b| a.name.cmp(&b.name));
+    if list.is_empty() {
+        let _ = writeln!(out, "no volumes");
+    } else {
+        let _ = writeln!(out, "volumes:");
+        for v in &list {
+            let _ = writeln!(
+                out,
+                "  {:<20} {:<8} {:>10} {:>10} allocated  {}{}",
+                v.name,
+                if v.snapshot { "snapshot" } else { "volume" },
+                human(v.size),
+                human(v.allocated),
+                if v.thin { "thin" } else { "thick" },
+                v.origin
+                    .as_deref()
+                    .map(|o| format!("  origin {o}"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    let problems = pool.check();
+    if problems.is_empty() {
+        let _ = writeln!(out, "pool {}: clean", sb.name);
+        (out, String::new(), CHECK_CLEAN)
+    } else {
+        let _ = writeln!(out, "pool {}: {} problem(s):", sb.name, problems.len());
+        for p in &problems {
+            let _ = writeln!(out, "  {p}");
+        }
+        (
+            out,
+            format!(
+                "error: pool {}: {} problem(s) found\n",
+                sb.name,
+                problems.len()
+            ),
+            CHECK_PROBLEMS,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_only_uris() {
+        assert_eq!(read_only_uri("/x.img"), "/x.img?ro");
+        assert_eq!(read_only_uri("uring:///x?size=1G"), "uring:///x?size=1G&ro");
+        assert_eq!(read_only_uri("uring:///x?ro"), "uring:///x?ro");
+        assert_eq!(read_only_uri("malloc:///m?size=1M"), "malloc:///m?size=1M");
+    }
+
+    #[test]
+    fn errors_map_to_the_right_kind() {
+        assert!(matches!(
+            pool_error("x", PoolError::NotFound("v".into())),
+            MgmtError::NotFound(_)
+        ));
+        assert!(matches!(
+            pool_error("x", PoolError::NoSpace("full".into())),
+            MgmtError::NoSpace(_)
+        ));
+        assert!(matches!(
+            pool_error("x", PoolError::Meta(MetaError::NameTaken("v".into()))),
+            MgmtError::Exists(_)
+        ));
+        assert!(matches!(
+            pool_error("x", PoolError::Invalid("bad".into())),
+            MgmtError::Invalid(_)
+        ));
+        let m = pool_error(
+            "creating volume \"v\"",
+            PoolError::NoSpace("pool is full".into()),
+        );
+        assert_eq!(
+            m.to_string(),
+            "creating volume \"v\": pool out of space: pool is full"
+        );
+    }
+}
