@@ -13,6 +13,7 @@ use pool::pool::{CreateOptions, Pool};
 use reactor::{Config, PollMode, Runtime, spawn_local};
 
 const GIB: u64 = 1 << 30;
+const CLUSTER: u64 = 128 * 1024;
 
 struct Rng(u64);
 impl Rng {
@@ -33,12 +34,15 @@ struct Load {
 }
 
 /// Runs `load` against `dev` over `[0, span)` for `secs`; returns IOPS and mean latency (µs).
+/// With `fresh`, every write goes to a cluster never written before (`fresh` counts them)
+/// and the run ends early once `limit` clusters have been used.
 async fn run(
     dev: Device,
     span: u64,
     load: Load,
     secs: f64,
     fresh: Option<Rc<Cell<u64>>>,
+    limit: u64,
 ) -> (f64, f64) {
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     let ops = Rc::new(Cell::new(0u64));
@@ -55,8 +59,11 @@ async fn run(
                     // First writes: every request goes to a block never written before.
                     (Some(next), _) => {
                         let b = next.get();
+                        if b >= limit {
+                            break;
+                        }
                         next.set(b + 1);
-                        (b.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 7) % blocks
+                        b * CLUSTER / load.bs as u64
                     }
                     (None, true) => rng.next() % blocks,
                     (None, false) => {
@@ -166,10 +173,10 @@ async fn bench(path: String, secs: f64) -> String {
         qd: 8,
         random: false,
     };
-    run(raw.clone(), GIB, fill, 3.0, None).await;
+    run(raw.clone(), GIB, fill, 3.0, None, 0).await;
     let mut raw_res = Vec::new();
     for (_, l) in loads {
-        raw_res.push(run(raw.clone(), GIB, l, secs, None).await);
+        raw_res.push(run(raw.clone(), GIB, l, secs, None, 0).await);
     }
     // The pool over the same file.
     let t = Instant::now();
@@ -197,21 +204,53 @@ async fn bench(path: String, secs: f64) -> String {
     thick.flush().await.unwrap();
     let mut a = Vec::new();
     for (_, l) in loads {
-        a.push(run(thick.clone(), GIB, l, secs, None).await);
+        a.push(run(thick.clone(), GIB, l, secs, None, 0).await);
     }
     // (b) first writes into a thin volume.
     pool.create_volume("thin", GIB, true).await.unwrap();
     let thin = pool.open("thin").unwrap();
-    let fresh = Rc::new(Cell::new(0));
-    let b1 = run(thin.clone(), GIB, loads[2].1, secs, Some(fresh.clone())).await;
-    let b32 = run(thin.clone(), GIB, loads[3].1, secs, Some(fresh.clone())).await;
+    let fresh = Rc::new(Cell::new(0)); // clusters 0.. of the thin volume
+    let b1 = run(
+        thin.clone(),
+        GIB,
+        loads[2].1,
+        secs,
+        Some(fresh.clone()),
+        1024,
+    )
+    .await;
+    let b32 = run(
+        thin.clone(),
+        GIB,
+        loads[3].1,
+        secs,
+        Some(fresh.clone()),
+        4096,
+    )
+    .await;
     thin.flush().await.unwrap();
     // (c) copy-on-write: snapshot the thick volume, then write to it.
     pool.snapshot("thick", "snap").await.unwrap();
-    let cow = Rc::new(Cell::new(1_000_003));
-    let c1 = run(thick.clone(), GIB, loads[2].1, secs, Some(cow.clone())).await;
-    let c32 = run(thick.clone(), GIB, loads[3].1, secs, Some(cow.clone())).await;
-    let c_read = run(thick.clone(), GIB, loads[1].1, secs, None).await;
+    let cow = Rc::new(Cell::new(0)); // clusters 0.. of the thick volume, shared with the snapshot
+    let c1 = run(
+        thick.clone(),
+        GIB,
+        loads[2].1,
+        secs,
+        Some(cow.clone()),
+        1024,
+    )
+    .await;
+    let c32 = run(
+        thick.clone(),
+        GIB,
+        loads[3].1,
+        secs,
+        Some(cow.clone()),
+        4096,
+    )
+    .await;
+    let c_read = run(thick.clone(), GIB, loads[1].1, secs, None, 0).await;
     thick.flush().await.unwrap();
     // Metadata cost and import time with 1,000 volumes.
     let sb = pool.superblock().clone();

@@ -249,7 +249,10 @@ impl IoBuf {
     pub fn recycled(len: usize) -> IoBuf {
         let cap = len.max(1).next_power_of_two();
         if let Some(class) = class_of(cap) {
-            let hit = LARGE.with(|l| l.borrow_mut().0.get_mut(class).and_then(|v| v.pop()));
+            let hit = LARGE
+                .try_with(|l| l.borrow_mut().0.get_mut(class).and_then(|v| v.pop()))
+                .ok()
+                .flatten();
             if let Some(ptr) = hit {
                 return IoBuf {
                     ptr,

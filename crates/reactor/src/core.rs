@@ -38,7 +38,11 @@ pub(crate) fn with_core<R>(f: impl FnOnce(&Rc<Core>) -> R) -> R {
 }
 
 pub(crate) fn try_core() -> Option<Rc<Core>> {
-    CURRENT.with(|c| c.borrow().clone())
+    // During thread teardown (after a panic unwound out of the loop) the slot may be gone.
+    CURRENT
+        .try_with(|c| c.try_borrow().ok().and_then(|c| c.clone()))
+        .ok()
+        .flatten()
 }
 
 type Task = Pin<Box<dyn Future<Output = ()>>>;
