@@ -46,12 +46,13 @@ struct Args {
     /// A device to create: NAME=URI (repeatable).
     #[arg(long = "device", value_name = "NAME=URI")]
     devices: Vec<String>,
-    /// An export to create: NAME[=DEVICE][,ro] (repeatable; DEVICE defaults to NAME).
+    /// An export to create: NAME[=DEVICE][,ro] (repeatable; DEVICE defaults to NAME; a pool
+    /// volume is DEVICE POOL/VOLUME).
     #[arg(long = "export", value_name = "NAME[=DEVICE][,ro]")]
     exports: Vec<String>,
     /// A TOML file with the same settings (`cores`, `poll_mode`, `pin`, `nbd_listen`,
-    /// `grpc_listen`, `[[device]]` name/uri, `[[export]]` name/device/read_only); flags
-    /// override its values and add devices and exports.
+    /// `grpc_listen`, `pool_import`, `[[device]]` name/uri, `[[export]]`
+    /// name/device/read_only); flags override its values and add devices and exports.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Do not probe the devices given at start for pools: they stay plain devices (also

@@ -28,7 +28,7 @@ pub struct PoolEntry {
     pub pool: Arc<Pool>,
     /// Name of the engine device holding it.
     pub device: String,
-    /// What import noticed without failing (a damaged superblock copy).
+    /// What import found damaged but worked around (`Pool::import_warnings`).
     pub warning: Option<String>,
 }
 
@@ -114,7 +114,7 @@ pub enum Probe {
     Pool {
         /// The pool.
         pool: Arc<Pool>,
-        /// A damaged superblock copy, if any.
+        /// What import worked around (a damaged superblock copy, checkpoint, ...), if any.
         warning: Option<String>,
     },
     /// A pool that cannot be imported.
@@ -167,24 +167,6 @@ impl SuperblockCopies {
             .iter()
             .find_map(|c| c.as_ref().ok().map(|s| s.name.clone()))
     }
-
-    /// "superblock copy A: ...; copy B: ..." for damaged copies when the other is whole.
-    pub fn warning(&self) -> Option<String> {
-        let bad: Vec<String> = ["A", "B"]
-            .iter()
-            .zip(&self.copies)
-            .filter_map(|(n, c)| {
-                c.as_ref()
-                    .err()
-                    .map(|e| format!("superblock copy {n} is damaged ({e})"))
-            })
-            .collect();
-        if bad.is_empty() || bad.len() == 2 {
-            return None;
-        }
-        let good = if self.copies[0].is_ok() { "A" } else { "B" };
-        Some(format!("{}; using copy {good}", bad.join("; ")))
-    }
 }
 
 /// Finds out whether `dev` holds a pool and imports it. Runs on a reactor.
@@ -197,10 +179,11 @@ pub async fn probe(dev: Device) -> Probe {
         return Probe::NotAPool;
     }
     match Pool::import(dev).await {
-        Ok(pool) => Probe::Pool {
-            pool,
-            warning: copies.warning(),
-        },
+        Ok(pool) => {
+            let w = pool.import_warnings();
+            let warning = (!w.is_empty()).then(|| w.join("; "));
+            Probe::Pool { pool, warning }
+        }
         Err(e) => Probe::Damaged {
             name: copies.name(),
             reason: e.to_string(),
@@ -1086,8 +1069,8 @@ pub fn offline_check(uri: &str) -> (String, String, i32) {
             );
         }
     };
-    if let Some(w) = copies.warning() {
-        let _ = writeln!(out, "note: {w}; the pool itself is readable");
+    for w in pool.import_warnings() {
+        let _ = writeln!(out, "warning: {w}");
     }
     let sb = pool.superblock();
     let uuid: String = sb.uuid.iter().map(|b| format!("{b:02x}")).collect();

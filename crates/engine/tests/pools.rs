@@ -550,7 +550,9 @@ fn pools_are_imported_on_restart_and_checked_offline() {
     assert!(out.stdout.contains("pool p0: clean"), "{}", out.describe());
     assert!(
         out.stdout
-            .contains("superblock copy A: superblock checksum mismatch"),
+            .contains("superblock copy A: superblock checksum mismatch")
+            && out.stdout.contains("copy B: valid")
+            && out.stdout.contains("warning: superblock copy A"),
         "{}",
         out.describe()
     );
@@ -559,7 +561,10 @@ fn pools_are_imported_on_restart_and_checked_offline() {
         qemu_io(&e.uri("vol"), &["read -P 0x5c 0 64k"]);
         let pools = ok(&api, &["pool", "list"]);
         let r = row(&pools, &["p0", "online"]);
-        assert!(r.contains("copy A is damaged"), "{pools}");
+        assert!(
+            r.contains("superblock copy A: superblock checksum mismatch"),
+            "{pools}"
+        );
         let list = ok(&api, &["volume", "list"]);
         assert_eq!(row(&list, &["p0", "vol"]), row(&volumes, &["p0", "vol"]));
         assert_eq!(
@@ -630,5 +635,51 @@ fn pools_are_imported_on_restart_and_checked_offline() {
     let pools = ok(&api, &["pool", "list"]);
     assert!(!pools.contains("faulted"), "{pools}");
     ok(&api, &["device", "destroy", "d0"]);
+    e.assert_healthy();
+}
+
+#[test]
+#[ignore = "pool bug: growing a thick volume leaves the added space unallocated (Resize only \
+            extends the map with holes), so a 'thick' volume can later fail writes with ENOSPC"]
+fn grown_thick_volume_stays_fully_allocated() {
+    let dir = TempDir::new("pool-thick-grow");
+    let d0 = file_device(&dir, "d0", "64MiB");
+    let (mut e, api) = engine(&["--device", &d0]);
+    ok(&api, &["pool", "create", "p0", "d0"]);
+    ok(&api, &["volume", "create", "p0", "t", "8MiB", "--thick"]);
+    let out = ok(&api, &["volume", "resize", "p0", "t", "16MiB"]);
+    assert!(
+        row(&out, &["p0", "t"]).contains("16.0 MiB   16.0 MiB"),
+        "a grown thick volume is not fully allocated:\n{out}"
+    );
+    ok(&api, &["export", "create", "t", "p0/t"]);
+    let map = nbd_map(&e.uri_for("t"));
+    assert!(
+        map.iter().all(|&(_, _, t)| t & 1 == 0),
+        "holes in a thick volume: {map:?}"
+    );
+    e.assert_healthy();
+}
+
+#[test]
+#[ignore = "pool bug: shrinking to a size inside a cluster keeps that cluster's old tail; \
+            growing again makes the old data reappear instead of zeroes"]
+fn shrink_then_grow_reads_zeroes() {
+    let dir = TempDir::new("pool-shrink-grow");
+    let d0 = file_device(&dir, "d0", "64MiB");
+    let (mut e, api) = engine(&["--device", &d0]);
+    ok(&api, &["pool", "create", "p0", "d0"]);
+    ok(&api, &["volume", "create", "p0", "v", "1MiB"]);
+    ok(&api, &["export", "create", "v", "p0/v"]);
+    qemu_io(&e.uri_for("v"), &["write -P 0xaa 0 1M"]);
+    ok(&api, &["export", "destroy", "v"]);
+    ok(&api, &["volume", "resize", "p0", "v", "4096", "--force"]);
+    ok(&api, &["volume", "resize", "p0", "v", "1MiB"]);
+    ok(&api, &["export", "create", "v", "p0/v"]);
+    // Everything past the 4 KiB kept must read as zeroes, the rest of cluster 0 included.
+    qemu_io(
+        &e.uri_for("v"),
+        &["read -P 0xaa 0 4k", "read -P 0 4k 1020k"],
+    );
     e.assert_healthy();
 }
