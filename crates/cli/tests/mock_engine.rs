@@ -5,10 +5,11 @@
 use std::sync::Mutex;
 
 use ballast_api::{
-    CreateDeviceRequest, CreateExportRequest, DestroyDeviceReply, DestroyDeviceRequest,
-    DestroyExportReply, DestroyExportRequest, Device, DeviceStats, EngineInfo, EngineServer,
-    EngineService, Export, GetInfoRequest, GetStatsReply, GetStatsRequest, LatencyBucket,
-    ListDevicesReply, ListDevicesRequest, ListExportsReply, ListExportsRequest, OpStats,
+    CheckPoolReply, CheckPoolRequest, CreateDeviceRequest, CreateExportRequest, DestroyDeviceReply,
+    DestroyDeviceRequest, DestroyExportReply, DestroyExportRequest, Device, DeviceStats,
+    EngineInfo, EngineServer, EngineService, Export, GetInfoRequest, GetStatsReply,
+    GetStatsRequest, LatencyBucket, ListDevicesReply, ListDevicesRequest, ListExportsReply,
+    ListExportsRequest, OpStats,
 };
 use ballast_cli::{Cli, CliError};
 use clap::Parser as _;
@@ -131,6 +132,18 @@ impl EngineService for Mock {
             devices: vec![stats],
         }))
     }
+
+    async fn check_pool(
+        &self,
+        req: Request<CheckPoolRequest>,
+    ) -> Result<Response<CheckPoolReply>, Status> {
+        let problems = match req.into_inner().name.as_str() {
+            "good" => vec![],
+            "bad" => vec!["physical cluster 7: 2 references, counted 1".into()],
+            n => return Err(Status::not_found(format!("pool {n:?} not found"))),
+        };
+        Ok(Response::new(CheckPoolReply { problems }))
+    }
 }
 
 async fn cli(url: &str, args: &[&str]) -> Result<String, CliError> {
@@ -191,6 +204,46 @@ fn cli_against_mock_engine() {
         );
         let err = cli(&url, &["device", "destroy", "d0"]).await.unwrap_err();
         assert_eq!(err.to_string(), r#"device "d0" not found"#);
+
+        // A pool check passes, or fails with exit status 1 and the problems on stdout.
+        assert_eq!(
+            cli(&url, &["pool", "check", "good"]).await.unwrap(),
+            "pool good: clean\n"
+        );
+        match cli(&url, &["pool", "check", "bad"]).await.unwrap_err() {
+            CliError::Exit {
+                stdout,
+                stderr,
+                code,
+            } => {
+                assert_eq!(code, 1);
+                assert_eq!(
+                    stdout,
+                    "pool bad: 1 problem(s):\n  physical cluster 7: 2 references, counted 1\n"
+                );
+                assert_eq!(stderr, "error: pool \"bad\": 1 problem(s) found\n");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        match cli(&url, &["-o", "json", "pool", "check", "bad"])
+            .await
+            .unwrap_err()
+        {
+            CliError::Exit { stdout, code, .. } => {
+                assert_eq!(code, 1);
+                assert!(
+                    stdout.starts_with(r#"{"pool":"bad","problems":["#),
+                    "{stdout}"
+                );
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        // Methods the engine does not implement answer UNIMPLEMENTED.
+        let err = cli(&url, &["pool", "list"]).await.unwrap_err();
+        assert!(
+            matches!(&err, CliError::Status(s) if s.code() == tonic::Code::Unimplemented),
+            "{err:?}"
+        );
 
         stop.send(()).unwrap();
         server.await.unwrap().unwrap();

@@ -346,7 +346,7 @@ impl EngineState {
             .unwrap_or(false)
     }
 
-    /// Names of the devices whose export failure at start may be a faulted pool's fault.
+    /// Whether any pool is faulted (an export of a missing `POOL/VOLUME` at start may be its).
     pub(crate) fn has_faulted_pools(&self) -> bool {
         !self.pools().faulted.is_empty()
     }
