@@ -639,8 +639,6 @@ fn pools_are_imported_on_restart_and_checked_offline() {
 }
 
 #[test]
-#[ignore = "pool bug: growing a thick volume leaves the added space unallocated (Resize only \
-            extends the map with holes), so a 'thick' volume can later fail writes with ENOSPC"]
 fn grown_thick_volume_stays_fully_allocated() {
     let dir = TempDir::new("pool-thick-grow");
     let d0 = file_device(&dir, "d0", "64MiB");
@@ -662,8 +660,6 @@ fn grown_thick_volume_stays_fully_allocated() {
 }
 
 #[test]
-#[ignore = "pool bug: shrinking to a size inside a cluster keeps that cluster's old tail; \
-            growing again makes the old data reappear instead of zeroes"]
 fn shrink_then_grow_reads_zeroes() {
     let dir = TempDir::new("pool-shrink-grow");
     let d0 = file_device(&dir, "d0", "64MiB");

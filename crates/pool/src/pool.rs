@@ -592,20 +592,78 @@ impl Pool {
     }
 
     /// Resizes a volume; shrinking requires `force`.
-    pub async fn resize(&self, volume: &str, size: u64, force: bool) -> Result<(), PoolError> {
+    pub async fn resize(
+        self: &Arc<Self>,
+        volume: &str,
+        size: u64,
+        force: bool,
+    ) -> Result<(), PoolError> {
+        let cs = self.sb.cluster_size as u64;
+        let (id, old, thin) = {
+            let st = self.state.lock().expect("pool lock");
+            let id = Self::id_of(&st, volume)?;
+            let v = &st.meta.volumes[&id];
+            if v.kind != Kind::Volume {
+                return Err(PoolError::Invalid(format!("{volume:?} is a snapshot")));
+            }
+            (id, v.size, v.thin)
+        };
+        if size < old && !force {
+            return Err(PoolError::Invalid(
+                "shrinking loses data; pass force".into(),
+            ));
+        }
+        if size == 0 || !size.is_multiple_of(self.sb.block_size as u64) {
+            return Err(PoolError::Invalid("bad size".into()));
+        }
+        if size < old {
+            // The cluster the new end falls in keeps its allocation: zero what lies past the
+            // new end, so growing again later reads zeroes there, not the old data.
+            let tail_end = size.next_multiple_of(cs).min(old);
+            if tail_end > size {
+                let vol = PoolVolume {
+                    pool: self.clone(),
+                    id,
+                    name: volume.into(),
+                    read_only: false,
+                };
+                vol.do_zero(
+                    IoKind::WriteZeroes,
+                    size,
+                    tail_end - size,
+                    ZeroFlags::default(),
+                )
+                .await
+                .map_err(PoolError::Device)?;
+            }
+        }
         {
             let mut st = self.state.lock().expect("pool lock");
-            let id = Self::id_of(&st, volume)?;
-            let old = st.meta.volumes[&id].size;
-            if size < old && !force {
-                return Err(PoolError::Invalid(
-                    "shrinking loses data; pass force".into(),
-                ));
-            }
-            if size == 0 || !size.is_multiple_of(self.sb.block_size as u64) {
-                return Err(PoolError::Invalid("bad size".into()));
+            let (first_new, end) = (old.div_ceil(cs), size.div_ceil(cs));
+            if !thin && end > first_new && end - first_new > st.meta.free_count() {
+                return Err(PoolError::NoSpace(format!(
+                    "growing a thick volume needs {} more clusters",
+                    end - first_new
+                )));
             }
             self.push(&mut st, Record::Resize { id, size })?;
+            if !thin {
+                // A thick volume stays fully allocated.
+                for index in first_new..end {
+                    let c = self
+                        .alloc_locked(&mut st)
+                        .ok_or_else(|| PoolError::NoSpace("pool is full".into()))?;
+                    st.reserved.remove(&c);
+                    self.push(
+                        &mut st,
+                        Record::SetMap {
+                            id,
+                            index,
+                            entry: Mapping::Zero(c).encode(),
+                        },
+                    )?;
+                }
+            }
         }
         self.commit().await
     }

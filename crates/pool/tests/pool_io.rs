@@ -187,3 +187,44 @@ fn thick_volumes_read_zero_and_never_leak_old_data() {
         assert!(r[..512].iter().all(|&x| x == 0) && r[1024..].iter().all(|&x| x == 0));
     });
 }
+
+#[test]
+fn resize_keeps_thick_allocated_and_never_resurrects_old_data() {
+    run(|| async {
+        let disk: Device = Arc::new(MallocDevice::new("disk", 32 << 20, 512));
+        let pool = Pool::create(
+            disk,
+            &CreateOptions {
+                cluster_size: 64 * 1024,
+                ..CreateOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+        // Thick grows stay fully allocated.
+        pool.create_volume("t", 8 * 65536, false).await.unwrap();
+        pool.resize("t", 16 * 65536, false).await.unwrap();
+        let t = pool.list().into_iter().find(|v| v.name == "t").unwrap();
+        assert_eq!(t.allocated, 16 * 65536);
+        // Shrinking into a cluster and growing back reads zeroes past the old end.
+        pool.create_volume("s", 1 << 20, true).await.unwrap();
+        let s = pool.open("s").unwrap();
+        s.write(0, pattern(0xaa, 1 << 20), WriteFlags::default())
+            .await
+            .unwrap();
+        assert!(
+            pool.resize("s", 4096, false).await.is_err(),
+            "shrink needs force"
+        );
+        pool.resize("s", 4096, true).await.unwrap();
+        pool.resize("s", 1 << 20, false).await.unwrap();
+        let s = pool.open("s").unwrap();
+        let r = read(&s, 0, 1 << 20).await;
+        assert_eq!(&r[..4096], &pattern(0xaa, 4096)[..]);
+        assert!(
+            r[4096..].iter().all(|&b| b == 0),
+            "old data came back after shrink + grow"
+        );
+        assert!(pool.check().is_empty());
+    });
+}
