@@ -23,6 +23,8 @@ use crate::mode::{Adaptive, PollMode};
 const DOORBELL: u64 = u64::MAX;
 /// user_data of cancellation requests, whose completions carry no interest.
 const CANCEL: u64 = u64::MAX - 1;
+/// user_data bit of operations expected to complete soon (see `Core::inflight`).
+pub(crate) const SHORT_OP: u64 = 1 << 62;
 
 thread_local! {
     static CURRENT: RefCell<Option<Rc<Core>>> = const { RefCell::new(None) };
@@ -163,6 +165,8 @@ pub(crate) struct Core {
     tuner: RefCell<Adaptive>,
     doorbell_buf: Box<Cell<u64>>,
     pending_submit: Cell<usize>,
+    /// Short operations (device I/O, sends) in the ring: their completions are due soon.
+    pub(crate) inflight: Cell<usize>,
 }
 
 /// Reactor configuration.
@@ -219,6 +223,7 @@ impl Core {
             tuner: RefCell::new(Adaptive::new(Instant::now())),
             doorbell_buf: Box::new(Cell::new(0)),
             pending_submit: Cell::new(0),
+            inflight: Cell::new(0),
         })
     }
 
@@ -271,7 +276,10 @@ impl Core {
                 DOORBELL => rearm = true,
                 CANCEL => {}
                 ud => {
-                    let key = ud as usize;
+                    if ud & SHORT_OP != 0 {
+                        self.inflight.set(self.inflight.get().saturating_sub(1));
+                    }
+                    let key = (ud & !SHORT_OP) as usize;
                     let mut ops = self.ops.borrow_mut();
                     let Some(slot) = ops.get_mut(key) else {
                         continue;
@@ -455,7 +463,13 @@ impl Core {
                         tuner.activity(now, unreported);
                         unreported = 0;
                     }
-                    let spin = tuner.spin_window(now);
+                    // A completion of device I/O or a send is due soon: sleeping now would add a
+                    // wake-up (tens of µs in a VM) to it. Keep polling, within a bound.
+                    let spin = if self.inflight.get() > 0 {
+                        crate::mode::MAX_SPIN_INFLIGHT
+                    } else {
+                        tuner.spin_window(now)
+                    };
                     drop(tuner);
                     if now.duration_since(since) >= spin {
                         self.park(None);

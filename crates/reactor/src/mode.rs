@@ -50,6 +50,8 @@ impl FromStr for PollMode {
 
 /// Longest a reactor spins before sleeping, however busy it has been.
 pub const MAX_SPIN: Duration = Duration::from_micros(200);
+/// Longest an adaptive reactor polls while short operations (device I/O, sends) are in flight.
+pub const MAX_SPIN_INFLIGHT: Duration = Duration::from_millis(1);
 /// Below this many events per second spinning cannot pay for itself: sleep at once.
 pub const MIN_RATE_TO_SPIN: f64 = 2_000.0;
 const WINDOW: Duration = Duration::from_millis(10);

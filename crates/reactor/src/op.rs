@@ -10,7 +10,7 @@ use std::time::Duration;
 use io_uring::{opcode, squeue, types};
 
 use crate::buf::{StableBuf, StableBufMut};
-use crate::core::{OpSlot, try_core, with_core};
+use crate::core::{OpSlot, SHORT_OP, try_core, with_core};
 
 /// One submitted ring operation. Resolves to the raw result (`>= 0` or `-errno`) and gives the
 /// resources `R` back. If dropped before completion, `R` is parked in the reactor until the
@@ -18,6 +18,7 @@ use crate::core::{OpSlot, try_core, with_core};
 pub(crate) struct Op<R: 'static> {
     key: Option<usize>,
     res: Option<R>,
+    short: bool,
 }
 
 impl<R: 'static> Op<R> {
@@ -27,9 +28,27 @@ impl<R: 'static> Op<R> {
     /// Every pointer in `entry` must point into heap memory owned by `res` (or memory that
     /// otherwise outlives the operation) whose address does not change when `res` is moved.
     pub(crate) unsafe fn submit(entry: squeue::Entry, res: R) -> Op<R> {
+        // SAFETY: forwarded.
+        unsafe { Op::submit_with(entry, res, false) }
+    }
+
+    /// As [`Op::submit`], for an operation expected to complete soon (device I/O, sends): while
+    /// any is in flight an adaptive reactor keeps polling instead of sleeping.
+    ///
+    /// # Safety
+    /// As for [`Op::submit`].
+    pub(crate) unsafe fn submit_short(entry: squeue::Entry, res: R) -> Op<R> {
+        // SAFETY: forwarded.
+        unsafe { Op::submit_with(entry, res, true) }
+    }
+
+    unsafe fn submit_with(entry: squeue::Entry, res: R, short: bool) -> Op<R> {
         let key = with_core(|c| {
             let key = c.ops.borrow_mut().insert(OpSlot::Pending(None));
-            let entry = entry.user_data(key as u64);
+            let entry = entry.user_data(user_data(key, short));
+            if short {
+                c.inflight.set(c.inflight.get() + 1);
+            }
             // SAFETY: forwarded from the caller: the memory lives in `res`, which we keep
             // until completion (or park in the slot if dropped early).
             unsafe { c.push(&entry) };
@@ -38,8 +57,14 @@ impl<R: 'static> Op<R> {
         Op {
             key: Some(key),
             res: Some(res),
+            short,
         }
     }
+}
+
+/// The ring's user_data for op slot `key`; short operations carry [`SHORT_OP`].
+fn user_data(key: usize, short: bool) -> u64 {
+    key as u64 | if short { SHORT_OP } else { 0 }
 }
 
 impl<R: 'static + Unpin> Future for Op<R> {
@@ -90,7 +115,7 @@ impl<R: 'static> Drop for Op<R> {
                 }
                 *slot = OpSlot::Abandoned(Box::new(res));
                 drop(ops);
-                let cancel = opcode::AsyncCancel::new(key as u64)
+                let cancel = opcode::AsyncCancel::new(user_data(key, self.short))
                     .build()
                     .user_data(u64::MAX - 1);
                 // SAFETY: a cancellation references no memory.
@@ -126,7 +151,7 @@ pub async fn read_at<B: StableBufMut + Unpin>(
             .build(),
     };
     // SAFETY: ptr/len describe buf's stable heap memory, owned by the Op until completion.
-    let (r, _, buf) = unsafe { Op::submit(entry, buf) }.await;
+    let (r, _, buf) = unsafe { Op::submit_short(entry, buf) }.await;
     (result(r), buf)
 }
 
@@ -157,7 +182,7 @@ pub async fn write_at<B: StableBuf + Unpin>(
             .build(),
     };
     // SAFETY: ptr/len describe buf's stable heap memory, owned by the Op until completion.
-    let (r, _, buf) = unsafe { Op::submit(entry, buf) }.await;
+    let (r, _, buf) = unsafe { Op::submit_short(entry, buf) }.await;
     (result(r), buf)
 }
 
@@ -170,7 +195,7 @@ pub async fn fsync(fd: RawFd, data_only: bool) -> io::Result<()> {
     };
     let entry = opcode::Fsync::new(types::Fd(fd)).flags(flags).build();
     // SAFETY: no memory referenced.
-    let (r, _, ()) = unsafe { Op::submit(entry, ()) }.await;
+    let (r, _, ()) = unsafe { Op::submit_short(entry, ()) }.await;
     result(r).map(drop)
 }
 
@@ -181,7 +206,7 @@ pub async fn fallocate(fd: RawFd, mode: i32, offset: u64, len: u64) -> io::Resul
         .mode(mode)
         .build();
     // SAFETY: no memory referenced.
-    let (r, _, ()) = unsafe { Op::submit(entry, ()) }.await;
+    let (r, _, ()) = unsafe { Op::submit_short(entry, ()) }.await;
     result(r).map(drop)
 }
 
@@ -231,7 +256,7 @@ pub async fn send<B: StableBuf + Unpin>(fd: RawFd, buf: B, at: usize) -> (io::Re
         .flags(libc::MSG_NOSIGNAL)
         .build();
     // SAFETY: ptr/len lie within buf's stable memory, owned by the Op until completion.
-    let (r, _, buf) = unsafe { Op::submit(entry, buf) }.await;
+    let (r, _, buf) = unsafe { Op::submit_short(entry, buf) }.await;
     (result(r), buf)
 }
 
@@ -274,7 +299,7 @@ pub async fn send2<A: StableBuf + Unpin, B: StableBuf + Unpin>(
     let res = MsgRes { a, b, iov, msg };
     // SAFETY: the msghdr, the iovecs and both buffers are heap memory owned by `res`, kept by
     // the Op until completion.
-    let (r, _, res) = unsafe { Op::submit(entry, res) }.await;
+    let (r, _, res) = unsafe { Op::submit_short(entry, res) }.await;
     let MsgRes { a, b, iov, msg } = res;
     drop((iov, msg));
     (result(r), a, b)
