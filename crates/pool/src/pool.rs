@@ -506,20 +506,7 @@ impl Pool {
                 },
             )?;
             if !thin {
-                for index in 0..clusters {
-                    let c = self
-                        .alloc_locked(&mut st)
-                        .ok_or_else(|| PoolError::NoSpace("pool is full".into()))?;
-                    st.reserved.remove(&c);
-                    self.push(
-                        &mut st,
-                        Record::SetMap {
-                            id,
-                            index,
-                            entry: Mapping::Zero(c).encode(),
-                        },
-                    )?;
-                }
+                self.allocate_zeroed(&mut st, id, 0..clusters)?;
             }
         }
         self.commit().await
@@ -649,20 +636,7 @@ impl Pool {
             self.push(&mut st, Record::Resize { id, size })?;
             if !thin {
                 // A thick volume stays fully allocated.
-                for index in first_new..end {
-                    let c = self
-                        .alloc_locked(&mut st)
-                        .ok_or_else(|| PoolError::NoSpace("pool is full".into()))?;
-                    st.reserved.remove(&c);
-                    self.push(
-                        &mut st,
-                        Record::SetMap {
-                            id,
-                            index,
-                            entry: Mapping::Zero(c).encode(),
-                        },
-                    )?;
-                }
+                self.allocate_zeroed(&mut st, id, first_new..end)?;
             }
         }
         self.commit().await
@@ -679,6 +653,31 @@ impl Pool {
             name: name.into(),
             read_only,
         }))
+    }
+
+    /// Maps logical clusters `range` of volume `id` to fresh clusters that read as zeroes
+    /// (thick provisioning).
+    fn allocate_zeroed(
+        &self,
+        st: &mut State,
+        id: u64,
+        range: std::ops::Range<u64>,
+    ) -> Result<(), PoolError> {
+        for index in range {
+            let c = self
+                .alloc_locked(st)
+                .ok_or_else(|| PoolError::NoSpace("pool is full".into()))?;
+            st.reserved.remove(&c);
+            self.push(
+                st,
+                Record::SetMap {
+                    id,
+                    index,
+                    entry: Mapping::Zero(c).encode(),
+                },
+            )?;
+        }
+        Ok(())
     }
 
     /// Picks a free cluster: unreferenced, not freed by an uncommitted record, not reserved.

@@ -1,34 +1,14 @@
 //! Damaged metadata on import: every case is detected and named; where a redundant copy
 //! exists the pool still imports, with a warning saying what was damaged.
 
+mod common;
+
+use common::run;
 use std::sync::Arc;
 
 use blockdev::crash::CrashDevice;
 use blockdev::{Device, IoBuf, WriteFlags};
 use pool::pool::{CreateOptions, Pool, PoolError};
-use reactor::{Config, PollMode, Runtime};
-
-fn run<T: Send + 'static, F: std::future::Future<Output = T> + 'static>(
-    f: impl FnOnce() -> F + Send + 'static,
-) -> T {
-    let rt = Runtime::start(Config {
-        cores: 1,
-        mode: PollMode::Interrupt,
-        pin: false,
-        registered_buffers: 4,
-        ..Config::default()
-    })
-    .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    rt.handles()[0].spawn(move || async move {
-        let _ = tx.send(f().await);
-    });
-    let v = rx
-        .recv_timeout(std::time::Duration::from_secs(120))
-        .expect("test body finished");
-    rt.shutdown();
-    v
-}
 
 /// A pool with a few volumes and data, flushed; returns its disk image.
 async fn populated(extra_commits: usize) -> Vec<u8> {

@@ -8,13 +8,15 @@
 //!
 //! `POOL_CRASH_CASES` sets the number of cases (default 300, three crashes each).
 
+mod common;
+
+use common::run;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use blockdev::crash::CrashDevice;
 use blockdev::{Device, IoBuf, WriteFlags};
 use pool::pool::{CreateOptions, Pool};
-use reactor::{Config, PollMode, Runtime};
 
 const SECTOR: usize = 512;
 const GARBAGE: u8 = 0xEE;
@@ -241,54 +243,19 @@ async fn case(seed: u64) {
 
 #[test]
 fn crashes_at_random_points_lose_only_unflushed_writes() {
-    let cases: u64 = std::env::var("POOL_CRASH_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(300);
-    let rt = Runtime::start(Config {
-        cores: 1,
-        mode: PollMode::Interrupt,
-        pin: false,
-        registered_buffers: 4,
-        ..Config::default()
-    })
-    .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    rt.handles()[0].spawn(move || async move {
-        let r = std::panic::AssertUnwindSafe(async {
-            for seed in 1..=cases {
-                case(seed).await;
-            }
-        });
-        let _ = tx.send(futures_catch(r).await);
+    let cases = cases();
+    run(move || async move {
+        for seed in 1..=cases {
+            case(seed).await;
+        }
     });
-    let r = rx
-        .recv_timeout(std::time::Duration::from_secs(600))
-        .expect("crash test finished in time");
-    rt.shutdown();
-    if let Err(msg) = r {
-        panic!("{msg}");
-    }
 }
 
-/// Runs a future, turning a panic inside it into an error message (so the runtime thread
-/// survives and the test thread reports it).
-async fn futures_catch<F: std::future::Future<Output = ()>>(
-    f: std::panic::AssertUnwindSafe<F>,
-) -> Result<(), String> {
-    let mut f = std::pin::pin!(f.0);
-    std::future::poll_fn(move |cx| {
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f.as_mut().poll(cx))) {
-            Ok(std::task::Poll::Ready(())) => std::task::Poll::Ready(Ok(())),
-            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
-            Err(e) => std::task::Poll::Ready(Err(e
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "panic".into()))),
-        }
-    })
-    .await
+fn cases() -> u64 {
+    std::env::var("POOL_CRASH_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300)
 }
 
 /// After a crash during an operation: the pool is the state before it or after it.
@@ -372,37 +339,15 @@ async fn flush_point_case(seed: u64) -> bool {
 
 #[test]
 fn crashes_inside_operations_at_flush_points_leave_before_or_after() {
-    let cases: u64 = std::env::var("POOL_CRASH_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(300);
-    let rt = Runtime::start(Config {
-        cores: 1,
-        mode: PollMode::Interrupt,
-        pin: false,
-        registered_buffers: 4,
-        ..Config::default()
-    })
-    .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    rt.handles()[0].spawn(move || async move {
-        let r = std::panic::AssertUnwindSafe(async move {
-            let mut crashed = 0;
-            for seed in 1..=cases {
-                crashed += flush_point_case(seed).await as u64;
-            }
-            assert!(
-                crashed * 2 > cases,
-                "only {crashed} of {cases} cases reached their crash"
-            );
-        });
-        let _ = tx.send(futures_catch(r).await);
+    let cases = cases();
+    run(move || async move {
+        let mut crashed = 0;
+        for seed in 1..=cases {
+            crashed += flush_point_case(seed).await as u64;
+        }
+        assert!(
+            crashed * 2 > cases,
+            "only {crashed} of {cases} cases reached their crash"
+        );
     });
-    let r = rx
-        .recv_timeout(std::time::Duration::from_secs(600))
-        .expect("crash test finished in time");
-    rt.shutdown();
-    if let Err(msg) = r {
-        panic!("{msg}");
-    }
 }

@@ -1,33 +1,13 @@
 //! A pool on a RAM device driven through the block-device traits on a real reactor.
 
+mod common;
+
+use common::run;
 use std::sync::Arc;
 
 use blockdev::malloc::MallocDevice;
 use blockdev::{Device, IoBuf, WriteFlags, ZeroFlags};
 use pool::pool::{CreateOptions, Pool};
-use reactor::{Config, PollMode, Runtime};
-
-fn run<T: Send + 'static, F: std::future::Future<Output = T> + 'static>(
-    f: impl FnOnce() -> F + Send + 'static,
-) -> T {
-    let rt = Runtime::start(Config {
-        cores: 1,
-        mode: PollMode::Interrupt,
-        pin: false,
-        registered_buffers: 4,
-        ..Config::default()
-    })
-    .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    rt.handles()[0].spawn(move || async move {
-        let _ = tx.send(f().await);
-    });
-    let v = rx
-        .recv_timeout(std::time::Duration::from_secs(60))
-        .expect("test body finished");
-    rt.shutdown();
-    v
-}
 
 fn pattern(seed: u8, len: usize) -> IoBuf {
     let mut b = IoBuf::zeroed(len);

@@ -105,19 +105,8 @@ impl TcpStream {
     }
 
     /// Sends all of `buf`'s payload.
-    pub async fn send_all<B: StableBuf + Unpin>(&self, mut buf: B) -> (io::Result<()>, B) {
-        let mut at = 0;
-        while at < buf.bytes_init() {
-            let (r, b) = op::send(self.fd(), buf, at).await;
-            buf = b;
-            match r {
-                Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), buf),
-                Ok(n) => at += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return (Err(e), buf),
-            }
-        }
-        (Ok(()), buf)
+    pub async fn send_all<B: StableBuf + Unpin>(&self, buf: B) -> (io::Result<()>, B) {
+        self.send_rest(buf, 0).await
     }
 
     /// Sends all of `a` then all of `b`, gathering both into one `sendmsg` where possible.
