@@ -1,6 +1,8 @@
 //! `ballast`, the operator CLI of the Ballast engine: argument parsing,
 //! the gRPC calls, and output formatting. `main.rs` only wires these up.
 
+#![forbid(unsafe_code)]
+
 pub mod args;
 pub mod json;
 pub mod table;
