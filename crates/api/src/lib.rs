@@ -25,11 +25,11 @@ pub use engine::v1::{
     CheckPoolReply, CheckPoolRequest, CloneSnapshotRequest, ClosePoolReply, ClosePoolRequest,
     CreateDeviceRequest, CreateExportRequest, CreatePoolRequest, CreateVolumeRequest,
     DestroyDeviceReply, DestroyDeviceRequest, DestroyExportReply, DestroyExportRequest,
-    DestroyVolumeReply, DestroyVolumeRequest, Device, DeviceStats, EngineInfo, Export,
-    GetInfoRequest, GetStatsReply, GetStatsRequest, ImportPoolRequest, LatencyBucket,
-    ListDevicesReply, ListDevicesRequest, ListExportsReply, ListExportsRequest, ListPoolsReply,
-    ListPoolsRequest, ListVolumesReply, ListVolumesRequest, OpStats, Pool, ResizeVolumeRequest,
-    RevertVolumeRequest, SnapshotVolumeRequest, Volume,
+    DestroyPoolReply, DestroyPoolRequest, DestroyVolumeReply, DestroyVolumeRequest, Device,
+    DeviceStats, EngineInfo, Export, GetInfoRequest, GetStatsReply, GetStatsRequest,
+    ImportPoolRequest, LatencyBucket, ListDevicesReply, ListDevicesRequest, ListExportsReply,
+    ListExportsRequest, ListPoolsReply, ListPoolsRequest, ListVolumesReply, ListVolumesRequest,
+    OpStats, Pool, ResizeVolumeRequest, RevertVolumeRequest, SnapshotVolumeRequest, Volume,
 };
 
 /// TCP port the engine's management gRPC server listens on by default.

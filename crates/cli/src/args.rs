@@ -223,6 +223,16 @@ pub enum PoolCommand {
         name: String,
     },
 
+    /// Destroy a pool: close it and erase both superblock copies.
+    ///
+    /// Its device stays, as a plain device that no longer holds a pool (the data
+    /// area is not erased). Fails while any volume is exported.
+    Destroy {
+        /// Pool name (or a faulted pool's device).
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
+
     /// List pools: state, device, capacity, used and committed space.
     List,
 

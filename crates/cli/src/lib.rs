@@ -14,8 +14,8 @@ use std::time::Duration;
 use ballast_api::{
     CheckPoolRequest, CloneSnapshotRequest, ClosePoolRequest, CreateDeviceRequest,
     CreateExportRequest, CreatePoolRequest, CreateVolumeRequest, DestroyDeviceRequest,
-    DestroyExportRequest, DestroyVolumeRequest, EngineClient, GetInfoRequest, GetStatsRequest,
-    ImportPoolRequest, ListDevicesRequest, ListExportsRequest, ListPoolsRequest,
+    DestroyExportRequest, DestroyPoolRequest, DestroyVolumeRequest, EngineClient, GetInfoRequest,
+    GetStatsRequest, ImportPoolRequest, ListDevicesRequest, ListExportsRequest, ListPoolsRequest,
     ListVolumesRequest, ResizeVolumeRequest, RevertVolumeRequest, SnapshotVolumeRequest,
 };
 use tonic::transport::{Channel, Endpoint};
@@ -323,6 +323,15 @@ pub async fn run(cli: &Cli) -> Result<String, CliError> {
                 "{}".to_owned()
             } else {
                 format!("closed pool {name:?}\n")
+            }
+        }
+        Command::Pool(PoolCommand::Destroy { name }) => {
+            let req = DestroyPoolRequest { name: name.clone() };
+            client.destroy_pool(req).await.map_err(err)?;
+            if json {
+                "{}".to_owned()
+            } else {
+                format!("destroyed pool {name:?}\n")
             }
         }
         Command::Pool(PoolCommand::List) => {

@@ -244,6 +244,17 @@ impl EngineService for Service {
         Ok(Response::new(pb::ClosePoolReply {}))
     }
 
+    async fn destroy_pool(
+        &self,
+        r: Request<pb::DestroyPoolRequest>,
+    ) -> Result<Response<pb::DestroyPoolReply>, Status> {
+        self.state
+            .destroy_pool(&r.into_inner().name)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::DestroyPoolReply {}))
+    }
+
     async fn list_pools(
         &self,
         _: Request<pb::ListPoolsRequest>,

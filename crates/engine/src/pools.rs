@@ -606,6 +606,34 @@ impl EngineState {
         }
     }
 
+    /// Closes pool `name` (see [`EngineState::close_pool`]) and erases its superblocks.
+    pub async fn destroy_pool(&self, name: &str) -> Result<(), MgmtError> {
+        let device = {
+            let p = self.pools();
+            match p.online.get(name) {
+                Some(e) => e.device.clone(),
+                None => p
+                    .faulted
+                    .iter()
+                    .find(|(d, f)| f.name.as_deref() == Some(name) || d.as_str() == name)
+                    .map(|(d, _)| d.clone())
+                    .ok_or_else(|| MgmtError::NotFound(format!("pool {name:?} not found")))?,
+            }
+        };
+        self.close_pool(name).await?;
+        let dev: blockdev::Device = self
+            .devices
+            .lock()
+            .expect("devices lock")
+            .get(&device)
+            .map(|d| d.device.clone() as blockdev::Device)
+            .ok_or_else(|| MgmtError::NotFound(format!("device {device:?} not found")))?;
+        self.reactors[0]
+            .call(move || async move { pool::pool::Pool::wipe(&dev).await })
+            .await
+            .map_err(|e| pool_error(&format!("erasing pool {name:?} on device {device:?}"), e))
+    }
+
     /// Commits and forgets pool `name` (or a faulted pool, by name or device).
     pub async fn close_pool(&self, name: &str) -> Result<(), MgmtError> {
         let _op = self.pool_ops.lock().await;

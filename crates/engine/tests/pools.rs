@@ -679,3 +679,27 @@ fn shrink_then_grow_reads_zeroes() {
     );
     e.assert_healthy();
 }
+
+#[test]
+fn destroyed_pool_leaves_a_plain_reusable_device() {
+    let dir = TempDir::new("pool-destroy");
+    let d0 = file_device(&dir, "d0", "64MiB");
+    let (mut e, api) = engine(&["--device", &d0]);
+    ok(&api, &["pool", "create", "p0", "d0"]);
+    ok(&api, &["volume", "create", "p0", "v", "8MiB"]);
+    ok(&api, &["export", "create", "v", "p0/v"]);
+    fails(&api, &["pool", "destroy", "p0"], "export");
+    ok(&api, &["export", "destroy", "v"]);
+    let out = ok(&api, &["pool", "destroy", "p0"]);
+    assert!(out.contains("destroyed pool \"p0\""), "{out}");
+    assert!(!ok(&api, &["pool", "list"]).contains("p0"));
+    fails(&api, &["pool", "destroy", "p0"], "not found");
+    // The device holds no pool any more: import refuses it, a new pool can be made on it.
+    fails(&api, &["pool", "import", "d0"], "");
+    ok(&api, &["pool", "create", "p1", "d0"]);
+    ok(&api, &["pool", "destroy", "p1"]);
+    let (st, _) = e.terminate(Duration::from_secs(10));
+    assert!(st.success());
+    let out = offline_check(&format!("uring://{}?ro", dir.join("d0.img").display()));
+    assert_eq!(out.status.code(), Some(2), "{}", out.describe());
+}

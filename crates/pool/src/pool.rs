@@ -387,6 +387,14 @@ impl Pool {
         Ok(Arc::new(pool))
     }
 
+    /// Erases the pool on `dev`: both superblock copies are zeroed and flushed, so the device
+    /// no longer holds a pool (its data is not erased). The pool must not be open.
+    pub async fn wipe(dev: &Device) -> Result<(), PoolError> {
+        write_at(dev, 0, &[0u8; 2 * SUPERBLOCK_SIZE]).await?;
+        dev.flush().await?;
+        Ok(())
+    }
+
     /// What import found damaged but could work around (empty for a clean pool).
     pub fn import_warnings(&self) -> &[String] {
         &self.warnings
