@@ -871,6 +871,38 @@ impl PoolVolume {
         st.meta.volumes.get(&self.id).map(|v| v.size).unwrap_or(0)
     }
 
+    /// The volume's size and logical cluster `index`'s mapping and reference count, under one
+    /// lock.
+    fn probe(&self, index: u64) -> Result<(u64, Mapping, u32), BlockError> {
+        let st = self.pool.state.lock().expect("pool lock");
+        let v = st
+            .meta
+            .volumes
+            .get(&self.id)
+            .ok_or_else(|| BlockError::new(ErrorKind::Gone, IoKind::Read, 0, 0))?;
+        let m = Mapping::decode(v.map.get(index as usize).copied().unwrap_or(0));
+        let rc = m.cluster().map(|c| st.meta.refcount(c)).unwrap_or(0);
+        Ok((v.size, m, rc))
+    }
+
+    /// The logical cluster and offset within it, when `[offset, offset+len)` is non-empty
+    /// and inside one cluster.
+    fn single_cluster(&self, offset: u64, len: u64) -> Option<(u64, u64)> {
+        let cs = self.pool.sb.cluster_size as u64;
+        let last = offset.checked_add(len)?.checked_sub(1)?;
+        (len > 0 && offset / cs == last / cs).then_some((offset / cs, offset % cs))
+    }
+
+    fn geometry_for(&self, size: u64) -> Geometry {
+        let bs = self.pool.sb.block_size;
+        Geometry {
+            block_size: bs,
+            num_blocks: size / bs as u64,
+            optimal_io: self.pool.sb.cluster_size,
+            max_io: 32 << 20,
+        }
+    }
+
     async fn lock_cluster(&self, index: u64) -> BusyGuard<'_> {
         let key = (self.id, index);
         std::future::poll_fn(|cx| {
@@ -904,11 +936,12 @@ impl PoolVolume {
     }
 
     async fn do_read(&self, offset: u64, mut buf: IoBuf) -> Result<IoBuf, BlockError> {
-        check_range(&self.geometry(), IoKind::Read, offset, buf.len() as u64)?;
-        let pieces = self.pieces(offset, buf.len() as u64);
-        if let [(index, within, _, _)] = pieces[..] {
-            // Fast path: one cluster, read straight into the caller's buffer.
-            if let (Mapping::Data(c), _) = self.pool.lookup(self.id, index)? {
+        let len = buf.len() as u64;
+        if let Some((index, within)) = self.single_cluster(offset, len) {
+            // Fast path: one cluster, one lock, read straight into the caller's buffer.
+            let (size, m, _) = self.probe(index)?;
+            check_range(&self.geometry_for(size), IoKind::Read, offset, len)?;
+            if let Mapping::Data(c) = m {
                 return self
                     .pool
                     .dev
@@ -916,6 +949,8 @@ impl PoolVolume {
                     .await;
             }
         }
+        check_range(&self.geometry(), IoKind::Read, offset, len)?;
+        let pieces = self.pieces(offset, len);
         for (index, within, at, n) in pieces {
             let (m, _) = self.pool.lookup(self.id, index)?;
             let (at, n) = (at as usize, n as usize);
@@ -1024,14 +1059,14 @@ impl PoolVolume {
                 buf.len() as u64,
             ));
         }
-        check_range(&self.geometry(), IoKind::Write, offset, buf.len() as u64)?;
-        let pieces = self.pieces(offset, buf.len() as u64);
-        if let [(index, within, _, _)] = pieces[..] {
+        let len = buf.len() as u64;
+        if let Some((index, within)) = self.single_cluster(offset, len) {
             // Fast path: one cluster this volume owns alone, written in place from the
-            // caller's buffer.
-            if let (Mapping::Data(c), 1) = self.pool.lookup(self.id, index)? {
+            // caller's buffer (one lock for the size check and the lookup).
+            let (size, m, rc) = self.probe(index)?;
+            check_range(&self.geometry_for(size), IoKind::Write, offset, len)?;
+            if let (Mapping::Data(c), 1) = (m, rc) {
                 let off = self.pool.cluster_offset(c) + within;
-                let len = buf.len() as u64;
                 let buf = self.pool.dev.write(off, buf, flags).await?;
                 // FUA promises the data survives a crash, so the mapping that leads to it
                 // must too: commit if any metadata is still pending.
@@ -1044,6 +1079,8 @@ impl PoolVolume {
                 return Ok(buf);
             }
         }
+        check_range(&self.geometry(), IoKind::Write, offset, len)?;
+        let pieces = self.pieces(offset, len);
         for (index, within, at, n) in pieces {
             self.write_piece(index, within, &buf[at as usize..(at + n) as usize], false)
                 .await?;
@@ -1144,13 +1181,7 @@ impl BlockDevice for PoolVolume {
         "pool-volume"
     }
     fn geometry(&self) -> Geometry {
-        let bs = self.pool.sb.block_size;
-        Geometry {
-            block_size: bs,
-            num_blocks: self.size() / bs as u64,
-            optimal_io: self.pool.sb.cluster_size,
-            max_io: 32 << 20,
-        }
+        self.geometry_for(self.size())
     }
     fn capabilities(&self) -> Capabilities {
         Capabilities {
