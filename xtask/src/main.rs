@@ -59,9 +59,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// Builds the release binaries and becomes the engine (exec), so Ctrl-C and SIGTERM reach it
-/// directly and it flushes and exits cleanly.
-fn demo() -> Result<(), String> {
+/// Builds the release engine and CLI.
+fn build_release() -> Result<(), String> {
     let mut b = cargo();
     b.args([
         "build",
@@ -71,7 +70,13 @@ fn demo() -> Result<(), String> {
         "-p",
         "ballast-cli",
     ]);
-    run(b, "cargo build --release")?;
+    run(b, "cargo build --release")
+}
+
+/// Builds the release binaries and becomes the engine (exec), so Ctrl-C and SIGTERM reach it
+/// directly and it flushes and exits cleanly.
+fn demo() -> Result<(), String> {
+    build_release()?;
     let dir = root().join("target/demo");
     std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let disk = dir.join("disk0.img");
@@ -295,16 +300,7 @@ fn bench_pool(args: &[String]) -> Result<(), String> {
 
 /// A thick pool volume vs a bare file, both exported by one engine over NBD, through fio.
 fn pool_over_nbd(dir: &Path, secs: &str) -> Result<String, String> {
-    let mut b = cargo();
-    b.args([
-        "build",
-        "--release",
-        "-p",
-        "ballast-engine",
-        "-p",
-        "ballast-cli",
-    ]);
-    run(b, "cargo build --release")?;
+    build_release()?;
     let (nbd_port, api_port) = (procs::free_port()?, procs::free_port()?);
     let (pool_img, bare_img) = (dir.join("pool-nbd.img"), dir.join("bare-nbd.img"));
     let _ = std::fs::remove_file(&pool_img);

@@ -1,6 +1,6 @@
 //! A pool on a device: create, import, metadata commits, and volumes as block devices.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
 
@@ -104,7 +104,7 @@ struct State {
     /// Checkpoint slot written last (0 or 1).
     slot: u8,
     /// Clusters freed by records not yet durable: not reusable until then.
-    freed_pending: Vec<(u64, u64)>,
+    freed_pending: HashMap<u64, u64>,
     /// Clusters handed out in memory whose mapping record is not yet applied.
     reserved: HashSet<u64>,
     /// Next cluster to consider for allocation.
@@ -267,7 +267,7 @@ impl Pool {
                 journal_next,
                 journal_used: 0,
                 slot,
-                freed_pending: Vec::new(),
+                freed_pending: HashMap::new(),
                 reserved: HashSet::new(),
                 hint: 0,
                 busy: HashSet::new(),
@@ -471,7 +471,7 @@ impl Pool {
         let freed = st.meta.apply(&rec)?;
         st.seq += 1;
         let seq = st.seq;
-        st.freed_pending.extend(freed.into_iter().map(|c| (seq, c)));
+        st.freed_pending.extend(freed.into_iter().map(|c| (c, seq)));
         st.pending.push(rec);
         Ok(())
     }
@@ -691,10 +691,12 @@ impl Pool {
     /// Picks a free cluster: unreferenced, not freed by an uncommitted record, not reserved.
     fn alloc_locked(&self, st: &mut State) -> Option<u64> {
         let n = self.sb.total_clusters;
-        let pending: HashSet<u64> = st.freed_pending.iter().map(|&(_, c)| c).collect();
         for i in 0..n {
             let c = (st.hint + i) % n;
-            if st.meta.refcount(c) == 0 && !pending.contains(&c) && !st.reserved.contains(&c) {
+            if st.meta.refcount(c) == 0
+                && !st.freed_pending.contains_key(&c)
+                && !st.reserved.contains(&c)
+            {
                 st.reserved.insert(c);
                 st.hint = c + 1;
                 return Some(c);
@@ -805,7 +807,7 @@ impl Pool {
             None => st.journal_used += encoded.len() as u64,
         }
         st.durable_seq = last_seq;
-        st.freed_pending.retain(|&(s, _)| s > last_seq);
+        st.freed_pending.retain(|_, &mut s| s > last_seq);
         Ok(())
     }
 
@@ -816,18 +818,6 @@ impl Pool {
 
     fn cluster_offset(&self, c: u64) -> u64 {
         self.sb.data_start + c * self.sb.cluster_size as u64
-    }
-
-    fn lookup(&self, id: u64, index: u64) -> Result<(Mapping, u32), BlockError> {
-        let st = self.state.lock().expect("pool lock");
-        let v = st
-            .meta
-            .volumes
-            .get(&id)
-            .ok_or_else(|| BlockError::new(ErrorKind::Gone, IoKind::Read, 0, 0))?;
-        let m = Mapping::decode(v.map.get(index as usize).copied().unwrap_or(0));
-        let rc = m.cluster().map(|c| st.meta.refcount(c)).unwrap_or(0);
-        Ok((m, rc))
     }
 }
 
@@ -918,6 +908,11 @@ impl PoolVolume {
         Ok((v.size, m, rc))
     }
 
+    /// Logical cluster `index`'s mapping and reference count.
+    fn mapping(&self, index: u64) -> Result<(Mapping, u32), BlockError> {
+        self.probe(index).map(|(_, m, rc)| (m, rc))
+    }
+
     /// The logical cluster and offset within it, when `[offset, offset+len)` is non-empty
     /// and inside one cluster.
     fn single_cluster(&self, offset: u64, len: u64) -> Option<(u64, u64)> {
@@ -985,7 +980,7 @@ impl PoolVolume {
         check_range(&self.geometry(), IoKind::Read, offset, len)?;
         let pieces = self.pieces(offset, len);
         for (index, within, at, n) in pieces {
-            let (m, _) = self.pool.lookup(self.id, index)?;
+            let (m, _) = self.mapping(index)?;
             let (at, n) = (at as usize, n as usize);
             match m {
                 Mapping::Hole | Mapping::Zero(_) => buf[at..at + n].fill(0),
@@ -1012,28 +1007,21 @@ impl PoolVolume {
     ) -> Result<(), BlockError> {
         let cs = self.pool.sb.cluster_size as u64;
         let err = |k| BlockError::new(k, IoKind::Write, index * cs + within, data.len() as u64);
-        let (m, rc) = self.pool.lookup(self.id, index)?;
-        if let (Mapping::Data(c), 1) = (m, rc) {
-            // Owned cluster: in place.
+        let in_place = |c: u64| {
             let off = self.pool.cluster_offset(c) + within;
-            return self
-                .pool
+            self.pool
                 .dev
                 .write(off, IoBuf::from_slice(data), WriteFlags { fua })
-                .await
-                .map(drop);
+        };
+        if let (Mapping::Data(c), 1) = self.mapping(index)? {
+            // Owned cluster: in place.
+            return in_place(c).await.map(drop);
         }
         let _guard = self.lock_cluster(index).await;
         // Re-read the mapping: another writer may have allocated it meanwhile.
-        let (m, rc) = self.pool.lookup(self.id, index)?;
+        let (m, rc) = self.mapping(index)?;
         if let (Mapping::Data(c), 1) = (m, rc) {
-            let off = self.pool.cluster_offset(c) + within;
-            return self
-                .pool
-                .dev
-                .write(off, IoBuf::from_slice(data), WriteFlags { fua })
-                .await
-                .map(drop);
+            return in_place(c).await.map(drop);
         }
         // Build the whole new cluster: the old contents (zeroes, or the shared cluster's data
         // for copy-on-write) with the new piece on top.
@@ -1176,7 +1164,7 @@ impl PoolVolume {
                     )
                     .map_err(|_| BlockError::new(ErrorKind::Gone, op, offset, len))?;
             } else {
-                let (m, _) = self.pool.lookup(self.id, index)?;
+                let (m, _) = self.mapping(index)?;
                 if matches!(m, Mapping::Data(_)) {
                     self.write_piece(index, within, &vec![0u8; n as usize], false)
                         .await?;
@@ -1196,7 +1184,7 @@ impl PoolVolume {
         check_range(&self.geometry(), IoKind::BlockStatus, offset, len)?;
         let mut out: Vec<Extent> = Vec::new();
         for (index, _, at, n) in self.pieces(offset, len) {
-            let (m, _) = self.pool.lookup(self.id, index)?;
+            let (m, _) = self.mapping(index)?;
             let state = match m {
                 Mapping::Hole => ExtentState::Hole,
                 Mapping::Zero(_) => ExtentState::Zero,

@@ -193,6 +193,7 @@ impl std::fmt::Debug for LocalSemaphore {
 #[derive(Debug)]
 pub struct Permit {
     sem: LocalSemaphore,
+    count: usize,
 }
 
 impl LocalSemaphore {
@@ -208,10 +209,15 @@ impl LocalSemaphore {
 
     /// Waits for a permit.
     pub async fn acquire(&self) -> Permit {
+        self.acquire_many(1).await
+    }
+
+    /// Waits until `n` permits are free and takes them together (one permit object).
+    pub async fn acquire_many(&self, n: usize) -> Permit {
         std::future::poll_fn(|cx| {
             let p = self.inner.permits.get();
-            if p > 0 {
-                self.inner.permits.set(p - 1);
+            if p >= n {
+                self.inner.permits.set(p - n);
                 Poll::Ready(())
             } else {
                 self.inner
@@ -222,7 +228,10 @@ impl LocalSemaphore {
             }
         })
         .await;
-        Permit { sem: self.clone() }
+        Permit {
+            sem: self.clone(),
+            count: n,
+        }
     }
 
     /// Permits currently free.
@@ -233,9 +242,13 @@ impl LocalSemaphore {
 
 impl Drop for Permit {
     fn drop(&mut self) {
+        if self.count == 0 {
+            return;
+        }
         let i = &self.sem.inner;
-        i.permits.set(i.permits.get() + 1);
-        if let Some(w) = i.waiters.borrow_mut().pop_front() {
+        i.permits.set(i.permits.get() + self.count);
+        // Waiters may want several permits each: let every one of them look again.
+        for w in i.waiters.borrow_mut().drain(..) {
             w.wake();
         }
     }

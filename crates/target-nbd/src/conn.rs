@@ -191,9 +191,7 @@ pub(crate) async fn serve_connection(server: &NbdServer, stream: TcpStream) {
     let bytes = LocalSemaphore::new(MAX_IN_FLIGHT_BYTES / BYTE_UNIT);
     let _ = transmission(&conn, &requests, &bytes).await;
     // Let in-flight requests finish before the socket goes away.
-    for _ in 0..MAX_IN_FLIGHT {
-        std::mem::forget(requests.acquire().await);
-    }
+    std::mem::forget(requests.acquire_many(MAX_IN_FLIGHT).await);
     export.connections.fetch_sub(1, Ordering::Relaxed);
 }
 
@@ -241,10 +239,7 @@ async fn transmission(
             Command::Read | Command::Write => (req.length as usize).div_ceil(BYTE_UNIT).max(1),
             _ => 0,
         };
-        let mut byte_permits = Vec::with_capacity(units);
-        for _ in 0..units {
-            byte_permits.push(bytes.acquire().await);
-        }
+        let byte_permits = bytes.acquire_many(units).await;
         if req.command == Command::Write {
             payload = Some(rd.payload(&conn.stream, req.length as usize).await?);
         }
