@@ -854,6 +854,33 @@ async fn join_all(mut futs: Vec<PieceFuture<'_>>) -> Result<(), BlockError> {
     first_err.map_or(Ok(()), Err)
 }
 
+type ReadFuture<'a> = blockdev::IoFuture<'a, IoBuf>;
+
+/// Runs every read to completion concurrently; the buffers in order, or the first error.
+async fn join_reads(mut futs: Vec<ReadFuture<'_>>) -> Result<Vec<IoBuf>, BlockError> {
+    let mut out: Vec<Option<Result<IoBuf, BlockError>>> = (0..futs.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, slot) in futs.iter_mut().zip(out.iter_mut()) {
+            if slot.is_none() {
+                match f.as_mut().poll(cx) {
+                    Poll::Ready(r) => *slot = Some(r),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter()
+        .map(|r| r.expect("every read completed"))
+        .collect()
+}
+
 /// A volume or snapshot of a pool, as a block device.
 pub struct PoolVolume {
     pool: Arc<Pool>,
@@ -978,21 +1005,21 @@ impl PoolVolume {
             }
         }
         check_range(&self.geometry(), IoKind::Read, offset, len)?;
-        let pieces = self.pieces(offset, len);
-        for (index, within, at, n) in pieces {
-            let (m, _) = self.mapping(index)?;
+        // Clusters are independent: read the allocated ones concurrently, then assemble.
+        let mut reads: Vec<(usize, usize, u64)> = Vec::new();
+        for (index, within, at, n) in self.pieces(offset, len) {
             let (at, n) = (at as usize, n as usize);
-            match m {
+            match self.mapping(index)?.0 {
                 Mapping::Hole | Mapping::Zero(_) => buf[at..at + n].fill(0),
-                Mapping::Data(c) => {
-                    let part = self
-                        .pool
-                        .dev
-                        .read(self.pool.cluster_offset(c) + within, IoBuf::zeroed(n))
-                        .await?;
-                    buf[at..at + n].copy_from_slice(&part);
-                }
+                Mapping::Data(c) => reads.push((at, n, self.pool.cluster_offset(c) + within)),
             }
+        }
+        let parts: Vec<ReadFuture<'_>> = reads
+            .iter()
+            .map(|&(_, n, off)| self.pool.dev.read(off, IoBuf::recycled(n)))
+            .collect();
+        for ((at, n, _), part) in reads.iter().zip(join_reads(parts).await?) {
+            buf[*at..at + n].copy_from_slice(&part);
         }
         Ok(buf)
     }
