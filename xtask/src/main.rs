@@ -3,6 +3,7 @@
 //! - `demo`  — build and run an engine serving a file-backed and a RAM-backed NBD export.
 //! - `test`  — install what the tests need (when missing) and run the whole suite.
 //! - `bench` — benchmarks against peers, written to docs/benchmarks.md.
+//! - `vm`    — the test guest (crates/testvm): build it, run a script in it.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -10,6 +11,7 @@ use std::process::{Command, ExitCode};
 mod bench;
 mod json;
 mod procs;
+mod vm;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -35,7 +37,7 @@ fn run(mut c: Command, what: &str) -> Result<(), String> {
     }
 }
 
-const USAGE: &str = "usage: cargo xtask <demo | test [--lint] [NEXTEST ARGS...] | bench [--quick] [--runtime SECS] [--idle SECS] [--rounds N] | bench-pool [SECS]>";
+const USAGE: &str = "usage: cargo xtask <demo | test [--lint] [NEXTEST ARGS...] | bench [--quick] [--runtime SECS] [--idle SECS] [--rounds N] | bench-pool [SECS] | vm build | vm run SCRIPT [--timeout SECS] [--hostfwd HOST:GUEST]... [--disk PATH]... [--cpus N] [--quiet]>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -44,6 +46,7 @@ fn main() -> ExitCode {
         Some("test") => test(&args[1..]),
         Some("bench") => bench::bench(&args[1..]),
         Some("bench-pool") => bench_pool(&args[1..]),
+        Some("vm") => vm::vm(&args[1..]),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             Ok(())
@@ -188,6 +191,9 @@ fn ensure_tools() -> Result<(), String> {
 
 fn test(args: &[String]) -> Result<(), String> {
     ensure_tools()?;
+    if let Err(e) = vm::ensure_for_tests() {
+        eprintln!("xtask test: cannot build the guest image ({e}); the guest tests will fail");
+    }
     let ci = std::env::var("CI")
         .map(|v| v == "true" || v == "1")
         .unwrap_or(false);

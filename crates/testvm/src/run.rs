@@ -385,6 +385,11 @@ impl Running {
             .map(|(h, _)| *h)
     }
 
+    /// Every `(host port, guest port)` forward, with picked host ports filled in.
+    pub fn forwards(&self) -> &[(u16, u16)] {
+        &self.ports
+    }
+
     /// The console so far (`\r` removed).
     pub fn console(&self) -> String {
         let b = self.console.lock().expect("console lock");
