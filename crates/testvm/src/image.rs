@@ -460,6 +460,25 @@ pub(crate) fn build(out: &Path) -> Result<Built> {
     let apt = Apt {
         updated: Cell::new(false),
     };
+    match build_with(&apt, out) {
+        Ok(b) => Ok(b),
+        Err(first) => {
+            // Stale package lists can name versions the mirror no longer has: refresh them
+            // (once) and start over.
+            match apt.update() {
+                Ok(true) => {
+                    log(&format!("retrying after apt-get update: {first}"));
+                    let _ = std::fs::remove_dir_all(out);
+                    build_with(&apt, out)
+                }
+                Ok(false) => Err(first),
+                Err(u) => Err(Error::new(format!("{first} (then {u})"))),
+            }
+        }
+    }
+}
+
+fn build_with(apt: &Apt, out: &Path) -> Result<Built> {
     let e = |what: String| move |x: std::io::Error| Error::new(format!("{what}: {x}"));
     std::fs::create_dir_all(out).map_err(e(format!("mkdir {}", out.display())))?;
     let kernel_pkg = apt.kernel_package()?;
@@ -470,7 +489,7 @@ pub(crate) fn build(out: &Path) -> Result<Built> {
     log(&format!("kernel {kernel_pkg}"));
 
     // Host side: QEMU and the libraries the host lacks.
-    let mut host_pkgs = with_missing_libs(&apt, HOST_PACKAGES)?;
+    let mut host_pkgs = with_missing_libs(apt, HOST_PACKAGES)?;
     host_pkgs.extend(HOST_EXTRA.iter().map(|s| s.to_string()));
     let host = out.join("host");
     apt.download(&out.join("debs-host"), &host_pkgs)?;
@@ -484,7 +503,7 @@ pub(crate) fn build(out: &Path) -> Result<Built> {
     }
 
     // Guest side.
-    let mut guest_pkgs = with_missing_libs(&apt, GUEST_PACKAGES)?;
+    let mut guest_pkgs = with_missing_libs(apt, GUEST_PACKAGES)?;
     let mut dl = guest_pkgs.clone();
     dl.push(kernel_pkg.clone());
     let groot = out.join("guest-root");

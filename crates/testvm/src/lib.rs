@@ -166,8 +166,16 @@ impl Guest {
             return Ok(g);
         }
         let dir = Self::image_dir();
+        // Leftovers of builds that were killed (we hold the lock: none is running).
+        if let Ok(rd) = std::fs::read_dir(&root) {
+            for ent in rd.flatten() {
+                let n = ent.file_name().to_string_lossy().into_owned();
+                if n.starts_with("guest-") && n.contains(".tmp") {
+                    let _ = std::fs::remove_dir_all(ent.path());
+                }
+            }
+        }
         let tmp = dir.with_extension(format!("tmp{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&tmp);
         log(&format!(
             "building the guest image in {} (Debian packages via apt-get download, unpacked \
              with dpkg -x; nothing is installed)",
