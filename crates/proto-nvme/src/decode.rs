@@ -359,7 +359,7 @@ impl PduDecoder {
             return Err(field(3, "PDO inside the PDU header"));
         }
         let align = (usize::from(self.pda) + 1) * 4;
-        if pdo % align != 0 {
+        if !pdo.is_multiple_of(align) {
             return Err(field(3, "PDO not aligned as requested by the PDA"));
         }
         let dd = if ddgstf { DIGEST_LEN } else { 0 };

@@ -309,7 +309,7 @@ impl IcResp {
             });
         }
         let maxh2cdata = u32_at(b, 12);
-        if maxh2cdata < MIN_MAXH2CDATA || maxh2cdata % 4 != 0 {
+        if maxh2cdata < MIN_MAXH2CDATA || !maxh2cdata.is_multiple_of(4) {
             return Err(Error::InvalidHeaderField {
                 offset: 12,
                 reason: "MAXH2CDATA below 4096 or not a dword multiple",

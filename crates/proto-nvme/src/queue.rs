@@ -136,7 +136,7 @@ impl Sqe {
     }
 
     /// Fabrics command type (byte 4), meaningful when `opcode` is
-    /// [`opcode::FABRICS`](crate::opcode::FABRICS).
+    /// [`FABRICS_OPCODE`](crate::FABRICS_OPCODE).
     #[must_use]
     pub const fn fctype(&self) -> u8 {
         self.nsid as u8

@@ -60,10 +60,6 @@ pub(crate) fn put(b: &mut [u8], off: usize, v: &[u8]) {
     }
 }
 
-pub(crate) fn put_u8(b: &mut [u8], off: usize, v: u8) {
-    put(b, off, &[v]);
-}
-
 pub(crate) fn put_u16(b: &mut [u8], off: usize, v: u16) {
     put(b, off, &v.to_le_bytes());
 }
