@@ -275,7 +275,8 @@ pub struct IcResp {
 
 impl IcResp {
     /// The usual controller answer: digests enabled where the host asked
-    /// for them and the controller allows them.
+    /// for them and the controller allows them. (The Linux host drops the
+    /// connection if the digests granted differ from those it asked for.)
     #[must_use]
     pub fn answer(
         req: &IcReq,
