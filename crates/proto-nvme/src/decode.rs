@@ -211,7 +211,15 @@ impl PduDecoder {
     /// Decodes one complete PDU from the start of `buf`.
     pub fn decode<'a>(&self, buf: &'a [u8]) -> Result<Decoded<'a>> {
         let frame = match self.decode_header(buf)? {
-            HeaderDecoded::Incomplete { more } => return Ok(Decoded::Incomplete { more }),
+            HeaderDecoded::Incomplete { more } => {
+                // Once the common header is in, PLEN has passed every
+                // check, so ask for the whole PDU at once.
+                let more = match CommonHeader::parse(buf) {
+                    Ok(ch) => (ch.plen as usize).saturating_sub(buf.len()).max(more),
+                    Err(_) => more,
+                };
+                return Ok(Decoded::Incomplete { more });
+            }
             HeaderDecoded::Header(f) => f,
         };
         let Some(pdu_bytes) = buf.get(..frame.len) else {
@@ -598,6 +606,16 @@ mod tests {
             dec.decode(&wire[..1000]).unwrap(),
             Decoded::Incomplete { more: 96 }
         );
+        // Mid-header, the decoder already asks for the whole PDU...
+        assert_eq!(
+            dec.decode(&wire[..40]).unwrap(),
+            Decoded::Incomplete { more: 1056 }
+        );
+        // ...while the header-only path asks for the header.
+        assert_eq!(
+            dec.decode_header(&wire[..40]).unwrap(),
+            HeaderDecoded::Incomplete { more: 32 }
+        );
         let mut longer = wire.clone();
         longer.extend_from_slice(&[0x04, 0x00]);
         let (pdu, len) = expect_pdu(dec.decode(&longer));
@@ -729,6 +747,9 @@ mod tests {
         dig[3] = 28;
         dig[4] = 40;
         let hd = digest_bytes(&dig[..24]);
+        // Known values, computed independently (Python crcmod "crc-32c").
+        assert_eq!(hd, [0xea, 0x57, 0xe9, 0x12]);
+        assert_eq!(digest_bytes(b"01234567"), [0x20, 0x23, 0x22, 0xac]);
         dig.extend_from_slice(&hd);
         dig.extend_from_slice(b"01234567");
         dig.extend_from_slice(&digest_bytes(b"01234567"));

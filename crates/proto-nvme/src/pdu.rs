@@ -590,9 +590,7 @@ impl PduEncoder {
     /// Total PDU length for a PDU of type `t` carrying `data_len` bytes.
     #[must_use]
     pub fn pdu_len(&self, t: PduType, data_len: usize) -> usize {
-        let (_, pdo, plen) = self.layout(t, data_len);
-        let _ = pdo;
-        plen
+        self.layout(t, data_len).2
     }
 
     /// (flags, pdo, plen) for a PDU of type `t` with `data_len` bytes.
@@ -831,6 +829,8 @@ mod tests {
         assert_eq!(&dig[..8], &[0x05, 0x01, 0x18, 0x00, 0x1c, 0x00, 0x00, 0x00]);
         assert_eq!(dig.len(), 28);
         assert_eq!(dig[24..28], crc32c(&dig[..24]).to_le_bytes());
+        // Known value, computed independently (Python crcmod "crc-32c").
+        assert_eq!(&dig[24..28], &[0x31, 0x29, 0x2f, 0x49]);
     }
 
     #[test]
