@@ -30,7 +30,7 @@ mod run;
 pub use run::{RunOpts, RunOutput, Running, free_port};
 
 /// Bumped when the image layout changes in a way the recipe hash does not capture.
-const LAYOUT: u32 = 1;
+const LAYOUT: u32 = 2;
 
 /// An error with a message that says what failed and why.
 #[derive(Debug, Clone)]
@@ -132,6 +132,29 @@ fn lock(path: &Path, timeout: Duration) -> Result<Lock> {
     }
 }
 
+/// Images of other recipes (older or newer checkouts) unused for this long are removed
+/// after a build.
+const PRUNE_AFTER: Duration = Duration::from_secs(7 * 24 * 3600);
+
+fn prune(root: &Path, keep: &Path) {
+    let Ok(rd) = std::fs::read_dir(root) else {
+        return;
+    };
+    for ent in rd.flatten() {
+        let p = ent.path();
+        let is_image = ent.file_name().to_string_lossy().starts_with("guest-");
+        let unused = std::fs::metadata(p.join("guest.txt"))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > PRUNE_AFTER);
+        if is_image && p != keep && unused {
+            log(&format!("removing {} (unused for a week)", p.display()));
+            let _ = std::fs::remove_dir_all(&p);
+        }
+    }
+}
+
 impl Guest {
     /// The directory the current recipe's image lives in (it may not exist yet).
     pub fn image_dir() -> PathBuf {
@@ -142,6 +165,13 @@ impl Guest {
     pub fn cached() -> Option<Guest> {
         let dir = Self::image_dir();
         let info = std::fs::read_to_string(dir.join("guest.txt")).ok()?;
+        // Mark it used, so pruning after another recipe's build leaves it alone.
+        if let Ok(f) = std::fs::File::options()
+            .write(true)
+            .open(dir.join("guest.txt"))
+        {
+            let _ = f.set_modified(std::time::SystemTime::now());
+        }
         let kernel_version = info
             .lines()
             .find_map(|l| l.strip_prefix("kernel "))?
@@ -207,6 +237,7 @@ impl Guest {
             built.kernel_version,
             built.initrd_bytes >> 20
         ));
+        prune(&root, &dir);
         Self::cached()
             .ok_or_else(|| Error::new(format!("{} unreadable after build", dir.display())))
     }
@@ -221,9 +252,15 @@ impl Guest {
         &self.kernel_version
     }
 
-    /// The kernel image.
+    /// The kernel image: the uncompressed ELF `vmlinux` when the build could unpack it
+    /// (faster to boot under TCG), else Debian's `vmlinuz`.
     pub fn kernel(&self) -> PathBuf {
-        self.dir.join("vmlinuz")
+        let elf = self.dir.join("vmlinux");
+        if elf.is_file() {
+            elf
+        } else {
+            self.dir.join("vmlinuz")
+        }
     }
 
     /// The base initramfs (the test script is appended per run).
