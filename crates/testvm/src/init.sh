@@ -33,6 +33,12 @@ if ip link set eth0 up 2>/dev/null; then
         ip route add default via 10.0.2.2 ||
         echo "testvm: network setup failed"
 fi
+# Initiator names for nvme-cli and open-iscsi (their packages' install scripts make these).
+mkdir -p /etc/nvme /etc/iscsi
+hostid=$(cat /proc/sys/kernel/random/uuid)
+echo "$hostid" >/etc/nvme/hostid
+echo "nqn.2014-08.org.nvmexpress:uuid:$hostid" >/etc/nvme/hostnqn
+echo "InitiatorName=iqn.2004-10.com.debian:testvm-$nonce" >/etc/iscsi/initiatorname.iscsi
 echo "testvm-ready $nonce"
 cd /root
 /bin/sh /test.sh </dev/null
