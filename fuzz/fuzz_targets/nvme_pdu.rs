@@ -16,7 +16,11 @@ fuzz_target!(|data: &[u8]| {
     let Some((&[cfg, limits], mut stream)) = data.split_first_chunk::<2>() else {
         return;
     };
-    let role = if cfg & 1 != 0 { Role::Host } else { Role::Controller };
+    let role = if cfg & 1 != 0 {
+        Role::Host
+    } else {
+        Role::Controller
+    };
     let (hdgst, ddgst) = (cfg & 2 != 0, cfg & 4 != 0);
     let pda = (cfg >> 4) & 7;
     let mut dec = PduDecoder::new(role);
@@ -56,9 +60,14 @@ fuzz_target!(|data: &[u8]| {
             }
         };
         assert!(len <= stream.len());
-        check_reencode(&dec, &pdu, hdgst && cfg & 8 != 0, ddgst && cfg & 8 != 0, pda);
-        if !dec.is_established()
-            && matches!(pdu.header, PduHeader::IcReq(_) | PduHeader::IcResp(_))
+        check_reencode(
+            &dec,
+            &pdu,
+            hdgst && cfg & 8 != 0,
+            ddgst && cfg & 8 != 0,
+            pda,
+        );
+        if !dec.is_established() && matches!(pdu.header, PduHeader::IcReq(_) | PduHeader::IcResp(_))
         {
             dec.establish(hdgst, ddgst);
         }
@@ -77,14 +86,14 @@ fn check_reencode(dec: &PduDecoder, pdu: &Pdu<'_>, h: bool, d: bool, pda: u8) {
         PduHeader::R2T(r) => wire.extend_from_slice(&enc.r2t(&r)),
         PduHeader::IcReq(r) => wire.extend_from_slice(&r.encode()),
         PduHeader::IcResp(r) => wire.extend_from_slice(&r.encode()),
-        PduHeader::H2CTermReq(t) | PduHeader::C2HTermReq(t) => wire.extend_from_slice(
-            &PduEncoder::term_req(
+        PduHeader::H2CTermReq(t) | PduHeader::C2HTermReq(t) => {
+            wire.extend_from_slice(&PduEncoder::term_req(
                 matches!(pdu.header, PduHeader::H2CTermReq(_)),
                 t.fes,
                 t.fei,
                 pdu.data,
-            ),
-        ),
+            ))
+        }
     }
     match dec.decode(&wire) {
         Ok(Decoded::Pdu { pdu: again, len }) => {

@@ -126,8 +126,8 @@ pub struct IdentifyController {
     pub fuses: u16,
     /// Format NVM attributes.
     pub fna: u8,
-    /// Volatile write cache (bit 0 present; bits 2:1 = 11b: flush with
-    /// NSID FFFFFFFFh supported... see the specification).
+    /// Volatile write cache: bit 0 present; bits 2:1 say whether Flush
+    /// accepts the broadcast NSID FFFFFFFFh (11b: yes, 10b: no).
     pub vwc: u8,
     /// Atomic write unit normal, 0's based blocks.
     pub awun: u16,
