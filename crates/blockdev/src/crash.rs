@@ -17,7 +17,7 @@ pub const SECTOR: usize = 512;
 
 /// The crash-simulating RAM device.
 pub struct CrashDevice {
-    geometry: Geometry,
+    geometry: Mutex<Geometry>,
     durable: Mutex<Vec<u8>>,
     volatile: Mutex<Vec<(u64, Vec<u8>)>>,
     /// (flushes left before the crash, xorshift state for its coin flips)
@@ -28,7 +28,7 @@ pub struct CrashDevice {
 impl std::fmt::Debug for CrashDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CrashDevice")
-            .field("size", &self.geometry.size())
+            .field("size", &self.geometry().size())
             .finish()
     }
 }
@@ -48,11 +48,21 @@ impl CrashDevice {
             max_io: 32 << 20,
         };
         CrashDevice {
-            geometry,
+            geometry: Mutex::new(geometry),
             durable: Mutex::new(image),
             volatile: Mutex::new(Vec::new()),
             armed: Mutex::new(None),
             captured: Mutex::new(None),
+        }
+    }
+
+    /// Grows the device to `size` bytes (a disk or file extended underneath); the new space
+    /// reads as zeroes and is durable.
+    pub fn grow(&self, size: u64) {
+        let mut d = self.durable.lock().expect("lock");
+        if size as usize > d.len() {
+            d.resize(size as usize, 0);
+            self.geometry.lock().expect("lock").num_blocks = size / SECTOR as u64;
         }
     }
 
@@ -122,7 +132,7 @@ impl CrashDevice {
     }
 
     fn do_read(&self, offset: u64, mut buf: IoBuf) -> Result<IoBuf> {
-        check_range(&self.geometry, IoKind::Read, offset, buf.len() as u64)?;
+        check_range(&self.geometry(), IoKind::Read, offset, buf.len() as u64)?;
         let len = buf.len();
         buf.copy_from_slice(
             &self.durable.lock().expect("lock")[offset as usize..offset as usize + len],
@@ -141,7 +151,7 @@ impl CrashDevice {
     }
 
     fn do_write(&self, op: IoKind, offset: u64, data: Vec<u8>, fua: bool) -> Result<()> {
-        check_range(&self.geometry, op, offset, data.len() as u64)?;
+        check_range(&self.geometry(), op, offset, data.len() as u64)?;
         self.volatile.lock().expect("lock").push((offset, data));
         if fua {
             self.persist();
@@ -158,7 +168,7 @@ impl BlockDevice for CrashDevice {
         "crash"
     }
     fn geometry(&self) -> Geometry {
-        self.geometry
+        *self.geometry.lock().expect("lock")
     }
     fn capabilities(&self) -> Capabilities {
         Capabilities {

@@ -156,6 +156,12 @@ pub trait BlockDevice: Send + Sync {
     fn geometry(&self) -> Geometry;
     /// Optional capabilities.
     fn capabilities(&self) -> Capabilities;
+    /// Re-reads the size of the storage underneath (a file or disk grown since it was
+    /// opened) and returns the geometry from now on. Devices of fixed size return
+    /// [`BlockDevice::geometry`].
+    fn refresh_size(&self) -> Result<Geometry> {
+        Ok(self.geometry())
+    }
 
     /// Reads `buf.len()` bytes at `offset` into `buf`.
     fn read(&self, offset: u64, buf: IoBuf) -> IoFuture<'_, IoBuf>;

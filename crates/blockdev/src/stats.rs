@@ -196,6 +196,9 @@ impl BlockDevice for Measured {
     fn capabilities(&self) -> Capabilities {
         self.inner.capabilities()
     }
+    fn refresh_size(&self) -> crate::Result<Geometry> {
+        self.inner.refresh_size()
+    }
     fn read(&self, offset: u64, buf: IoBuf) -> IoFuture<'_, IoBuf> {
         Box::pin(async move {
             let t = Instant::now();

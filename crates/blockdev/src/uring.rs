@@ -31,6 +31,8 @@ pub struct UringDevice {
     path: PathBuf,
     file: File,
     geometry: Geometry,
+    /// Blocks now: the size may grow underneath (`refresh_size`).
+    num_blocks: std::sync::atomic::AtomicU64,
     block_device: bool,
     direct: bool,
     read_only: bool,
@@ -122,6 +124,7 @@ impl UringDevice {
                 optimal_io: 128 * 1024,
                 max_io: 32 << 20,
             },
+            num_blocks: std::sync::atomic::AtomicU64::new(size / block_size as u64),
             block_device: is_blk,
             direct,
             read_only: flags.read_only,
@@ -151,7 +154,7 @@ impl UringDevice {
 
     async fn do_read(&self, offset: u64, buf: IoBuf) -> Result<IoBuf> {
         let len = buf.len();
-        check_range(&self.geometry, IoKind::Read, offset, len as u64)?;
+        check_range(&self.geometry(), IoKind::Read, offset, len as u64)?;
         let err = |e| BlockError::from_io(IoKind::Read, offset, len as u64, e);
         let (r, mut buf) = op::read_at(self.fd(), offset, buf).await;
         let mut done = r.map_err(err)?;
@@ -174,7 +177,7 @@ impl UringDevice {
     async fn do_write(&self, offset: u64, buf: IoBuf, flags: WriteFlags) -> Result<IoBuf> {
         let len = buf.len() as u64;
         self.ro_check(IoKind::Write, offset, len)?;
-        check_range(&self.geometry, IoKind::Write, offset, len)?;
+        check_range(&self.geometry(), IoKind::Write, offset, len)?;
         let rw = if flags.fua { libc::RWF_DSYNC } else { 0 };
         let (r, buf) = op::write_at(self.fd(), offset, buf, rw).await;
         match r {
@@ -204,7 +207,7 @@ impl UringDevice {
 
     async fn do_unmap(&self, offset: u64, len: u64) -> Result<()> {
         self.ro_check(IoKind::Unmap, offset, len)?;
-        check_range(&self.geometry, IoKind::Unmap, offset, len)?;
+        check_range(&self.geometry(), IoKind::Unmap, offset, len)?;
         if len == 0 {
             return Ok(());
         }
@@ -224,7 +227,7 @@ impl UringDevice {
 
     async fn do_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> Result<()> {
         self.ro_check(IoKind::WriteZeroes, offset, len)?;
-        check_range(&self.geometry, IoKind::WriteZeroes, offset, len)?;
+        check_range(&self.geometry(), IoKind::WriteZeroes, offset, len)?;
         if len == 0 {
             return Ok(());
         }
@@ -268,7 +271,7 @@ impl UringDevice {
     }
 
     fn do_status(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
-        check_range(&self.geometry, IoKind::BlockStatus, offset, len)?;
+        check_range(&self.geometry(), IoKind::BlockStatus, offset, len)?;
         let end = offset + len;
         if self.block_device {
             return Ok(vec![Extent {
@@ -346,7 +349,28 @@ impl BlockDevice for UringDevice {
         "uring"
     }
     fn geometry(&self) -> Geometry {
-        self.geometry
+        Geometry {
+            num_blocks: self.num_blocks.load(std::sync::atomic::Ordering::Relaxed),
+            ..self.geometry
+        }
+    }
+    fn refresh_size(&self) -> Result<Geometry> {
+        let err = |e: io::Error| BlockError::from_io(IoKind::Open, 0, 0, e);
+        let size = if self.block_device {
+            let mut size: u64 = 0;
+            // SAFETY: BLKGETSIZE64 writes a u64 through the pointer, which is live here.
+            if unsafe { libc::ioctl(self.file.as_raw_fd(), BLKGETSIZE64, &mut size) } < 0 {
+                return Err(err(io::Error::last_os_error()));
+            }
+            size
+        } else {
+            self.file.metadata().map_err(err)?.len()
+        };
+        self.num_blocks.store(
+            size / self.geometry.block_size as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        Ok(self.geometry())
     }
     fn capabilities(&self) -> Capabilities {
         Capabilities {

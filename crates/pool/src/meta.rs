@@ -211,6 +211,14 @@ impl Meta {
         self.volumes.values().any(|v| v.name == name)
     }
 
+    /// Adds physical clusters up to `total_clusters` (a grown pool); never shrinks.
+    pub fn grow(&mut self, total_clusters: u64) {
+        if total_clusters > self.total_clusters {
+            self.total_clusters = total_clusters;
+            self.refcount.resize(total_clusters as usize, 0);
+        }
+    }
+
     /// References to physical cluster `c`.
     pub fn refcount(&self, c: u64) -> u32 {
         self.refcount.get(c as usize).copied().unwrap_or(0)

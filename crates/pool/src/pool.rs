@@ -1,7 +1,8 @@
 //! A pool on a device: create, import, metadata commits, and volumes as block devices.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Poll, Waker};
 
 use blockdev::{
@@ -14,7 +15,10 @@ use crate::codec::{
     encode_checkpoint, encode_journal_block,
 };
 use crate::meta::{Kind, Mapping, Meta, MetaError, Record};
-use crate::superblock::{MemberDevice, SUPERBLOCK_SIZE, Superblock};
+use crate::superblock::{
+    LABEL_BYTES, MAX_DEVICES, MAX_SEGMENTS, MemberDevice, SUPERBLOCK_SIZE, Segment, Superblock,
+    check_label, labels_len,
+};
 
 /// Why a pool operation failed.
 #[derive(Debug)]
@@ -34,6 +38,10 @@ pub enum PoolError {
     Invalid(String),
     /// Out of space (clusters or metadata room).
     NoSpace(String),
+    /// A metadata write failed: the pool refuses changes until it is imported again.
+    Failed(String),
+    /// The member devices given do not make up the pool.
+    Members(String),
 }
 
 impl std::fmt::Display for PoolError {
@@ -46,6 +54,11 @@ impl std::fmt::Display for PoolError {
             PoolError::NotFound(n) => write!(f, "{n:?} not found"),
             PoolError::Invalid(w) => write!(f, "{w}"),
             PoolError::NoSpace(w) => write!(f, "no space: {w}"),
+            PoolError::Failed(w) => write!(
+                f,
+                "pool is read-only: {w}; import it again once the device is healthy"
+            ),
+            PoolError::Members(w) => write!(f, "pool members: {w}"),
         }
     }
 }
@@ -113,14 +126,95 @@ struct State {
     busy: HashSet<(u64, u64)>,
     waiters: Waiters,
     committing: bool,
+    /// Why the pool went read-only (a metadata write failed), if it did.
+    failure: Option<String>,
 }
 
-/// A pool on one device.
+/// Where clusters live: the member devices and the segments in pool order.
+struct Layout {
+    devs: Vec<Device>,
+    /// (first cluster, segment)
+    segs: Vec<(u64, Segment)>,
+    cs: u64,
+}
+
+impl Layout {
+    fn new(devs: Vec<Device>, sb: &Superblock) -> Layout {
+        let mut first = 0;
+        let segs = sb
+            .segments
+            .iter()
+            .map(|s| {
+                let at = first;
+                first += s.clusters;
+                (at, *s)
+            })
+            .collect();
+        Layout {
+            devs,
+            segs,
+            cs: sb.cluster_size as u64,
+        }
+    }
+
+    /// The member device and byte offset of cluster `c`.
+    fn locate(&self, c: u64) -> (&Device, u64) {
+        let (first, s) = self
+            .segs
+            .iter()
+            .rev()
+            .find(|(first, _)| *first <= c)
+            .expect("cluster 0 is in the first segment");
+        (
+            &self.devs[s.member as usize],
+            s.offset + (c - first) * self.cs,
+        )
+    }
+}
+
+/// A pool on one device or several (concatenated).
 pub struct Pool {
+    /// Member 0: superblocks, checkpoints and journal, then data.
     dev: Device,
+    /// The superblock as created or imported: its fixed fields (cluster size, block size,
+    /// metadata areas) never change. The current one (grown, relabelled) is `current`.
     sb: Superblock,
+    current: Mutex<Superblock>,
+    layout: RwLock<Arc<Layout>>,
     state: Mutex<State>,
     warnings: Vec<String>,
+    /// A metadata write failed: writes and changes are refused (`State::failure` says why).
+    failed: AtomicBool,
+    /// A superblock rewrite (grow, labels) is in progress.
+    admin: AtomicBool,
+}
+
+/// A member device as listed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberInfo {
+    /// Member UUID.
+    pub uuid: [u8; 16],
+    /// Bytes of the device the pool knows of.
+    pub size: u64,
+    /// Clusters the pool uses on it.
+    pub clusters: u64,
+}
+
+/// What a grow did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GrowReport {
+    /// Clusters before.
+    pub old_clusters: u64,
+    /// Clusters after.
+    pub new_clusters: u64,
+}
+
+/// Clears a flag when dropped.
+struct FlagGuard<'a>(&'a AtomicBool);
+impl Drop for FlagGuard<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 impl std::fmt::Debug for Pool {
@@ -185,7 +279,20 @@ async fn read_at(dev: &Device, offset: u64, len: usize) -> Result<IoBuf, BlockEr
 impl Pool {
     /// Formats `dev` as a new, empty pool.
     pub async fn create(dev: Device, opts: &CreateOptions) -> Result<Arc<Pool>, PoolError> {
-        let g = dev.geometry();
+        Pool::create_on(vec![dev], opts).await
+    }
+
+    /// Formats `devs` as a new, empty pool over their concatenation. Member 0 holds the
+    /// metadata; every member carries both superblock copies.
+    pub async fn create_on(
+        devs: Vec<Device>,
+        opts: &CreateOptions,
+    ) -> Result<Arc<Pool>, PoolError> {
+        if devs.is_empty() || devs.len() > MAX_DEVICES {
+            return Err(PoolError::Invalid(format!(
+                "a pool has 1 to {MAX_DEVICES} devices"
+            )));
+        }
         let cs = opts.cluster_size as u64;
         if !opts.cluster_size.is_power_of_two()
             || !(64 * 1024..=4 << 20).contains(&opts.cluster_size)
@@ -197,8 +304,21 @@ impl Pool {
         if opts.name.is_empty() || opts.name.len() > 64 {
             return Err(PoolError::Invalid("pool name must be 1 to 64 bytes".into()));
         }
-        let size = g.size();
-        let approx_clusters = size / cs;
+        let block_size = devs
+            .iter()
+            .map(|d| d.geometry().block_size)
+            .max()
+            .unwrap_or(512);
+        let size = devs[0].geometry().size();
+        let others: Vec<u64> = devs[1..].iter().map(|d| d.geometry().size()).collect();
+        if let Some(i) = others.iter().position(|&s| s < 2 * cs) {
+            return Err(PoolError::NoSpace(format!(
+                "device {} of {} bytes is too small to join a pool (at least two clusters)",
+                i + 1,
+                others[i]
+            )));
+        }
+        let approx_clusters = (size + others.iter().sum::<u64>()) / cs;
         let checkpoint_bytes = (approx_clusters * 8 * opts.overcommit.max(1) as u64 + (1 << 20))
             .next_multiple_of(4096);
         let journal_bytes = (4u64 << 20)
@@ -206,28 +326,52 @@ impl Pool {
             .next_multiple_of(JOURNAL_BLOCK as u64);
         let data_start =
             (CHECKPOINT_START + 2 * checkpoint_bytes + journal_bytes).next_multiple_of(cs);
-        if data_start + cs > size {
+        if data_start + if devs.len() == 1 { cs } else { 0 } > size {
             return Err(PoolError::NoSpace(format!(
                 "device of {size} bytes is too small for a pool"
             )));
         }
-        let total_clusters = (size - data_start) / cs;
+        let mut members = vec![MemberDevice {
+            uuid: uuid_from(!size),
+            size,
+        }];
+        let mut segments = Vec::new();
+        if size - data_start >= cs {
+            segments.push(Segment {
+                member: 0,
+                offset: data_start,
+                clusters: (size - data_start) / cs,
+            });
+        }
+        for (i, &s) in others.iter().enumerate() {
+            members.push(MemberDevice {
+                uuid: uuid_from(s ^ (i as u64 + 1) << 40),
+                size: s,
+            });
+            segments.push(Segment {
+                member: i as u32 + 1,
+                offset: cs,
+                clusters: (s - cs) / cs,
+            });
+        }
+        let total_clusters = segments.iter().map(|s| s.clusters).sum();
         let sb = Superblock {
             uuid: uuid_from(size),
             name: opts.name.clone(),
             cluster_size: opts.cluster_size,
-            block_size: g.block_size,
+            block_size,
             checkpoint_bytes,
             journal_bytes,
             data_start,
             total_clusters,
             generation: 1,
-            devices: vec![MemberDevice {
-                uuid: uuid_from(!size),
-                size,
-            }],
+            members,
+            member_index: 0,
+            segments,
+            labels: Vec::new(),
         };
         let meta = Meta::new(cs, total_clusters);
+        let dev = devs[0].clone();
         // An empty checkpoint in slot 0 and a cleared slot 1 and journal head, then the
         // superblocks last: a crash before them leaves no pool, never half a pool.
         write_at(&dev, CHECKPOINT_START, &encode_checkpoint(&meta, 0, 0)).await?;
@@ -239,16 +383,15 @@ impl Pool {
         )
         .await?;
         dev.flush().await?;
-        let b = sb.encode();
-        write_at(&dev, 0, &b).await?;
-        dev.flush().await?;
-        write_at(&dev, SUPERBLOCK_SIZE as u64, &b).await?;
-        dev.flush().await?;
-        Ok(Arc::new(Pool::with_state(dev, sb, meta, 0, 0, 0)))
+        // Other members first, member 0 last: a crash part way leaves member 0 without a
+        // superblock, so no pool is found (the others report a missing member 0).
+        let order: Vec<usize> = (1..devs.len()).chain([0]).collect();
+        write_superblocks(&devs, &sb, &order).await?;
+        Ok(Arc::new(Pool::with_state(devs, sb, meta, 0, 0, 0)))
     }
 
     fn with_state(
-        dev: Device,
+        devs: Vec<Device>,
         sb: Superblock,
         meta: Meta,
         seq: u64,
@@ -256,9 +399,13 @@ impl Pool {
         slot: u8,
     ) -> Pool {
         Pool {
-            dev,
+            dev: devs[0].clone(),
+            layout: RwLock::new(Arc::new(Layout::new(devs, &sb))),
+            current: Mutex::new(sb.clone()),
             sb,
             warnings: Vec::new(),
+            failed: AtomicBool::new(false),
+            admin: AtomicBool::new(false),
             state: Mutex::new(State {
                 meta,
                 seq,
@@ -273,25 +420,96 @@ impl Pool {
                 busy: HashSet::new(),
                 waiters: Waiters(Vec::new()),
                 committing: false,
+                failure: None,
             }),
         }
     }
 
-    /// Opens an existing pool: superblocks, newest valid checkpoint, journal replay.
+    /// Opens an existing pool on one device: superblocks, newest valid checkpoint, journal
+    /// replay.
     pub async fn import(dev: Device) -> Result<Arc<Pool>, PoolError> {
-        let a = read_at(&dev, 0, SUPERBLOCK_SIZE).await?;
-        let b = read_at(&dev, SUPERBLOCK_SIZE as u64, SUPERBLOCK_SIZE).await?;
-        let (sb, damage) = Superblock::choose(&a, &b).map_err(|[e1, e2]| {
-            PoolError::NoSuperblock(format!("superblock copy A: {e1}; copy B: {e2}"))
-        })?;
+        Pool::import_members(vec![dev]).await
+    }
+
+    /// Opens an existing pool from its member devices, in member order (see
+    /// [`crate::assemble`] to find and order them).
+    pub async fn import_members(devs: Vec<Device>) -> Result<Arc<Pool>, PoolError> {
+        if devs.is_empty() {
+            return Err(PoolError::Members("no devices given".into()));
+        }
         let mut warnings = Vec::new();
-        for (copy, e) in ["A", "B"].iter().zip(damage) {
-            if let Some(e) = e {
+        let mut copies = Vec::new();
+        for (i, dev) in devs.iter().enumerate() {
+            let (own, damage) = read_superblock(dev).await?.map_err(|[e1, e2]| {
+                PoolError::NoSuperblock(if devs.len() == 1 {
+                    format!("superblock copy A: {e1}; copy B: {e2}")
+                } else {
+                    format!("member {i}: superblock copy A: {e1}; copy B: {e2}")
+                })
+            })?;
+            for (copy, e) in ["A", "B"].iter().zip(damage) {
+                if let Some(e) = e {
+                    warnings.push(if devs.len() == 1 {
+                        format!("superblock copy {copy}: {e}; the other copy is in use")
+                    } else {
+                        format!("member {i}: superblock copy {copy}: {e}; the other copy is in use")
+                    });
+                }
+            }
+            copies.push(own);
+        }
+        // The newest generation on any member describes the pool (a grow rewrites every
+        // member's superblocks; a crash part way leaves some older).
+        let sb = copies
+            .iter()
+            .max_by_key(|c| c.generation)
+            .expect("at least one")
+            .clone();
+        if devs.len() != sb.members.len() {
+            return Err(PoolError::Members(format!(
+                "pool {:?} has {} member device(s), {} given",
+                sb.name,
+                sb.members.len(),
+                devs.len()
+            )));
+        }
+        for (i, (own, dev)) in copies.iter().zip(&devs).enumerate() {
+            if own.uuid != sb.uuid {
+                return Err(PoolError::Members(format!(
+                    "device {i} belongs to another pool ({:?})",
+                    own.name
+                )));
+            }
+            if own.member_uuid() != sb.members[i].uuid {
+                return Err(PoolError::Members(format!(
+                    "device {i} is member {} of pool {:?}, not member {i}",
+                    own.member_index, sb.name
+                )));
+            }
+            if own.generation < sb.generation {
                 warnings.push(format!(
-                    "superblock copy {copy}: {e}; the other copy is in use"
+                    "member {i} holds an older superblock (generation {}, current {}): a grow \
+                     or relabel was interrupted; it is rewritten by the next one",
+                    own.generation, sb.generation
                 ));
             }
+            let needed = sb
+                .segments
+                .iter()
+                .filter(|s| s.member as usize == i)
+                .map(|s| s.offset + s.clusters * sb.cluster_size as u64)
+                .max()
+                .unwrap_or(0);
+            let have = dev.geometry().size();
+            if have < needed {
+                return Err(PoolError::Members(format!(
+                    "member {i} has {have} bytes, the pool uses {needed}: the device shrank \
+                     or is the wrong one"
+                )));
+            }
         }
+        let sb = sb.for_member(0);
+        let dev = devs[0].clone();
         let cs = sb.cluster_size as u64;
         let mut best: Option<(crate::codec::CheckpointHeader, Meta, u8)> = None;
         let mut why = Vec::new();
@@ -381,14 +599,15 @@ impl Pool {
                 }
             }
         }
-        let mut pool = Pool::with_state(dev, sb, meta, seq, pos, slot);
+        let mut pool = Pool::with_state(devs, sb, meta, seq, pos, slot);
         pool.warnings = warnings;
         pool.state.lock().expect("pool lock").journal_used = used;
         Ok(Arc::new(pool))
     }
 
     /// Erases the pool on `dev`: both superblock copies are zeroed and flushed, so the device
-    /// no longer holds a pool (its data is not erased). The pool must not be open.
+    /// no longer holds a pool (its data is not erased). The pool must not be open. Wipe every
+    /// member of a pool that spans several devices.
     pub async fn wipe(dev: &Device) -> Result<(), PoolError> {
         write_at(dev, 0, &[0u8; 2 * SUPERBLOCK_SIZE]).await?;
         dev.flush().await?;
@@ -400,9 +619,61 @@ impl Pool {
         &self.warnings
     }
 
-    /// The superblock.
-    pub fn superblock(&self) -> &Superblock {
-        &self.sb
+    /// The current superblock (member 0's copy).
+    pub fn superblock(&self) -> Superblock {
+        self.current.lock().expect("superblock lock").clone()
+    }
+
+    /// The pool's name.
+    pub fn name(&self) -> &str {
+        &self.sb.name
+    }
+
+    /// The member devices, in order, with the clusters used on each.
+    pub fn members(&self) -> Vec<MemberInfo> {
+        let sb = self.superblock();
+        sb.members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| MemberInfo {
+                uuid: m.uuid,
+                size: m.size,
+                clusters: sb
+                    .segments
+                    .iter()
+                    .filter(|s| s.member as usize == i)
+                    .map(|s| s.clusters)
+                    .sum(),
+            })
+            .collect()
+    }
+
+    /// The pool's labels, sorted by key.
+    pub fn labels(&self) -> Vec<(String, String)> {
+        self.superblock().labels
+    }
+
+    /// Why the pool is read-only, if a metadata write failed.
+    pub fn failure(&self) -> Option<String> {
+        if !self.failed.load(Ordering::Acquire) {
+            return None;
+        }
+        self.state.lock().expect("pool lock").failure.clone()
+    }
+
+    fn failed_error(&self) -> PoolError {
+        PoolError::Failed(
+            self.failure()
+                .unwrap_or_else(|| "a metadata write failed".into()),
+        )
+    }
+
+    /// Marks the pool read-only: metadata in memory is ahead of the disk and can no longer be
+    /// made durable in order.
+    fn fail(&self, why: String) {
+        let mut st = self.state.lock().expect("pool lock");
+        st.failure.get_or_insert(why);
+        self.failed.store(true, Ordering::Release);
     }
 
     /// Capacity, used and committed bytes.
@@ -411,8 +682,8 @@ impl Pool {
         let cs = self.sb.cluster_size as u64;
         let free = st.meta.free_count();
         PoolUsage {
-            capacity: self.sb.total_clusters * cs,
-            used: (self.sb.total_clusters - free) * cs,
+            capacity: st.meta.total_clusters * cs,
+            used: (st.meta.total_clusters - free) * cs,
             committed: st
                 .meta
                 .volumes
@@ -468,6 +739,9 @@ impl Pool {
     }
 
     fn push(&self, st: &mut State, rec: Record) -> Result<(), PoolError> {
+        if let Some(f) = &st.failure {
+            return Err(PoolError::Failed(f.clone()));
+        }
         let freed = st.meta.apply(&rec)?;
         st.seq += 1;
         let seq = st.seq;
@@ -533,7 +807,7 @@ impl Pool {
     /// Snapshots volume `source` as `name` (acknowledged writes before the call are in it).
     pub async fn snapshot(&self, source: &str, name: &str) -> Result<(), PoolError> {
         Self::check_name(name)?;
-        self.dev.flush().await?;
+        self.flush_data().await?;
         {
             let mut st = self.state.lock().expect("pool lock");
             let src = Self::id_of(&st, source)?;
@@ -690,7 +964,7 @@ impl Pool {
 
     /// Picks a free cluster: unreferenced, not freed by an uncommitted record, not reserved.
     fn alloc_locked(&self, st: &mut State) -> Option<u64> {
-        let n = self.sb.total_clusters;
+        let n = st.meta.total_clusters;
         for i in 0..n {
             let c = (st.hint + i) % n;
             if st.meta.refcount(c) == 0
@@ -720,7 +994,11 @@ impl Pool {
             }
         })
         .await;
-        let r = self.commit_inner().await;
+        let r = if self.failed.load(Ordering::Acquire) {
+            Err(self.failed_error())
+        } else {
+            self.commit_inner().await
+        };
         let waiters = {
             let mut st = self.state.lock().expect("pool lock");
             st.committing = false;
@@ -765,12 +1043,52 @@ impl Pool {
             }
         };
         let Some((encoded, last_seq, start, end, checkpoint)) = taken else {
-            return self.dev.flush().await.map_err(PoolError::from);
+            return self.flush_data().await.map_err(PoolError::from);
         };
-        self.dev.flush().await?;
+        // The records are out of `pending`: if they do not reach the disk, later ones cannot
+        // follow them in order, so any failure from here on makes the pool read-only.
+        let r = self
+            .write_journal(&encoded, start, end, checkpoint.as_ref())
+            .await;
+        if let Err(e) = r {
+            self.fail(format!("metadata commit failed ({e})"));
+            return Err(self.failed_error());
+        }
+        let mut st = self.state.lock().expect("pool lock");
+        st.journal_next = end;
+        match checkpoint {
+            Some((_, slot)) => {
+                st.slot = slot;
+                st.journal_used = 0;
+            }
+            None => st.journal_used += encoded.len() as u64,
+        }
+        st.durable_seq = last_seq;
+        st.freed_pending.retain(|_, &mut s| s > last_seq);
+        Ok(())
+    }
+
+    /// Flushes every member device.
+    async fn flush_data(&self) -> Result<(), BlockError> {
+        let devs = self.layout.read().expect("layout lock").devs.clone();
+        if let [only] = &devs[..] {
+            return only.flush().await;
+        }
+        join_all(devs.iter().map(|d| d.flush()).collect()).await
+    }
+
+    async fn write_journal(
+        &self,
+        encoded: &[[u8; JOURNAL_BLOCK]],
+        start: u64,
+        end: u64,
+        checkpoint: Option<&(Vec<u8>, u8)>,
+    ) -> Result<(), PoolError> {
+        let blocks = self.sb.journal_bytes / JOURNAL_BLOCK as u64;
+        self.flush_data().await?;
         let jstart = CHECKPOINT_START + 2 * self.sb.checkpoint_bytes;
         let mut pos = start;
-        for blk in &encoded {
+        for blk in encoded {
             write_at(&self.dev, jstart + pos * JOURNAL_BLOCK as u64, blk).await?;
             pos = (pos + 1) % blocks;
         }
@@ -781,7 +1099,7 @@ impl Pool {
             &[0u8; JOURNAL_BLOCK],
         )
         .await?;
-        if let Some((bytes, slot)) = &checkpoint {
+        if let Some((bytes, slot)) = checkpoint {
             if bytes.len() as u64 > self.sb.checkpoint_bytes {
                 return Err(PoolError::NoSpace(
                     "metadata does not fit its checkpoint slot".into(),
@@ -797,17 +1115,6 @@ impl Pool {
             .await?;
         }
         self.dev.flush().await?;
-        let mut st = self.state.lock().expect("pool lock");
-        st.journal_next = end;
-        match checkpoint {
-            Some((_, slot)) => {
-                st.slot = slot;
-                st.journal_used = 0;
-            }
-            None => st.journal_used += encoded.len() as u64,
-        }
-        st.durable_seq = last_seq;
-        st.freed_pending.retain(|_, &mut s| s > last_seq);
         Ok(())
     }
 
@@ -816,9 +1123,190 @@ impl Pool {
         !self.state.lock().expect("pool lock").pending.is_empty()
     }
 
-    fn cluster_offset(&self, c: u64) -> u64 {
-        self.sb.data_start + c * self.sb.cluster_size as u64
+    /// The member device and byte offset of cluster `c`.
+    fn locate(&self, c: u64) -> (Device, u64) {
+        let l = self.layout.read().expect("layout lock");
+        let (d, off) = l.locate(c);
+        (d.clone(), off)
     }
+
+    /// Takes the right to rewrite the superblocks.
+    fn admin(&self) -> Result<FlagGuard<'_>, PoolError> {
+        if self.failed.load(Ordering::Acquire) {
+            return Err(self.failed_error());
+        }
+        if self.admin.swap(true, Ordering::AcqRel) {
+            return Err(PoolError::Invalid(
+                "another grow or label change of this pool is in progress".into(),
+            ));
+        }
+        Ok(FlagGuard(&self.admin))
+    }
+
+    /// Writes `sb` (next generation) to every member in `devs`, copy A everywhere then copy B.
+    async fn rewrite_superblocks(&self, devs: &[Device], sb: &Superblock) -> Result<(), PoolError> {
+        let order: Vec<usize> = (0..devs.len()).rev().collect();
+        if let Err(e) = write_superblocks(devs, sb, &order).await {
+            // A copy may be torn: the others still describe the pool, but this process no
+            // longer knows which generation each member holds.
+            self.fail(format!("superblock rewrite failed ({e})"));
+            return Err(self.failed_error());
+        }
+        *self.current.lock().expect("superblock lock") = sb.for_member(0);
+        Ok(())
+    }
+
+    /// Grows the pool online: members whose device grew get a new segment for the added
+    /// space, and `new_devices` join as new members. Existing clusters never move. The new
+    /// superblock is durable on every member before any new cluster is handed out.
+    pub async fn grow(&self, new_devices: Vec<Device>) -> Result<GrowReport, PoolError> {
+        let _admin = self.admin()?;
+        let cs = self.sb.cluster_size as u64;
+        let mut sb = self.superblock();
+        let old_clusters = sb.total_clusters;
+        let mut devs = self.layout.read().expect("layout lock").devs.clone();
+        if devs.len() + new_devices.len() > MAX_DEVICES {
+            return Err(PoolError::Invalid(format!(
+                "a pool has at most {MAX_DEVICES} devices"
+            )));
+        }
+        for (i, dev) in devs.iter().enumerate() {
+            let have = dev.geometry().size();
+            let end = sb
+                .segments
+                .iter()
+                .filter(|s| s.member as usize == i)
+                .map(|s| s.offset + s.clusters * cs)
+                .max()
+                .unwrap_or(if i == 0 { sb.data_start } else { cs });
+            sb.members[i].size = have.max(sb.members[i].size);
+            if have >= end + cs {
+                sb.segments.push(Segment {
+                    member: i as u32,
+                    offset: end,
+                    clusters: (have - end) / cs,
+                });
+            }
+        }
+        for dev in &new_devices {
+            let g = dev.geometry();
+            let size = g.size();
+            if g.block_size > self.sb.block_size {
+                return Err(PoolError::Invalid(format!(
+                    "a device with {}-byte blocks cannot join a pool of {}-byte blocks",
+                    g.block_size, self.sb.block_size
+                )));
+            }
+            if size < 2 * cs {
+                return Err(PoolError::NoSpace(format!(
+                    "a device of {size} bytes is too small to join the pool (at least two \
+                     clusters)"
+                )));
+            }
+            sb.members.push(MemberDevice {
+                uuid: uuid_from(size ^ (sb.members.len() as u64) << 40),
+                size,
+            });
+            sb.segments.push(Segment {
+                member: sb.members.len() as u32 - 1,
+                offset: cs,
+                clusters: (size - cs) / cs,
+            });
+            devs.push(dev.clone());
+        }
+        if sb.segments.len() > MAX_SEGMENTS {
+            return Err(PoolError::NoSpace(format!(
+                "the superblock holds at most {MAX_SEGMENTS} segments"
+            )));
+        }
+        sb.total_clusters = sb.segments.iter().map(|s| s.clusters).sum();
+        if sb.total_clusters == old_clusters && new_devices.is_empty() {
+            return Ok(GrowReport {
+                old_clusters,
+                new_clusters: old_clusters,
+            });
+        }
+        sb.generation += 1;
+        self.rewrite_superblocks(&devs, &sb).await?;
+        let layout = Arc::new(Layout::new(devs, &sb));
+        let mut st = self.state.lock().expect("pool lock");
+        st.meta.grow(sb.total_clusters);
+        *self.layout.write().expect("layout lock") = layout;
+        Ok(GrowReport {
+            old_clusters,
+            new_clusters: sb.total_clusters,
+        })
+    }
+
+    /// Sets (`Some`) or removes (`None`) labels; the superblocks are rewritten.
+    pub async fn set_labels(&self, changes: &[(String, Option<String>)]) -> Result<(), PoolError> {
+        let _admin = self.admin()?;
+        let mut sb = self.superblock();
+        for (k, v) in changes {
+            match v {
+                Some(v) => {
+                    check_label(k, v).map_err(|w| PoolError::Invalid(w.into()))?;
+                    match sb.labels.iter_mut().find(|(key, _)| key == k) {
+                        Some(l) => l.1 = v.clone(),
+                        None => sb.labels.push((k.clone(), v.clone())),
+                    }
+                }
+                None => sb.labels.retain(|(key, _)| key != k),
+            }
+        }
+        sb.labels.sort();
+        if labels_len(&sb.labels) > LABEL_BYTES {
+            return Err(PoolError::NoSpace(format!(
+                "labels take at most {LABEL_BYTES} bytes (as key=value lines)"
+            )));
+        }
+        sb.generation += 1;
+        let devs = self.layout.read().expect("layout lock").devs.clone();
+        self.rewrite_superblocks(&devs, &sb).await
+    }
+}
+
+/// Reads both superblock copies of `dev`: the chosen copy and what was wrong with each, or
+/// why neither is usable.
+#[allow(clippy::type_complexity)]
+pub async fn read_superblock(
+    dev: &Device,
+) -> Result<
+    Result<
+        (Superblock, [Option<crate::superblock::SuperblockError>; 2]),
+        [crate::superblock::SuperblockError; 2],
+    >,
+    BlockError,
+> {
+    let bs = dev.geometry().block_size.max(1) as usize;
+    let len = (2 * SUPERBLOCK_SIZE).next_multiple_of(bs);
+    if dev.geometry().size() < len as u64 {
+        use crate::superblock::SuperblockError::NotAPool;
+        return Ok(Err([NotAPool, NotAPool]));
+    }
+    let buf = read_at(dev, 0, len).await?;
+    Ok(Superblock::choose(
+        &buf[..SUPERBLOCK_SIZE],
+        &buf[SUPERBLOCK_SIZE..2 * SUPERBLOCK_SIZE],
+    ))
+}
+
+/// Writes both copies of `sb` to the members, in `order`: copy A on each, flush all, then
+/// copy B on each, flush all — so every member always has one whole copy.
+async fn write_superblocks(
+    devs: &[Device],
+    sb: &Superblock,
+    order: &[usize],
+) -> Result<(), BlockError> {
+    for at in [0, SUPERBLOCK_SIZE as u64] {
+        for &i in order {
+            write_at(&devs[i], at, &sb.for_member(i as u32).encode()).await?;
+        }
+        for &i in order {
+            devs[i].flush().await?;
+        }
+    }
+    Ok(())
 }
 
 type PieceFuture<'a> =
@@ -997,28 +1485,28 @@ impl PoolVolume {
             let (size, m, _) = self.probe(index)?;
             check_range(&self.geometry_for(size), IoKind::Read, offset, len)?;
             if let Mapping::Data(c) = m {
-                return self
-                    .pool
-                    .dev
-                    .read(self.pool.cluster_offset(c) + within, buf)
-                    .await;
+                let (dev, off) = self.pool.locate(c);
+                return dev.read(off + within, buf).await;
             }
         }
         check_range(&self.geometry(), IoKind::Read, offset, len)?;
         // Clusters are independent: read the allocated ones concurrently, then assemble.
-        let mut reads: Vec<(usize, usize, u64)> = Vec::new();
+        let mut reads: Vec<(usize, usize, Device, u64)> = Vec::new();
         for (index, within, at, n) in self.pieces(offset, len) {
             let (at, n) = (at as usize, n as usize);
             match self.mapping(index)?.0 {
                 Mapping::Hole | Mapping::Zero(_) => buf[at..at + n].fill(0),
-                Mapping::Data(c) => reads.push((at, n, self.pool.cluster_offset(c) + within)),
+                Mapping::Data(c) => {
+                    let (dev, off) = self.pool.locate(c);
+                    reads.push((at, n, dev, off + within))
+                }
             }
         }
         let parts: Vec<ReadFuture<'_>> = reads
             .iter()
-            .map(|&(_, n, off)| self.pool.dev.read(off, IoBuf::recycled(n)))
+            .map(|(_, n, dev, off)| dev.read(*off, IoBuf::recycled(*n)))
             .collect();
-        for ((at, n, _), part) in reads.iter().zip(join_reads(parts).await?) {
+        for ((at, n, _, _), part) in reads.iter().zip(join_reads(parts).await?) {
             buf[*at..at + n].copy_from_slice(&part);
         }
         Ok(buf)
@@ -1034,30 +1522,28 @@ impl PoolVolume {
     ) -> Result<(), BlockError> {
         let cs = self.pool.sb.cluster_size as u64;
         let err = |k| BlockError::new(k, IoKind::Write, index * cs + within, data.len() as u64);
-        let in_place = |c: u64| {
-            let off = self.pool.cluster_offset(c) + within;
-            self.pool
-                .dev
-                .write(off, IoBuf::from_slice(data), WriteFlags { fua })
+        let in_place = |c: u64| async move {
+            let (dev, off) = self.pool.locate(c);
+            dev.write(off + within, IoBuf::from_slice(data), WriteFlags { fua })
+                .await
+                .map(drop)
         };
         if let (Mapping::Data(c), 1) = self.mapping(index)? {
             // Owned cluster: in place.
-            return in_place(c).await.map(drop);
+            return in_place(c).await;
         }
         let _guard = self.lock_cluster(index).await;
         // Re-read the mapping: another writer may have allocated it meanwhile.
         let (m, rc) = self.mapping(index)?;
         if let (Mapping::Data(c), 1) = (m, rc) {
-            return in_place(c).await.map(drop);
+            return in_place(c).await;
         }
         // Build the whole new cluster: the old contents (zeroes, or the shared cluster's data
         // for copy-on-write) with the new piece on top.
         let mut full = match m {
             Mapping::Data(old) if data.len() as u64 != cs => {
-                self.pool
-                    .dev
-                    .read(self.pool.cluster_offset(old), IoBuf::zeroed(cs as usize))
-                    .await?
+                let (dev, off) = self.pool.locate(old);
+                dev.read(off, IoBuf::zeroed(cs as usize)).await?
             }
             _ => IoBuf::zeroed(cs as usize),
         };
@@ -1072,11 +1558,8 @@ impl PoolVolume {
                     .ok_or_else(|| err(ErrorKind::NoSpace))?
             }
         };
-        let r = self
-            .pool
-            .dev
-            .write(self.pool.cluster_offset(target), full, WriteFlags { fua })
-            .await;
+        let (dev, off) = self.pool.locate(target);
+        let r = dev.write(off, full, WriteFlags { fua }).await;
         let mut st = self.pool.state.lock().expect("pool lock");
         st.reserved.remove(&target);
         r?;
@@ -1107,6 +1590,15 @@ impl PoolVolume {
                 buf.len() as u64,
             ));
         }
+        if self.pool.failed.load(Ordering::Relaxed) {
+            // The metadata cannot be made durable any more: refuse rather than acknowledge.
+            return Err(BlockError::new(
+                ErrorKind::Io,
+                IoKind::Write,
+                offset,
+                buf.len() as u64,
+            ));
+        }
         let len = buf.len() as u64;
         if let Some((index, within)) = self.single_cluster(offset, len) {
             // Fast path: one cluster this volume owns alone, written in place from the
@@ -1114,8 +1606,8 @@ impl PoolVolume {
             let (size, m, rc) = self.probe(index)?;
             check_range(&self.geometry_for(size), IoKind::Write, offset, len)?;
             if let (Mapping::Data(c), 1) = (m, rc) {
-                let off = self.pool.cluster_offset(c) + within;
-                let buf = self.pool.dev.write(off, buf, flags).await?;
+                let (dev, off) = self.pool.locate(c);
+                let buf = dev.write(off + within, buf, flags).await?;
                 // FUA promises the data survives a crash, so the mapping that leads to it
                 // must too: commit if any metadata is still pending.
                 if flags.fua && self.pool.has_pending() {
@@ -1159,6 +1651,9 @@ impl PoolVolume {
     ) -> Result<(), BlockError> {
         if self.read_only {
             return Err(BlockError::new(ErrorKind::ReadOnly, op, offset, len));
+        }
+        if self.pool.failed.load(Ordering::Relaxed) {
+            return Err(BlockError::new(ErrorKind::Io, op, offset, len));
         }
         check_range(&self.geometry(), op, offset, len)?;
         let cs = self.pool.sb.cluster_size as u64;
