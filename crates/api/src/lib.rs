@@ -26,10 +26,11 @@ pub use engine::v1::{
     CreateDeviceRequest, CreateExportRequest, CreatePoolRequest, CreateVolumeRequest,
     DestroyDeviceReply, DestroyDeviceRequest, DestroyExportReply, DestroyExportRequest,
     DestroyPoolReply, DestroyPoolRequest, DestroyVolumeReply, DestroyVolumeRequest, Device,
-    DeviceStats, EngineInfo, Export, GetInfoRequest, GetStatsReply, GetStatsRequest,
-    ImportPoolRequest, LatencyBucket, ListDevicesReply, ListDevicesRequest, ListExportsReply,
-    ListExportsRequest, ListPoolsReply, ListPoolsRequest, ListVolumesReply, ListVolumesRequest,
-    OpStats, Pool, ResizeVolumeRequest, RevertVolumeRequest, SnapshotVolumeRequest, Volume,
+    DeviceStats, EngineInfo, Export, GetInfoRequest, GetStatsReply, GetStatsRequest, GrowPoolReply,
+    GrowPoolRequest, ImportPoolRequest, LatencyBucket, ListDevicesReply, ListDevicesRequest,
+    ListExportsReply, ListExportsRequest, ListPoolsReply, ListPoolsRequest, ListVolumesReply,
+    ListVolumesRequest, OpStats, Pool, ResizeVolumeRequest, RevertVolumeRequest,
+    SetPoolLabelsRequest, SnapshotVolumeRequest, Volume,
 };
 
 /// TCP port the engine's management gRPC server listens on by default.

@@ -185,17 +185,20 @@ pub enum ExportCommand {
 /// `ballast pool ...`
 #[derive(Debug, Subcommand)]
 pub enum PoolCommand {
-    /// Format DEVICE as a new, empty pool NAME. Everything on DEVICE is lost.
+    /// Format DEVICE (or several, concatenated) as a new, empty pool NAME.
+    /// Everything on them is lost.
     ///
-    /// DEVICE is an engine device (see `ballast device list`) that is neither
-    /// exported nor holding a pool already.
+    /// Each DEVICE is an engine device (see `ballast device list`) that is
+    /// neither exported nor holding a pool already. The first holds the
+    /// metadata; every one carries the pool's superblocks, so the engine finds
+    /// and orders them again at start.
     Create {
         /// Pool name (1 to 64 bytes, no '/').
         #[arg(value_name = "NAME")]
         name: String,
-        /// Engine device to format.
-        #[arg(value_name = "DEVICE")]
-        device: String,
+        /// Engine devices to format, in concatenation order.
+        #[arg(value_name = "DEVICE", required = true, num_args = 1..)]
+        devices: Vec<String>,
         /// Allocation unit: a power of two from 64KiB to 4MiB; snapshots copy
         /// a whole cluster on the first write to it [default: 128KiB].
         #[arg(long, value_name = "SIZE", value_parser = parse_size)]
@@ -205,9 +208,11 @@ pub enum PoolCommand {
     /// Open the pool on DEVICE and register its volumes as devices POOL/VOLUME.
     ///
     /// The engine does this by itself for the devices it is started with;
-    /// use it for devices created later, or to retry a faulted pool.
+    /// use it for devices created later, or to retry a faulted pool. A pool
+    /// over several devices is imported by naming any of them: the others are
+    /// found among the engine's devices that no pool or export uses.
     Import {
-        /// Engine device holding the pool.
+        /// Engine device holding the pool (any member).
         #[arg(value_name = "DEVICE")]
         device: String,
     },
@@ -233,7 +238,35 @@ pub enum PoolCommand {
         name: String,
     },
 
-    /// List pools: state, device, capacity, used and committed space.
+    /// Grow a pool while it serves: take the space its devices gained and add
+    /// new devices.
+    ///
+    /// Extend a member's file or disk first (e.g. `truncate -s +10G FILE`),
+    /// then run `ballast pool grow NAME`; or name new engine devices to add
+    /// them as members. Existing data does not move.
+    Grow {
+        /// Pool name.
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// Engine devices to add (none: only take the space the members gained).
+        #[arg(value_name = "DEVICE")]
+        add: Vec<String>,
+    },
+
+    /// Set or remove pool labels: KEY=VALUE sets, KEY- removes.
+    ///
+    /// Labels are kept in the pool's superblocks and shown by `ballast pool
+    /// list`; the control plane selects pools by them (e.g. zone=a, tier=ssd).
+    Label {
+        /// Pool name.
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// KEY=VALUE to set, KEY- to remove.
+        #[arg(value_name = "LABEL", required = true, num_args = 1..)]
+        labels: Vec<String>,
+    },
+
+    /// List pools: state, devices, capacity, used and committed space, labels.
     List,
 
     /// Verify a pool's metadata; exits 1 and lists the problems if any.

@@ -138,6 +138,14 @@ pub fn pool(p: &Pool) -> String {
         .str("state", &p.state)
         .str("reason", &p.reason)
         .num("cluster_size", p.cluster_size)
+        .raw("devices", array(p.devices.iter().map(|d| string(d))))
+        .raw("labels", {
+            let mut keys: Vec<&String> = p.labels.keys().collect();
+            keys.sort();
+            keys.into_iter()
+                .fold(Object::new(), |o, k| o.str(k, &p.labels[k]))
+                .build()
+        })
         .build()
 }
 

@@ -15,8 +15,9 @@ use ballast_api::{
     CheckPoolRequest, CloneSnapshotRequest, ClosePoolRequest, CreateDeviceRequest,
     CreateExportRequest, CreatePoolRequest, CreateVolumeRequest, DestroyDeviceRequest,
     DestroyExportRequest, DestroyPoolRequest, DestroyVolumeRequest, EngineClient, GetInfoRequest,
-    GetStatsRequest, ImportPoolRequest, ListDevicesRequest, ListExportsRequest, ListPoolsRequest,
-    ListVolumesRequest, ResizeVolumeRequest, RevertVolumeRequest, SnapshotVolumeRequest,
+    GetStatsRequest, GrowPoolRequest, ImportPoolRequest, ListDevicesRequest, ListExportsRequest,
+    ListPoolsRequest, ListVolumesRequest, ResizeVolumeRequest, RevertVolumeRequest,
+    SetPoolLabelsRequest, SnapshotVolumeRequest,
 };
 use tonic::transport::{Channel, Endpoint};
 
@@ -284,7 +285,7 @@ pub async fn run(cli: &Cli) -> Result<String, CliError> {
         }
         Command::Pool(PoolCommand::Create {
             name,
-            device,
+            devices,
             cluster_size,
         }) => {
             let cluster_size = match cluster_size {
@@ -295,10 +296,52 @@ pub async fn run(cli: &Cli) -> Result<String, CliError> {
             };
             let req = CreatePoolRequest {
                 name: name.clone(),
-                device: device.clone(),
+                device: devices[0].clone(),
                 cluster_size,
+                devices: devices[1..].to_vec(),
             };
             let p = client.create_pool(req).await.map_err(err)?.into_inner();
+            if json {
+                json::pool(&p)
+            } else {
+                table::pools(std::slice::from_ref(&p))
+            }
+        }
+        Command::Pool(PoolCommand::Grow { name, add }) => {
+            let req = GrowPoolRequest {
+                name: name.clone(),
+                add_devices: add.clone(),
+            };
+            let r = client.grow_pool(req).await.map_err(err)?.into_inner();
+            let p = r.pool.unwrap_or_default();
+            if json {
+                json::pool(&p)
+            } else {
+                format!(
+                    "pool {name:?} grew from {} to {}\n{}",
+                    table::human_bytes(r.old_capacity_bytes),
+                    table::human_bytes(p.capacity_bytes),
+                    table::pools(std::slice::from_ref(&p))
+                )
+            }
+        }
+        Command::Pool(PoolCommand::Label { name, labels }) => {
+            let mut req = SetPoolLabelsRequest {
+                name: name.clone(),
+                ..Default::default()
+            };
+            for l in labels {
+                if let Some((k, v)) = l.split_once('=') {
+                    req.set.insert(k.to_string(), v.to_string());
+                } else if let Some(k) = l.strip_suffix('-') {
+                    req.remove.push(k.to_string());
+                } else {
+                    return Err(CliError::Local(format!(
+                        "label {l:?}: write KEY=VALUE to set it or KEY- to remove it"
+                    )));
+                }
+            }
+            let p = client.set_pool_labels(req).await.map_err(err)?.into_inner();
             if json {
                 json::pool(&p)
             } else {

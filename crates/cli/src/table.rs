@@ -227,21 +227,29 @@ pub fn pools(list: &[Pool]) -> String {
         ("COMMITTED", Align::Right),
         ("VOLUMES", Align::Right),
         ("SNAPSHOTS", Align::Right),
+        ("LABELS", Align::Left),
         ("REASON", Align::Left),
     ]);
     for p in list {
-        let online = p.state == "online";
+        let online = p.state != "faulted";
         let num = |v: String| if online { v } else { "-".to_owned() };
+        let mut labels: Vec<String> = p.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        labels.sort();
         t.row(vec![
             or_dash(&p.name),
             or_dash(&p.state),
-            p.device.clone(),
+            if p.devices.is_empty() {
+                p.device.clone()
+            } else {
+                p.devices.join(",")
+            },
             num(human_bytes(p.capacity_bytes)),
             num(human_bytes(p.used_bytes)),
             num(percent(p.used_bytes, p.capacity_bytes)),
             num(human_bytes(p.committed_bytes)),
             num(p.volumes.to_string()),
             num(p.snapshots.to_string()),
+            or_dash(&labels.join(",")),
             or_dash(&p.reason),
         ]);
     }
@@ -528,6 +536,8 @@ mod tests {
             state: "online".into(),
             reason: String::new(),
             cluster_size: 128 << 10,
+            devices: vec!["d0".into(), "d2".into()],
+            labels: [("zone".to_string(), "a".to_string())].into(),
         };
         let faulted = Pool {
             name: String::new(),
@@ -538,9 +548,9 @@ mod tests {
         };
         assert_eq!(
             pools(&[online, faulted]),
-            "NAME  STATE    DEVICE   CAPACITY      USED  USED%  COMMITTED  VOLUMES  SNAPSHOTS  REASON\n\
-             p0    online   d0      100.0 MiB  25.0 MiB    25%    1.0 GiB        2          1  -\n\
-             -     faulted  d1              -         -      -          -        -          -  no valid pool superblock\n"
+            "NAME  STATE    DEVICE   CAPACITY      USED  USED%  COMMITTED  VOLUMES  SNAPSHOTS  LABELS  REASON\n\
+             p0    online   d0,d2   100.0 MiB  25.0 MiB    25%    1.0 GiB        2          1  zone=a  -\n\
+             -     faulted  d1              -         -      -          -        -          -  -       no valid pool superblock\n"
         );
         assert_eq!(pools(&[]), "no pools\n");
     }

@@ -52,6 +52,8 @@ fn pool_pb(p: crate::pools::PoolStatus) -> pb::Pool {
         state: p.state.to_string(),
         reason: p.reason,
         cluster_size: p.cluster_size,
+        devices: p.devices,
+        labels: p.labels.into_iter().collect(),
     }
 }
 
@@ -213,9 +215,44 @@ impl EngineService for Service {
         r: Request<pb::CreatePoolRequest>,
     ) -> Result<Response<pb::Pool>, Status> {
         let r = r.into_inner();
+        let devices: Vec<String> = (!r.device.is_empty())
+            .then_some(r.device)
+            .into_iter()
+            .chain(r.devices)
+            .collect();
         let p = self
             .state
-            .create_pool(&r.name, &r.device, r.cluster_size)
+            .create_pool(&r.name, &devices, r.cluster_size)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pool_pb(p)))
+    }
+
+    async fn grow_pool(
+        &self,
+        r: Request<pb::GrowPoolRequest>,
+    ) -> Result<Response<pb::GrowPoolReply>, Status> {
+        let r = r.into_inner();
+        let (p, old) = self
+            .state
+            .grow_pool(&r.name, &r.add_devices)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::GrowPoolReply {
+            pool: Some(pool_pb(p)),
+            old_capacity_bytes: old,
+        }))
+    }
+
+    async fn set_pool_labels(
+        &self,
+        r: Request<pb::SetPoolLabelsRequest>,
+    ) -> Result<Response<pb::Pool>, Status> {
+        let r = r.into_inner();
+        let set: Vec<(String, String)> = r.set.into_iter().collect();
+        let p = self
+            .state
+            .set_pool_labels(&r.name, &set, &r.remove)
             .await
             .map_err(status)?;
         Ok(Response::new(pool_pb(p)))

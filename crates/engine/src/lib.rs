@@ -283,10 +283,11 @@ impl Engine {
             state
                 .create_device(&d.name, &d.uri)
                 .with_context(|| format!("device {:?}", d.name))?;
-            if cfg.pool_import {
-                for line in block_on(state.probe_device(&d.name)) {
-                    eprintln!("ballast-engine: {line}");
-                }
+        }
+        if cfg.pool_import {
+            let names: Vec<String> = cfg.devices.iter().map(|d| d.name.clone()).collect();
+            for line in block_on(state.scan_devices(&names)) {
+                eprintln!("ballast-engine: {line}");
             }
         }
         for e in &cfg.exports {

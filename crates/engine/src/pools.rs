@@ -15,6 +15,7 @@ use blockdev::{
     BlockDevice, Capabilities, Device, Extent, Geometry, IoBuf, IoFuture, Measured, WriteFlags,
     ZeroFlags,
 };
+use pool::assemble::{Found, scan};
 use pool::meta::MetaError;
 use pool::pool::{CreateOptions, Pool, PoolError, VolumeInfo};
 use pool::superblock::{SUPERBLOCK_SIZE, Superblock, SuperblockError};
@@ -26,8 +27,8 @@ use crate::{DeviceEntry, EngineState, MgmtError};
 pub struct PoolEntry {
     /// The pool.
     pub pool: Arc<Pool>,
-    /// Name of the engine device holding it.
-    pub device: String,
+    /// Names of the engine devices holding it, in member order (member 0 holds the metadata).
+    pub devices: Vec<String>,
     /// What import found damaged but worked around (`Pool::import_warnings`).
     pub warning: Option<String>,
 }
@@ -37,8 +38,10 @@ pub struct PoolEntry {
 pub struct FaultedPool {
     /// The pool's name, when a superblock copy is readable.
     pub name: Option<String>,
-    /// Name of the engine device holding it.
+    /// Name of the engine device it is listed under (the first of `devices`).
     pub device: String,
+    /// The devices found holding it (it may be missing members).
+    pub devices: Vec<String>,
     /// Why it is not served.
     pub reason: String,
 }
@@ -59,8 +62,12 @@ pub(crate) struct Pools {
 pub struct PoolStatus {
     /// Name (empty when unknown: faulted with no readable superblock).
     pub name: String,
-    /// Device holding it.
+    /// Device holding it (member 0, or the first device found of a faulted pool).
     pub device: String,
+    /// Every device holding it, in member order.
+    pub devices: Vec<String>,
+    /// Labels, sorted by key.
+    pub labels: Vec<(String, String)>,
     /// Bytes of data clusters.
     pub capacity: u64,
     /// Bytes of clusters in use.
@@ -71,9 +78,10 @@ pub struct PoolStatus {
     pub volumes: u32,
     /// Snapshots.
     pub snapshots: u32,
-    /// `online` or `faulted`.
+    /// `online`, `read-only` (a metadata write failed: reads only until imported again) or
+    /// `faulted`.
     pub state: &'static str,
-    /// Why faulted, or a warning.
+    /// Why faulted or read-only, or a warning.
     pub reason: String,
     /// Cluster size (0 when unknown).
     pub cluster_size: u32,
@@ -207,9 +215,10 @@ pub fn pool_error(what: &str, e: PoolError) -> MgmtError {
             "{what}: not allowed on this kind of object (a snapshot where a volume is needed, \
              or the other way round)"
         )),
-        e @ (PoolError::NoSuperblock(_) | PoolError::NoCheckpoint(_)) => {
-            MgmtError::Busy(format!("{what}: {e}"))
-        }
+        e @ (PoolError::NoSuperblock(_)
+        | PoolError::NoCheckpoint(_)
+        | PoolError::Members(_)
+        | PoolError::Failed(_)) => MgmtError::Busy(format!("{what}: {e}")),
         e => MgmtError::Device(format!("{what}: {e}")),
     }
 }
@@ -317,15 +326,23 @@ impl EngineState {
             ));
         }
         let p = self.pools();
-        if let Some(e) = p.online.values().find(|e| e.device == device) {
+        if let Some(e) = p
+            .online
+            .values()
+            .find(|e| e.devices.iter().any(|d| d == device))
+        {
             return Some(format!(
                 "device {device:?} holds pool {:?}; close the pool first (`ballast pool close \
                  {}`)",
-                e.pool.superblock().name,
-                e.pool.superblock().name
+                e.pool.name(),
+                e.pool.name()
             ));
         }
-        if let Some(f) = p.faulted.get(device) {
+        if let Some(f) = p
+            .faulted
+            .values()
+            .find(|f| f.devices.iter().any(|d| d == device))
+        {
             return Some(format!(
                 "device {device:?} holds a faulted pool ({}); `ballast pool close {}` releases it",
                 f.reason,
@@ -413,16 +430,17 @@ impl EngineState {
 
     /// Registers an imported or created pool and its volumes; fails when the name is taken.
     fn register_pool(&self, entry: PoolEntry) -> Result<(), MgmtError> {
-        let name = entry.pool.superblock().name.clone();
+        let name = entry.pool.name().to_string();
         {
             let mut p = self.pools();
             if let Some(other) = p.online.get(&name) {
                 return Err(MgmtError::Exists(format!(
                     "a pool named {name:?} is already online (on device {:?})",
-                    other.device
+                    other.devices[0]
                 )));
             }
-            p.faulted.remove(&entry.device);
+            p.faulted
+                .retain(|_, f| !f.devices.iter().any(|d| entry.devices.contains(d)));
             p.online.insert(name.clone(), entry.clone());
         }
         for v in entry.pool.list() {
@@ -431,68 +449,142 @@ impl EngineState {
         Ok(())
     }
 
-    /// Probes `device` (at start): registers the pool it holds, records it as faulted when
-    /// damaged. Returns lines for the log.
-    pub(crate) async fn probe_device(&self, device: &str) -> Vec<String> {
-        let Ok(dev) = self.device_of(device) else {
-            return Vec::new();
-        };
-        let dev: Device = dev;
+    /// Finds the pools on `devices` (at start) and imports every complete one; a pool that is
+    /// damaged or misses members is recorded as faulted. Returns lines for the log.
+    pub(crate) async fn scan_devices(&self, devices: &[String]) -> Vec<String> {
+        let names: Vec<String> = devices
+            .iter()
+            .filter(|d| self.device_of(d).is_ok())
+            .cloned()
+            .collect();
+        let devs: Vec<Device> = names
+            .iter()
+            .filter_map(|d| self.device_of(d).ok().map(|d| d as Device))
+            .collect();
         let found = self.reactors[0]
-            .call(move || async move { probe(dev).await })
+            .call(move || async move { scan(&devs).await })
             .await;
         let mut log = Vec::new();
-        match found {
-            Probe::NotAPool => {}
-            Probe::Pool { pool, warning } => {
-                let name = pool.superblock().name.clone();
-                if let Some(w) = &warning {
-                    log.push(format!("device {device:?}: pool {name:?}: warning: {w}"));
-                }
-                let n = pool.list().len();
-                match self.register_pool(PoolEntry {
-                    pool,
-                    device: device.to_string(),
-                    warning,
-                }) {
-                    Ok(()) => log.push(format!(
-                        "device {device:?}: imported pool {name:?} ({n} volume(s) and snapshot(s))"
-                    )),
-                    Err(e) => {
-                        let reason = e.to_string();
-                        log.push(format!(
-                            "error: device {device:?}: pool {name:?} not imported: {reason}"
-                        ));
-                        self.pools().faulted.insert(
-                            device.to_string(),
-                            FaultedPool {
-                                name: Some(name),
-                                device: device.to_string(),
-                                reason,
-                            },
-                        );
-                    }
-                }
+        for f in found {
+            match self.import_found(&names, f).await {
+                Ok(lines) => log.extend(lines),
+                Err(lines) => log.extend(lines),
             }
-            Probe::Damaged { name, reason } => {
-                log.push(format!(
+        }
+        log
+    }
+
+    /// Imports what a scan found among `names`, or records it as faulted. Ok: log lines of a
+    /// pool imported; Err: log lines saying why not.
+    async fn import_found(&self, names: &[String], f: Found) -> Result<Vec<String>, Vec<String>> {
+        let complete = f.complete();
+        let missing = f.missing();
+        let (sb, members, rejected) = match f {
+            Found::Damaged {
+                candidate,
+                name,
+                reason,
+            } => {
+                let device = names[candidate].clone();
+                let line = format!(
                     "error: device {device:?} holds a damaged pool{}: {reason}; it is not served \
                      and the device is not exported (see `ballast pool list`)",
                     name.as_deref()
                         .map(|n| format!(" {n:?}"))
                         .unwrap_or_default()
-                ));
-                self.pools().faulted.insert(
-                    device.to_string(),
-                    FaultedPool {
-                        name,
-                        device: device.to_string(),
-                        reason,
-                    },
                 );
+                self.fault(name, vec![device], reason);
+                return Err(vec![line]);
+            }
+            Found::Pool {
+                superblock,
+                members,
+                rejected,
+            } => (superblock, members, rejected),
+        };
+        let mut log: Vec<String> = rejected
+            .iter()
+            .map(|(i, why)| format!("warning: device {:?} {why}; it is ignored", names[*i]))
+            .collect();
+        let present: Vec<String> = members
+            .iter()
+            .flatten()
+            .map(|&i| names[i].clone())
+            .collect();
+        let name = sb.name.clone();
+        if !complete {
+            let reason = format!(
+                "{} of {} member device(s) found; missing {missing}",
+                present.len(),
+                members.len()
+            );
+            log.push(format!(
+                "error: pool {name:?} is not served: {reason} (add the missing device(s) and \
+                 `ballast pool import {}`)",
+                present[0]
+            ));
+            self.fault(Some(name), present, reason);
+            return Err(log);
+        }
+        let devs: Vec<Device> = present
+            .iter()
+            .filter_map(|d| self.device_of(d).ok().map(|d| d as Device))
+            .collect();
+        let imported = self.reactors[0]
+            .call(move || async move { Pool::import_members(devs).await })
+            .await;
+        let where_ = present.join(", ");
+        let pool = match imported {
+            Ok(p) => p,
+            Err(e) => {
+                let reason = e.to_string();
+                log.push(format!(
+                    "error: device(s) {where_} hold a damaged pool {name:?}: {reason}; it is not \
+                     served and its devices are not exported (see `ballast pool list`)"
+                ));
+                self.fault(Some(name), present, reason);
+                return Err(log);
+            }
+        };
+        let w = pool.import_warnings();
+        let warning = (!w.is_empty()).then(|| w.join("; "));
+        if let Some(w) = &warning {
+            log.push(format!("device(s) {where_}: pool {name:?}: warning: {w}"));
+        }
+        let n = pool.list().len();
+        match self.register_pool(PoolEntry {
+            pool,
+            devices: present.clone(),
+            warning,
+        }) {
+            Ok(()) => {
+                log.push(format!(
+                    "device(s) {where_}: imported pool {name:?} ({n} volume(s) and snapshot(s))"
+                ));
+                Ok(log)
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                log.push(format!(
+                    "error: device(s) {where_}: pool {name:?} not imported: {reason}"
+                ));
+                self.fault(Some(name), present, reason);
+                Err(log)
             }
         }
-        log
+    }
+
+    fn fault(&self, name: Option<String>, devices: Vec<String>, reason: String) {
+        let device = devices[0].clone();
+        self.pools().faulted.insert(
+            device.clone(),
+            FaultedPool {
+                name,
+                device,
+                devices,
+                reason,
+            },
+        );
     }
 
     /// Checks that `device` can be given to a pool operation and marks it busy. A faulted
@@ -504,7 +596,12 @@ impl EngineState {
                 "device {device:?} is exported as {export:?}; destroy the export first"
             )));
         }
-        let retry = retry_faulted && self.pools().faulted.contains_key(device);
+        let retry = retry_faulted
+            && self
+                .pools()
+                .faulted
+                .values()
+                .any(|f| f.devices.iter().any(|d| d == device));
         if !retry && let Some(why) = self.pool_claim(device) {
             return Err(MgmtError::Busy(why));
         }
@@ -519,38 +616,38 @@ impl EngineState {
         })
     }
 
-    /// Formats `device` as pool `name`.
+    /// Formats `devices` (one or several, concatenated in this order) as pool `name`.
     pub async fn create_pool(
         &self,
         name: &str,
-        device: &str,
+        devices: &[String],
         cluster_size: u32,
     ) -> Result<PoolStatus, MgmtError> {
         let _op = self.pool_ops.lock().await;
         check_pool_name(name)?;
+        if devices.is_empty() {
+            return Err(MgmtError::Invalid(
+                "a pool needs at least one device".into(),
+            ));
+        }
         if let Some(e) = self.pools().online.get(name) {
             return Err(MgmtError::Exists(format!(
                 "pool {name:?} already exists (on device {:?})",
-                e.device
+                e.devices[0]
             )));
         }
-        let _busy = self.claim_device(device, false)?;
-        let dev: Device = self.device_of(device)?;
-        let d2 = dev.clone();
-        let copies = self.reactors[0]
-            .call(move || async move { SuperblockCopies::read(&d2).await })
-            .await
-            .map_err(|e| MgmtError::Device(format!("device {device:?}: {e}")))?;
-        if !copies.not_a_pool() {
-            let what = match copies.name() {
-                Some(n) => format!("pool {n:?}"),
-                None => "a damaged pool".to_string(),
-            };
-            return Err(MgmtError::Exists(format!(
-                "device {device:?} already holds {what}; import it with `ballast pool import \
-                 {device}`, or zero its first 8 KiB to reuse the device"
-            )));
+        let mut busy = Vec::new();
+        for d in devices {
+            if busy.iter().any(|b: &BusyGuard<'_>| &b.device == d) {
+                return Err(MgmtError::Invalid(format!("device {d:?} is given twice")));
+            }
+            busy.push(self.claim_device(d, false)?);
+            self.require_blank(d).await?;
         }
+        let devs: Vec<Device> = devices
+            .iter()
+            .map(|d| self.device_of(d).map(|d| d as Device))
+            .collect::<Result<_, _>>()?;
         let opts = CreateOptions {
             name: name.to_string(),
             cluster_size: if cluster_size == 0 {
@@ -560,78 +657,129 @@ impl EngineState {
             },
             ..CreateOptions::default()
         };
+        let on = devices.join(", ");
         let pool = self.reactors[0]
-            .call(move || async move { Pool::create(dev, &opts).await })
+            .call(move || async move { Pool::create_on(devs, &opts).await })
             .await
-            .map_err(|e| pool_error(&format!("creating pool {name:?} on device {device:?}"), e))?;
+            .map_err(|e| pool_error(&format!("creating pool {name:?} on device(s) {on}"), e))?;
         self.register_pool(PoolEntry {
             pool,
-            device: device.to_string(),
+            devices: devices.to_vec(),
             warning: None,
         })?;
         self.pool_status(name)
     }
 
-    /// Imports the pool on `device` (also retrying a faulted one).
+    /// Fails unless `device` holds no pool superblock.
+    async fn require_blank(&self, device: &str) -> Result<(), MgmtError> {
+        let dev: Device = self.device_of(device)?;
+        let copies = self.reactors[0]
+            .call(move || async move { SuperblockCopies::read(&dev).await })
+            .await
+            .map_err(|e| MgmtError::Device(format!("device {device:?}: {e}")))?;
+        if copies.not_a_pool() {
+            return Ok(());
+        }
+        let what = match copies.name() {
+            Some(n) => format!("pool {n:?}"),
+            None => "a damaged pool".to_string(),
+        };
+        Err(MgmtError::Exists(format!(
+            "device {device:?} already holds {what}; import it with `ballast pool import \
+             {device}`, or zero its first 8 KiB to reuse the device"
+        )))
+    }
+
+    /// Imports the pool on `device` (also retrying a faulted one). A pool spanning several
+    /// devices is assembled from the engine's devices that no pool uses.
     pub async fn import_pool(&self, device: &str) -> Result<PoolStatus, MgmtError> {
         let _op = self.pool_ops.lock().await;
         let _busy = self.claim_device(device, true)?;
-        let dev: Device = self.device_of(device)?;
-        let found = self.reactors[0]
-            .call(move || async move { probe(dev).await })
-            .await;
-        match found {
-            Probe::NotAPool => Err(MgmtError::Busy(format!(
-                "device {device:?} holds no pool (neither superblock copy has the pool magic)"
-            ))),
-            Probe::Damaged { name, reason } => {
-                let mut p = self.pools();
-                if let Some(f) = p.faulted.get_mut(device) {
-                    f.reason = reason.clone();
-                }
-                Err(MgmtError::Busy(format!(
-                    "device {device:?} holds a damaged pool{}: {reason}",
-                    name.map(|n| format!(" {n:?}")).unwrap_or_default()
-                )))
-            }
-            Probe::Pool { pool, warning } => {
-                let name = pool.superblock().name.clone();
-                self.register_pool(PoolEntry {
-                    pool,
-                    device: device.to_string(),
-                    warning,
-                })?;
-                self.pool_status(&name)
-            }
-        }
-    }
-
-    /// Closes pool `name` (see [`EngineState::close_pool`]) and erases its superblocks.
-    pub async fn destroy_pool(&self, name: &str) -> Result<(), MgmtError> {
-        let device = {
-            let p = self.pools();
-            match p.online.get(name) {
-                Some(e) => e.device.clone(),
-                None => p
-                    .faulted
-                    .iter()
-                    .find(|(d, f)| f.name.as_deref() == Some(name) || d.as_str() == name)
-                    .map(|(d, _)| d.clone())
-                    .ok_or_else(|| MgmtError::NotFound(format!("pool {name:?} not found")))?,
-            }
-        };
-        self.close_pool(name).await?;
-        let dev: blockdev::Device = self
+        // Candidates: this device first, then every device not used otherwise.
+        let mut names = vec![device.to_string()];
+        let all: Vec<String> = self
             .devices
             .lock()
             .expect("devices lock")
-            .get(&device)
-            .map(|d| d.device.clone() as blockdev::Device)
-            .ok_or_else(|| MgmtError::NotFound(format!("device {device:?} not found")))?;
-        self.reactors[0]
-            .call(move || async move { pool::pool::Pool::wipe(&dev).await })
-            .await
-            .map_err(|e| pool_error(&format!("erasing pool {name:?} on device {device:?}"), e))
+            .keys()
+            .filter(|d| !d.contains('/') && d.as_str() != device)
+            .cloned()
+            .collect();
+        for d in all {
+            let faulted = self
+                .pools()
+                .faulted
+                .values()
+                .any(|f| f.devices.contains(&d));
+            if self.nbd.device_in_use(&d).is_none() && (faulted || self.pool_claim(&d).is_none()) {
+                names.push(d);
+            }
+        }
+        let devs: Vec<Device> = names
+            .iter()
+            .filter_map(|d| self.device_of(d).ok().map(|d| d as Device))
+            .collect();
+        let found = self.reactors[0]
+            .call(move || async move { scan(&devs).await })
+            .await;
+        let Some(f) = found.into_iter().find(|f| match f {
+            Found::Damaged { candidate, .. } => *candidate == 0,
+            Found::Pool { members, .. } => members.contains(&Some(0)),
+        }) else {
+            return Err(MgmtError::Busy(format!(
+                "device {device:?} holds no pool (neither superblock copy has the pool magic)"
+            )));
+        };
+        let mut guards = Vec::new();
+        if let Found::Pool { members, .. } = &f {
+            for &i in members.iter().flatten().filter(|&&i| i != 0) {
+                guards.push(self.claim_device(&names[i], true)?);
+            }
+        }
+        let name = match &f {
+            Found::Pool { superblock, .. } => superblock.name.clone(),
+            Found::Damaged { .. } => String::new(),
+        };
+        match self.import_found(&names, f).await {
+            Ok(_) => self.pool_status(&name),
+            Err(lines) => Err(MgmtError::Busy(
+                lines
+                    .last()
+                    .map(|l| l.trim_start_matches("error: ").to_string())
+                    .unwrap_or_else(|| format!("device {device:?}: the pool was not imported")),
+            )),
+        }
+    }
+
+    /// The devices of pool `name` (online or faulted, by pool name or device name).
+    fn pool_devices(&self, name: &str) -> Result<Vec<String>, MgmtError> {
+        let p = self.pools();
+        match p.online.get(name) {
+            Some(e) => Ok(e.devices.clone()),
+            None => p
+                .faulted
+                .iter()
+                .find(|(d, f)| f.name.as_deref() == Some(name) || d.as_str() == name)
+                .map(|(_, f)| f.devices.clone())
+                .ok_or_else(|| MgmtError::NotFound(format!("pool {name:?} not found"))),
+        }
+    }
+
+    /// Closes pool `name` (see [`EngineState::close_pool`]) and erases its superblocks on
+    /// every member device.
+    pub async fn destroy_pool(&self, name: &str) -> Result<(), MgmtError> {
+        let devices = self.pool_devices(name)?;
+        self.close_pool(name).await?;
+        for device in devices {
+            let dev: Device = self.device_of(&device)?;
+            self.reactors[0]
+                .call(move || async move { pool::pool::Pool::wipe(&dev).await })
+                .await
+                .map_err(|e| {
+                    pool_error(&format!("erasing pool {name:?} on device {device:?}"), e)
+                })?;
+        }
+        Ok(())
     }
 
     /// Commits and forgets pool `name` (or a faulted pool, by name or device).
@@ -665,14 +813,20 @@ impl EngineState {
         }
         // Unregister first (nothing can be exported any more), then commit.
         let mut removed = Vec::new();
-        {
+        let _busy: Vec<BusyGuard<'_>> = {
             let mut p = self.pools();
             p.online.remove(name);
-            p.busy.insert(entry.device.clone());
-        }
-        let _busy = BusyGuard {
-            state: self,
-            device: entry.device.clone(),
+            for d in &entry.devices {
+                p.busy.insert(d.clone());
+            }
+            entry
+                .devices
+                .iter()
+                .map(|d| BusyGuard {
+                    state: self,
+                    device: d.clone(),
+                })
+                .collect()
         };
         for v in &volumes {
             if let Some(d) = self.unregister_volume(name, &v.name) {
@@ -681,7 +835,13 @@ impl EngineState {
         }
         let pool = entry.pool.clone();
         let r = self.reactors[0]
-            .call(move || async move { pool.commit().await })
+            .call(move || async move {
+                match pool.failure() {
+                    // Nothing more can be committed; what was durable stays so.
+                    Some(_) => Ok(()),
+                    None => pool.commit().await,
+                }
+            })
             .await;
         if let Err(e) = r {
             // Put everything back: the pool stays online.
@@ -695,20 +855,87 @@ impl EngineState {
         Ok(())
     }
 
+    /// Grows pool `name` online: takes the space its devices gained since they were opened
+    /// (a file extended, a disk grown) and adds `add` as new member devices.
+    pub async fn grow_pool(
+        &self,
+        name: &str,
+        add: &[String],
+    ) -> Result<(PoolStatus, u64), MgmtError> {
+        let _op = self.pool_ops.lock().await;
+        let pool = self.online(name)?;
+        let old = pool.usage().capacity;
+        let members = self.pool_devices(name)?;
+        let mut busy = Vec::new();
+        for d in add {
+            if busy.iter().any(|b: &BusyGuard<'_>| &b.device == d) {
+                return Err(MgmtError::Invalid(format!("device {d:?} is given twice")));
+            }
+            busy.push(self.claim_device(d, false)?);
+            self.require_blank(d).await?;
+        }
+        for d in &members {
+            self.device_of(d)?.refresh_size().map_err(|e| {
+                MgmtError::Device(format!("pool {name:?}: reading the size of {d:?}: {e}"))
+            })?;
+        }
+        let new_devs: Vec<Device> = add
+            .iter()
+            .map(|d| self.device_of(d).map(|d| d as Device))
+            .collect::<Result<_, _>>()?;
+        let p2 = pool.clone();
+        self.reactors[0]
+            .call(move || async move { p2.grow(new_devs).await })
+            .await
+            .map_err(|e| pool_error(&format!("growing pool {name:?}"), e))?;
+        if let Some(e) = self.pools().online.get_mut(name) {
+            e.devices.extend(add.iter().cloned());
+        }
+        Ok((self.pool_status(name)?, old))
+    }
+
+    /// Sets and removes labels of pool `name`.
+    pub async fn set_pool_labels(
+        &self,
+        name: &str,
+        set: &[(String, String)],
+        remove: &[String],
+    ) -> Result<PoolStatus, MgmtError> {
+        let _op = self.pool_ops.lock().await;
+        let pool = self.online(name)?;
+        let changes: Vec<(String, Option<String>)> = set
+            .iter()
+            .map(|(k, v)| (k.clone(), Some(v.clone())))
+            .chain(remove.iter().map(|k| (k.clone(), None)))
+            .collect();
+        self.reactors[0]
+            .call(move || async move { pool.set_labels(&changes).await })
+            .await
+            .map_err(|e| pool_error(&format!("labelling pool {name:?}"), e))?;
+        self.pool_status(name)
+    }
+
     fn status_online(name: &str, e: &PoolEntry) -> PoolStatus {
         let u = e.pool.usage();
         let list = e.pool.list();
         let snaps = list.iter().filter(|v| v.snapshot).count() as u32;
+        let failure = e.pool.failure();
         PoolStatus {
             name: name.to_string(),
-            device: e.device.clone(),
+            device: e.devices[0].clone(),
+            devices: e.devices.clone(),
+            labels: e.pool.labels(),
             capacity: u.capacity,
             used: u.used,
             committed: u.committed,
             volumes: list.len() as u32 - snaps,
             snapshots: snaps,
-            state: "online",
-            reason: e.warning.clone().unwrap_or_default(),
+            state: if failure.is_some() {
+                "read-only"
+            } else {
+                "online"
+            },
+            reason: failure.or_else(|| e.warning.clone()).unwrap_or_default(),
             cluster_size: e.pool.superblock().cluster_size,
         }
     }
@@ -733,6 +960,8 @@ impl EngineState {
         out.extend(p.faulted.values().map(|f| PoolStatus {
             name: f.name.clone().unwrap_or_default(),
             device: f.device.clone(),
+            devices: f.devices.clone(),
+            labels: Vec::new(),
             capacity: 0,
             used: 0,
             committed: 0,

@@ -273,8 +273,8 @@ fn pool_volumes_snapshots_clones_over_nbd() {
     let pools = ok(&api, &["pool", "list"]);
     let r = row(&pools, &["p0", "online", "d0"]);
     let cols: Vec<&str> = r.split_whitespace().collect();
-    // ... VOLUMES SNAPSHOTS at the end (no reason: "-").
-    assert_eq!(cols[cols.len() - 3..], ["3", "1", "-"], "{pools}");
+    // ... VOLUMES SNAPSHOTS LABELS REASON at the end (no labels, no reason: "-").
+    assert_eq!(cols[cols.len() - 4..], ["3", "1", "-", "-"], "{pools}");
     let stats = ok(&api, &["stats", "p0/thin"]);
     assert!(stats.contains("device p0/thin"), "{stats}");
     assert!(!row(&stats, &["write"]).contains(" 0 B "), "{stats}");
@@ -702,4 +702,128 @@ fn destroyed_pool_leaves_a_plain_reusable_device() {
     assert!(st.success());
     let out = offline_check(&format!("uring://{}?ro", dir.join("d0.img").display()));
     assert_eq!(out.status.code(), Some(2), "{}", out.describe());
+}
+
+#[test]
+fn pools_over_several_devices_grow_online_and_carry_labels() {
+    let dir = TempDir::new("pool-multi");
+    let d0 = file_device(&dir, "d0", "48MiB");
+    let d1 = file_device(&dir, "d1", "32MiB");
+    let d2 = file_device(&dir, "d2", "32MiB");
+    let d1_img = dir.join("d1.img");
+    let capacity = |api: &str| -> u64 {
+        let json = ok(api, &["-o", "json", "pool", "list"]);
+        let at = json.find("\"capacity_bytes\":").expect("capacity") + 17;
+        json[at..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let before;
+    {
+        let (mut e, api) = engine(&["--device", &d0, "--device", &d1, "--device", &d2]);
+        let out = ok(&api, &["pool", "create", "wide", "d0", "d1"]);
+        assert!(row(&out, &["wide", "online"]).contains("d0,d1"), "{out}");
+        before = capacity(&api);
+        // Bigger than either device alone: the volume spans both.
+        assert!(before > 64 * MIB, "capacity {before}");
+        ok(&api, &["volume", "create", "wide", "v", "64MiB", "--thick"]);
+        ok(&api, &["export", "create", "v", "wide/v"]);
+        let v = e.uri_for("v");
+        qemu_io(&v, &["write -P 0x31 0 8M", "write -P 0x32 56M 8M", "flush"]);
+        // A member of an online pool is claimed.
+        fails(
+            &api,
+            &["export", "create", "raw1", "d1"],
+            "holds pool \"wide\"",
+        );
+
+        // The member's file grows underneath; the pool takes the space while serving.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&d1_img)
+            .unwrap()
+            .set_len(48 * MIB)
+            .unwrap();
+        let out = ok(&api, &["pool", "grow", "wide"]);
+        assert!(out.contains("grew from"), "{out}");
+        let grown = capacity(&api);
+        assert_eq!(grown, before + 16 * MIB);
+        // And a third device joins.
+        let out = ok(&api, &["pool", "grow", "wide", "d2"]);
+        assert!(row(&out, &["wide", "online"]).contains("d0,d1,d2"), "{out}");
+        assert_eq!(capacity(&api), grown + 32 * MIB - CLUSTER);
+        ok(&api, &["volume", "resize", "wide", "v", "100MiB"]);
+        qemu_io(&v, &["write -P 0x33 92M 8M", "flush", "read -P 0x31 0 8M"]);
+
+        // Labels: set, change, remove; bad ones are refused.
+        ok(&api, &["pool", "label", "wide", "zone=a", "tier=hdd"]);
+        let out = ok(&api, &["pool", "label", "wide", "tier=ssd", "zone-"]);
+        assert!(row(&out, &["wide", "online"]).contains("tier=ssd"), "{out}");
+        assert!(!out.contains("zone="), "{out}");
+        fails(&api, &["pool", "label", "wide", "a b"], "KEY=VALUE");
+        fails(&api, &["pool", "label", "wide", "=x"], "label keys");
+        let json = ok(&api, &["-o", "json", "pool", "list"]);
+        assert!(
+            json.contains(r#""devices":["d0","d1","d2"],"labels":{"tier":"ssd"}"#),
+            "{json}"
+        );
+        assert_eq!(ok(&api, &["pool", "check", "wide"]), "pool wide: clean\n");
+        let (status, stderr) = e.terminate(Duration::from_secs(20));
+        assert!(status.success(), "{stderr}");
+    }
+    let grown_total = before + 16 * MIB + 32 * MIB - CLUSTER;
+
+    // Restarted with the devices in another order: found, ordered, imported.
+    {
+        let (mut e, api) = engine(&[
+            "--device", &d2, "--device", &d1, "--device", &d0, "--export", "v=wide/v",
+        ]);
+        let err = e.stderr();
+        assert!(err.contains("imported pool \"wide\""), "{err}");
+        assert_eq!(capacity(&api), grown_total);
+        qemu_io(
+            &e.uri("v"),
+            &[
+                "read -P 0x31 0 8M",
+                "read -P 0x32 56M 8M",
+                "read -P 0x33 92M 8M",
+            ],
+        );
+        let out = ok(&api, &["pool", "list"]);
+        assert!(row(&out, &["wide", "online"]).contains("tier=ssd"), "{out}");
+        let (status, stderr) = e.terminate(Duration::from_secs(20));
+        assert!(status.success(), "{stderr}");
+    }
+
+    // A member missing: the pool is faulted, named, and its other devices are not exported;
+    // once the device is there, `pool import` assembles it.
+    {
+        let (mut e, api) = engine(&["--device", &d0, "--device", &d2]);
+        let err = e.stderr();
+        assert!(
+            err.contains(
+                "pool \"wide\" is not served: 2 of 3 member device(s) found; missing member 1"
+            ),
+            "{err}"
+        );
+        let out = ok(&api, &["pool", "list"]);
+        assert!(row(&out, &["wide", "faulted"]).contains("d0,d2"), "{out}");
+        fails(&api, &["export", "create", "raw2", "d2"], "faulted pool");
+        ok(&api, &["device", "create", "d1", &d1["d1=".len()..]]);
+        let out = ok(&api, &["pool", "import", "d2"]);
+        assert!(row(&out, &["wide", "online"]).contains("d0,d1,d2"), "{out}");
+        assert_eq!(capacity(&api), grown_total);
+        ok(&api, &["export", "create", "v", "wide/v"]);
+        qemu_io(&e.uri_for("v"), &["read -P 0x33 92M 8M"]);
+        // Destroying the pool erases every member's superblocks.
+        ok(&api, &["export", "destroy", "v"]);
+        ok(&api, &["pool", "destroy", "wide"]);
+        ok(&api, &["pool", "create", "again", "d1"]);
+        ok(&api, &["pool", "create", "again2", "d2", "d0"]);
+        let (status, stderr) = e.terminate(Duration::from_secs(20));
+        assert!(status.success(), "{stderr}");
+    }
 }
