@@ -259,11 +259,13 @@ mod tests {
             device: "d".into(),
             capacity_bytes: 10,
             state: "online".into(),
+            devices: vec!["d".into(), "e".into()],
+            labels: [("zone".into(), "a".into()), ("tier".into(), "ssd".into())].into(),
             ..Default::default()
         };
         assert_eq!(
             pools(&[p]),
-            r#"{"pools":[{"name":"p","device":"d","capacity_bytes":10,"used_bytes":0,"committed_bytes":0,"volumes":0,"snapshots":0,"state":"online","reason":"","cluster_size":0}]}"#
+            r#"{"pools":[{"name":"p","device":"d","capacity_bytes":10,"used_bytes":0,"committed_bytes":0,"volumes":0,"snapshots":0,"state":"online","reason":"","cluster_size":0,"devices":["d","e"],"labels":{"tier":"ssd","zone":"a"}}]}"#
         );
         let v = Volume {
             pool: "p".into(),
