@@ -104,9 +104,11 @@ fn run(args: &[String]) -> Result<(), String> {
     if !echo {
         print!("{}", out.console);
     }
+    let boot = out
+        .boot
+        .map_or_else(|| "-".to_string(), |d| format!("{:.1} s", d.as_secs_f64()));
     eprintln!(
-        "xtask vm: boot {:.1} s, total {:.1} s",
-        out.boot.map_or(f64::NAN, |d| d.as_secs_f64()),
+        "xtask vm: boot {boot}, total {:.1} s",
         out.elapsed.as_secs_f64()
     );
     match out.status {
@@ -116,7 +118,7 @@ fn run(args: &[String]) -> Result<(), String> {
             std::process::exit(s.clamp(1, 255));
         }
         None => {
-            if !out.qemu_stderr.is_empty() {
+            if !echo && !out.qemu_stderr.is_empty() {
                 eprintln!("--- qemu stderr ---\n{}", out.qemu_stderr);
             }
             Err(if out.timed_out {

@@ -259,11 +259,17 @@ fn reader(
 
 pub(crate) fn spawn(g: &Guest, script: &str, opts: RunOpts) -> Result<Running> {
     let tmp = temp_dir()?;
-    let initrd = tmp.join("initrd.cpio");
-    if let Err(e) = write_initrd(g, &initrd, script, &opts) {
+    let r = spawn_in(g, script, &opts, &tmp);
+    if r.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e);
     }
+    r
+}
+
+/// Starts QEMU with its per-run files in `tmp` (which the returned `Running` removes).
+fn spawn_in(g: &Guest, script: &str, opts: &RunOpts, tmp: &Path) -> Result<Running> {
+    let initrd = tmp.join("initrd.cpio");
+    write_initrd(g, &initrd, script, opts)?;
     let host = g.dir().join("host");
     let mut last_err = String::new();
     for _attempt in 0..5 {
@@ -350,7 +356,7 @@ pub(crate) fn spawn(g: &Guest, script: &str, opts: RunOpts) -> Result<Running> {
             timeout: opts.timeout,
             nonce,
             ports,
-            tmp: tmp.clone(),
+            tmp: tmp.to_path_buf(),
         };
         if opts.hostfwd.iter().any(|&(h, _)| h == 0) {
             // A picked port may have been taken in the meantime: QEMU then fails at once.
@@ -370,7 +376,6 @@ pub(crate) fn spawn(g: &Guest, script: &str, opts: RunOpts) -> Result<Running> {
         }
         return Ok(r);
     }
-    let _ = std::fs::remove_dir_all(&tmp);
     Err(Error::new(format!(
         "QEMU could not set up host port forwarding after 5 attempts: {last_err}"
     )))
