@@ -2,7 +2,12 @@
 //! reactor, same file, same run. Used by `cargo xtask bench-pool`, which writes
 //! docs/benchmarks-pool.md.
 //!
-//! usage: pool_bench FILE [SECONDS]
+//! The raw workloads run on the last GiB of the file (inside the pool's free space, which the
+//! pool never reads), alternating with the same workload on the volume, `ROUNDS` times: each
+//! ratio is the median of per-round ratios, so a disk whose speed drifts during the run moves
+//! both sides alike.
+//!
+//! usage: pool_bench FILE [SECONDS [ROUNDS]]
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -33,11 +38,13 @@ struct Load {
     random: bool,
 }
 
-/// Runs `load` against `dev` over `[0, span)` for `secs`; returns IOPS and mean latency (µs).
+/// Runs `load` against `dev` over `[base, base+span)` for `secs`; returns IOPS and mean
+/// latency (µs).
 /// With `fresh`, every write goes to a cluster never written before (`fresh` counts them)
 /// and the run ends early once `limit` clusters have been used.
 async fn run(
     dev: Device,
+    base: u64,
     span: u64,
     load: Load,
     secs: f64,
@@ -71,7 +78,7 @@ async fn run(
                         seq
                     }
                 };
-                let off = block * load.bs as u64;
+                let off = base + block * load.bs as u64;
                 let t = Instant::now();
                 let buf = reactor::alloc_buf(load.bs);
                 let r = if load.write {
@@ -105,7 +112,29 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-async fn bench(path: String, secs: f64) -> String {
+/// Writes `[base, base+len)` once, 1 MiB at a time, and flushes.
+async fn fill(dev: &Device, base: u64, len: u64) {
+    let mut off = 0;
+    while off < len {
+        dev.write(base + off, IoBuf::zeroed(1 << 20), WriteFlags::default())
+            .await
+            .expect("fill");
+        off += 1 << 20;
+    }
+    dev.flush().await.expect("flush");
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+async fn bench(path: String, secs: f64, rounds: usize) -> String {
     let uri = format!("uring://{path}?size=3GiB");
     let raw: Device = blockdev::open_uri("raw", &uri).expect("open the bench file");
     let mut out = String::new();
@@ -165,20 +194,8 @@ async fn bench(path: String, secs: f64) -> String {
             },
         ),
     ];
-    // Raw device: the last GiB of the file (the pool's data area will be elsewhere only in
-    // part, so fill it first to compare like with like).
-    let fill = Load {
-        write: true,
-        bs: 1 << 20,
-        qd: 8,
-        random: false,
-    };
-    run(raw.clone(), GIB, fill, 3.0, None, 0).await;
-    let mut raw_res = Vec::new();
-    for (_, l) in loads {
-        raw_res.push(run(raw.clone(), GIB, l, secs, None, 0).await);
-    }
-    // The pool over the same file.
+    // The pool over the file, a thick volume fully written, and the raw comparison region
+    // (the file's last GiB: free pool clusters) written too, so both read allocated blocks.
     let t = Instant::now();
     let pool = Pool::create(
         raw.clone(),
@@ -192,19 +209,32 @@ async fn bench(path: String, secs: f64) -> String {
     let create_ms = t.elapsed().as_secs_f64() * 1000.0;
     pool.create_volume("thick", GIB, false).await.unwrap();
     let thick = pool.open("thick").unwrap();
-    // Fully allocate (write every cluster once).
-    let mut off = 0;
-    while off < GIB {
-        thick
-            .write(off, IoBuf::zeroed(1 << 20), WriteFlags::default())
-            .await
-            .unwrap();
-        off += 1 << 20;
-    }
-    thick.flush().await.unwrap();
+    fill(&thick, 0, GIB).await;
+    let raw_base = raw.geometry().size() - GIB;
+    fill(&raw, raw_base, GIB).await;
+    // (a) alternating raw and volume, `rounds` times per workload.
+    let mut raw_res = Vec::new();
     let mut a = Vec::new();
+    let mut ratios = Vec::new();
     for (_, l) in loads {
-        a.push(run(thick.clone(), GIB, l, secs, None, 0).await);
+        let (mut r_iops, mut r_lat, mut v_iops, mut v_lat, mut q) =
+            (vec![], vec![], vec![], vec![], vec![]);
+        for _ in 0..rounds {
+            let r = run(raw.clone(), raw_base, GIB, l, secs, None, 0).await;
+            let v = run(thick.clone(), 0, GIB, l, secs, None, 0).await;
+            r_iops.push(r.0);
+            r_lat.push(r.1);
+            v_iops.push(v.0);
+            v_lat.push(v.1);
+            q.push(v.0 / r.0);
+        }
+        raw_res.push((median(r_iops), median(r_lat)));
+        a.push((median(v_iops), median(v_lat)));
+        ratios.push((
+            median(q.clone()),
+            q.iter().copied().fold(f64::MAX, f64::min),
+            q.iter().copied().fold(0.0, f64::max),
+        ));
     }
     // (b) first writes into a thin volume.
     pool.create_volume("thin", GIB, true).await.unwrap();
@@ -212,6 +242,7 @@ async fn bench(path: String, secs: f64) -> String {
     let fresh = Rc::new(Cell::new(0)); // clusters 0.. of the thin volume
     let b1 = run(
         thin.clone(),
+        0,
         GIB,
         loads[2].1,
         secs,
@@ -221,6 +252,7 @@ async fn bench(path: String, secs: f64) -> String {
     .await;
     let b32 = run(
         thin.clone(),
+        0,
         GIB,
         loads[3].1,
         secs,
@@ -234,6 +266,7 @@ async fn bench(path: String, secs: f64) -> String {
     let cow = Rc::new(Cell::new(0)); // clusters 0.. of the thick volume, shared with the snapshot
     let c1 = run(
         thick.clone(),
+        0,
         GIB,
         loads[2].1,
         secs,
@@ -243,6 +276,7 @@ async fn bench(path: String, secs: f64) -> String {
     .await;
     let c32 = run(
         thick.clone(),
+        0,
         GIB,
         loads[3].1,
         secs,
@@ -250,7 +284,7 @@ async fn bench(path: String, secs: f64) -> String {
         4096,
     )
     .await;
-    let c_read = run(thick.clone(), GIB, loads[1].1, secs, None, 0).await;
+    let c_read = run(thick.clone(), 0, GIB, loads[1].1, secs, None, 0).await;
     thick.flush().await.unwrap();
     // Metadata cost and import time with 1,000 volumes.
     let sb = pool.superblock().clone();
@@ -270,21 +304,23 @@ async fn bench(path: String, secs: f64) -> String {
     use std::fmt::Write;
     let _ = writeln!(
         out,
-        "| workload | raw IOPS | (a) allocated volume IOPS | (a) ÷ raw | raw mean µs | (a) mean µs |"
+        "| workload | raw IOPS | (a) allocated volume IOPS | (a) ÷ raw (median) | per-round range | raw mean µs | (a) mean µs |"
     );
-    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|");
+    let _ = writeln!(out, "|---|---:|---:|---:|---|---:|---:|");
     for (i, (label, _)) in loads.iter().enumerate() {
-        let (r, v) = (raw_res[i], a[i]);
+        let (r, v, q) = (raw_res[i], a[i], ratios[i]);
         let _ = writeln!(
             out,
-            "| {label} | {:.0} | {:.0} | {:.2} | {:.1} | {:.1} |",
-            r.0,
-            v.0,
-            v.0 / r.0,
-            r.1,
-            v.1
+            "| {label} | {:.0} | {:.0} | {:.2} | {:.2}–{:.2} | {:.1} | {:.1} |",
+            r.0, v.0, q.0, q.1, q.2, r.1, v.1
         );
     }
+    let qd32 = ratios[1].0.min(ratios[3].0);
+    let _ = writeln!(
+        out,
+        "\n**{}** (a) ≥ 0.95× raw IOPS at QD32 (worse of read and write: {qd32:.2}×).",
+        if qd32 >= 0.95 { "PASS" } else { "MISS" }
+    );
     let _ = writeln!(
         out,
         "\n| workload | IOPS | mean µs | ÷ raw (same workload) |\n|---|---:|---:|---:|"
@@ -353,8 +389,11 @@ async fn bench(path: String, secs: f64) -> String {
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let path = args.next().expect("usage: pool_bench FILE [SECONDS]");
+    let path = args
+        .next()
+        .expect("usage: pool_bench FILE [SECONDS [ROUNDS]]");
     let secs: f64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(5.0);
+    let rounds: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(3);
     let rt = Runtime::start(Config {
         cores: 1,
         mode: PollMode::Adaptive,
@@ -364,7 +403,7 @@ fn main() {
     .expect("runtime");
     let (tx, rx) = std::sync::mpsc::channel();
     rt.handles()[0].spawn(move || async move {
-        let _ = tx.send(bench(path, secs).await);
+        let _ = tx.send(bench(path, secs, rounds.max(1)).await);
     });
     let out = rx.recv().expect("bench finished");
     rt.shutdown();

@@ -159,17 +159,47 @@ impl Layout {
 
     /// The member device and byte offset of cluster `c`.
     fn locate(&self, c: u64) -> (&Device, u64) {
+        let (member, off) = self.locate_member(c);
+        (&self.devs[member], off)
+    }
+
+    /// The member index and byte offset of cluster `c`.
+    fn locate_member(&self, c: u64) -> (usize, u64) {
         let (first, s) = self
             .segs
             .iter()
             .rev()
             .find(|(first, _)| *first <= c)
             .expect("cluster 0 is in the first segment");
-        (
-            &self.devs[s.member as usize],
-            s.offset + (c - first) * self.cs,
-        )
+        (s.member as usize, s.offset + (c - first) * self.cs)
     }
+}
+
+/// A piece of a request that is one device I/O: `len` bytes at `at` in the request, at
+/// `dev_off` on member `member`.
+struct Run {
+    at: usize,
+    len: usize,
+    member: usize,
+    dev_off: u64,
+}
+
+/// Appends a piece, extending the last run when it continues it on the device.
+fn push_run(runs: &mut Vec<Run>, at: usize, len: usize, member: usize, dev_off: u64) {
+    if let Some(r) = runs.last_mut()
+        && r.member == member
+        && r.at + r.len == at
+        && r.dev_off + r.len as u64 == dev_off
+    {
+        r.len += len;
+        return;
+    }
+    runs.push(Run {
+        at,
+        len,
+        member,
+        dev_off,
+    });
 }
 
 /// A pool on one device or several (concatenated).
@@ -1123,6 +1153,10 @@ impl Pool {
         !self.state.lock().expect("pool lock").pending.is_empty()
     }
 
+    fn layout(&self) -> Arc<Layout> {
+        self.layout.read().expect("layout lock").clone()
+    }
+
     /// The member device and byte offset of cluster `c`.
     fn locate(&self, c: u64) -> (Device, u64) {
         let l = self.layout.read().expect("layout lock");
@@ -1490,26 +1524,62 @@ impl PoolVolume {
             }
         }
         check_range(&self.geometry(), IoKind::Read, offset, len)?;
-        // Clusters are independent: read the allocated ones concurrently, then assemble.
-        let mut reads: Vec<(usize, usize, Device, u64)> = Vec::new();
-        for (index, within, at, n) in self.pieces(offset, len) {
-            let (at, n) = (at as usize, n as usize);
-            match self.mapping(index)?.0 {
-                Mapping::Hole | Mapping::Zero(_) => buf[at..at + n].fill(0),
-                Mapping::Data(c) => {
-                    let (dev, off) = self.pool.locate(c);
-                    reads.push((at, n, dev, off + within))
+        // Allocated clusters that lie next to each other on one member are read as one run;
+        // runs are read concurrently. A request that is one run reads straight into `buf`.
+        let layout = self.pool.layout();
+        let mut runs: Vec<Run> = Vec::new();
+        {
+            let st = self.pool.state.lock().expect("pool lock");
+            let v = st
+                .meta
+                .volumes
+                .get(&self.id)
+                .ok_or_else(|| BlockError::new(ErrorKind::Gone, IoKind::Read, offset, len))?;
+            for (index, within, at, n) in self.pieces(offset, len) {
+                let (at, n) = (at as usize, n as usize);
+                match Mapping::decode(v.map.get(index as usize).copied().unwrap_or(0)) {
+                    Mapping::Hole | Mapping::Zero(_) => buf[at..at + n].fill(0),
+                    Mapping::Data(c) => {
+                        let (member, off) = layout.locate_member(c);
+                        push_run(&mut runs, at, n, member, off + within);
+                    }
                 }
             }
         }
-        let parts: Vec<ReadFuture<'_>> = reads
+        if let [r] = &runs[..]
+            && r.len == buf.len()
+        {
+            return layout.devs[r.member].read(r.dev_off, buf).await;
+        }
+        let parts: Vec<ReadFuture<'_>> = runs
             .iter()
-            .map(|(_, n, dev, off)| dev.read(*off, IoBuf::recycled(*n)))
+            .map(|r| layout.devs[r.member].read(r.dev_off, IoBuf::recycled(r.len)))
             .collect();
-        for ((at, n, _, _), part) in reads.iter().zip(join_reads(parts).await?) {
-            buf[*at..at + n].copy_from_slice(&part);
+        for (r, part) in runs.iter().zip(join_reads(parts).await?) {
+            buf[r.at..r.at + r.len].copy_from_slice(&part);
         }
         Ok(buf)
+    }
+
+    /// Where the whole of `[offset, offset+len)` lies when every cluster of it is owned by
+    /// this volume alone and they are contiguous on one member: (member, byte offset).
+    fn owned_run(&self, layout: &Layout, offset: u64, len: u64) -> Option<(usize, u64)> {
+        let st = self.pool.state.lock().expect("pool lock");
+        let v = st.meta.volumes.get(&self.id)?;
+        let mut runs: Vec<Run> = Vec::new();
+        for (index, within, at, n) in self.pieces(offset, len) {
+            match Mapping::decode(v.map.get(index as usize).copied().unwrap_or(0)) {
+                Mapping::Data(c) if st.meta.refcount(c) == 1 => {
+                    let (member, off) = layout.locate_member(c);
+                    push_run(&mut runs, at as usize, n as usize, member, off + within);
+                }
+                _ => return None,
+            }
+            if runs.len() > 1 {
+                return None;
+            }
+        }
+        runs.first().map(|r| (r.member, r.dev_off))
     }
 
     /// Writes one piece inside logical cluster `index`.
@@ -1620,6 +1690,18 @@ impl PoolVolume {
             }
         }
         check_range(&self.geometry(), IoKind::Write, offset, len)?;
+        // Clusters this volume owns, contiguous on one member: one write, in place.
+        let layout = self.pool.layout();
+        if let Some((member, off)) = self.owned_run(&layout, offset, len) {
+            let buf = layout.devs[member].write(off, buf, flags).await?;
+            if flags.fua && self.pool.has_pending() {
+                self.pool
+                    .commit()
+                    .await
+                    .map_err(|_| BlockError::new(ErrorKind::Io, IoKind::Write, offset, len))?;
+            }
+            return Ok(buf);
+        }
         let pieces = self.pieces(offset, len);
         // Clusters are independent: write them concurrently (a 1 MiB write spans 8 clusters).
         let writes: Vec<PieceFuture<'_>> = pieces
