@@ -4,17 +4,20 @@
 //! - `vm run SCRIPT [--timeout SECS] [--hostfwd HOST:GUEST]... [--disk PATH]... [--cpus N]
 //!   [--quiet]` — boot the guest, run the `/bin/sh` script in it, show the console, exit
 //!   with the script's status.
+//! - `vm shell [same flags]` — boot the guest with a shell on this terminal (`exit` or
+//!   Ctrl-A X leaves; the time limit defaults to an hour).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 pub const USAGE: &str = "vm build | vm run SCRIPT [--timeout SECS] [--hostfwd HOST:GUEST]... \
-                         [--disk PATH]... [--cpus N] [--quiet]";
+                         [--disk PATH]... [--cpus N] [--quiet] | vm shell [same flags]";
 
 pub fn vm(args: &[String]) -> Result<(), String> {
     match args.first().map(String::as_str) {
         Some("build") if args.len() == 1 => build(),
         Some("run") => run(&args[1..]),
+        Some("shell") => shell(&args[1..]),
         _ => Err(format!("usage: cargo xtask {USAGE}")),
     }
 }
@@ -54,8 +57,37 @@ fn build() -> Result<(), String> {
     Ok(())
 }
 
-fn run(args: &[String]) -> Result<(), String> {
-    let mut opts = testvm::RunOpts::default().echo(true);
+/// The guest with an interactive shell on the console.
+fn shell(args: &[String]) -> Result<(), String> {
+    let mut opts = testvm::RunOpts::default().timeout(Duration::from_secs(3600));
+    opts.interactive = true;
+    let (opts, script) = parse(args, opts)?;
+    if script.is_some() {
+        return Err(format!("usage: cargo xtask {USAGE}"));
+    }
+    let g = testvm::Guest::ensure().map_err(|e| e.to_string())?;
+    let running = g
+        .spawn(
+            "echo 'testvm shell: exit (or Ctrl-A X) powers off'\n\
+             setsid cttyhack sh -l </dev/console >/dev/console 2>&1\n",
+            opts,
+        )
+        .map_err(|e| e.to_string())?;
+    for (h, gp) in running.forwards() {
+        eprintln!("xtask vm: host 127.0.0.1:{h} -> guest port {gp}");
+    }
+    let out = running.wait();
+    if out.timed_out {
+        return Err("the guest shell hit its time limit; QEMU was killed".into());
+    }
+    Ok(())
+}
+
+/// The flags shared by `run` and `shell`, and the script argument if any.
+fn parse(
+    args: &[String],
+    mut opts: testvm::RunOpts,
+) -> Result<(testvm::RunOpts, Option<PathBuf>), String> {
     let mut script: Option<PathBuf> = None;
     let mut it = args.iter();
     let value = |it: &mut std::slice::Iter<'_, String>, flag: &str| {
@@ -91,6 +123,11 @@ fn run(args: &[String]) -> Result<(), String> {
             _ => return Err(format!("usage: cargo xtask {USAGE}")),
         }
     }
+    Ok((opts, script))
+}
+
+fn run(args: &[String]) -> Result<(), String> {
+    let (opts, script) = parse(args, testvm::RunOpts::default().echo(true))?;
     let script = script.ok_or_else(|| format!("usage: cargo xtask {USAGE}"))?;
     let text = std::fs::read_to_string(&script)
         .map_err(|e| format!("reading {}: {e}", script.display()))?;

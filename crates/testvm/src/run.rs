@@ -33,6 +33,9 @@ pub struct RunOpts {
     pub qemu_args: Vec<String>,
     /// Copy the console to stderr as it arrives.
     pub echo: bool,
+    /// Connect the console to this process's terminal instead of capturing it (for a
+    /// person at a shell; the run's output then has no console and no exit status).
+    pub interactive: bool,
 }
 
 impl Default for RunOpts {
@@ -47,6 +50,7 @@ impl Default for RunOpts {
             kernel_args: Vec::new(),
             qemu_args: Vec::new(),
             echo: false,
+            interactive: false,
         }
     }
 }
@@ -302,7 +306,14 @@ fn spawn_in(g: &Guest, script: &str, opts: &RunOpts, tmp: &Path) -> Result<Runni
             .args(["-m", &opts.memory_mib.to_string()])
             .args(["-smp", &opts.cpus.to_string()])
             .args(["-nodefaults", "-no-user-config", "-display", "none"])
-            .args(["-serial", "stdio", "-no-reboot"])
+            .arg("-serial")
+            // mon: lets a person leave with Ctrl-A X (and keeps Ctrl-C for the guest).
+            .arg(if opts.interactive {
+                "mon:stdio"
+            } else {
+                "stdio"
+            })
+            .arg("-no-reboot")
             .arg("-kernel")
             .arg(g.kernel())
             .arg("-initrd")
@@ -318,9 +329,12 @@ fn spawn_in(g: &Guest, script: &str, opts: &RunOpts, tmp: &Path) -> Result<Runni
             c.args(["-device", &format!("virtio-blk-pci,drive=d{i}")]);
         }
         c.args(&opts.qemu_args);
-        c.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        if opts.interactive {
+            c.stdin(Stdio::inherit()).stdout(Stdio::inherit());
+        } else {
+            c.stdin(Stdio::null()).stdout(Stdio::piped());
+        }
+        c.stderr(Stdio::piped());
         let started = Instant::now();
         let mut child = c.spawn().map_err(|e| {
             Error::new(format!(
@@ -332,20 +346,20 @@ fn spawn_in(g: &Guest, script: &str, opts: &RunOpts, tmp: &Path) -> Result<Runni
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let ready = Arc::new(Mutex::new(None));
         let marker = format!("testvm-ready {nonce}").into_bytes();
-        let readers = vec![
-            reader(
-                child.stdout.take().expect("piped stdout"),
+        let mut readers = vec![reader(
+            child.stderr.take().expect("piped stderr"),
+            stderr.clone(),
+            opts.echo || opts.interactive,
+            None,
+        )];
+        if let Some(out) = child.stdout.take() {
+            readers.push(reader(
+                out,
                 console.clone(),
                 opts.echo,
                 Some((ready.clone(), marker)),
-            ),
-            reader(
-                child.stderr.take().expect("piped stderr"),
-                stderr.clone(),
-                opts.echo,
-                None,
-            ),
-        ];
+            ));
+        }
         let mut r = Running {
             child: Some(child),
             console,
