@@ -95,7 +95,9 @@ pub struct Guest {
 
 /// An exclusive `flock` on a file, released when dropped (also when the process dies).
 #[derive(Debug)]
-struct Lock(#[allow(dead_code)] File);
+struct Lock {
+    _file: File,
+}
 
 fn lock(path: &Path, timeout: Duration) -> Result<Lock> {
     use std::os::fd::AsRawFd;
@@ -112,7 +114,7 @@ fn lock(path: &Path, timeout: Duration) -> Result<Lock> {
         // passed.
         let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         if r == 0 {
-            return Ok(Lock(f));
+            return Ok(Lock { _file: f });
         }
         let err = std::io::Error::last_os_error();
         if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
