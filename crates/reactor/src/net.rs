@@ -4,8 +4,10 @@ use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
+use io_uring::{opcode, types};
+
 use crate::buf::{StableBuf, StableBufMut};
-use crate::op;
+use crate::op::{self, Op};
 
 /// A listening TCP socket whose accepts go through the ring.
 #[derive(Debug)]
@@ -61,6 +63,50 @@ impl TcpStream {
         Ok(TcpStream { inner: s })
     }
 
+    /// Connects through the ring (`IORING_OP_CONNECT`): the reactor keeps running while the
+    /// handshake is under way. Bound it with [`crate::sync::timeout`]; dropping the future
+    /// cancels the attempt and closes the socket once the kernel lets go of it.
+    pub async fn connect_async(addr: SocketAddr) -> io::Result<TcpStream> {
+        let (domain, raw) = sockaddr_of(&addr);
+        // SAFETY: plain syscall; the result is checked and then owned.
+        let fd = unsafe {
+            libc::socket(
+                domain,
+                libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+                libc::IPPROTO_TCP,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh descriptor nobody else owns.
+        let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+        let res = ConnectRes { addr: raw, sock };
+        let entry = opcode::Connect::new(
+            types::Fd(fd),
+            (&*res.addr.0 as *const libc::sockaddr_storage).cast(),
+            res.addr.1,
+        )
+        .build();
+        // SAFETY: the address is boxed in `res`, and the socket stays open in `res`, until
+        // the kernel completes the operation (or it is parked in the reactor if dropped).
+        let (r, _, res) = unsafe { Op::submit(entry, res) }.await;
+        if r < 0 {
+            return Err(io::Error::from_raw_os_error(-r));
+        }
+        let s = std::net::TcpStream::from(res.sock);
+        s.set_nodelay(true)?;
+        Ok(TcpStream { inner: s })
+    }
+
+    /// Another handle to the same socket (a duplicated descriptor), e.g. for another thread
+    /// to [`shutdown`](Self::shutdown) a connection a reactor is blocked receiving on.
+    pub fn try_clone(&self) -> io::Result<TcpStream> {
+        Ok(TcpStream {
+            inner: self.inner.try_clone()?,
+        })
+    }
+
     /// Wraps a std stream.
     pub fn from_std(inner: std::net::TcpStream) -> TcpStream {
         TcpStream { inner }
@@ -74,6 +120,11 @@ impl TcpStream {
     /// The peer's address.
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
         self.inner.peer_addr()
+    }
+
+    /// The local address (the one the peer connected to).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
     }
 
     /// Receives into `buf[at..capacity]`; the payload becomes `at` plus the bytes received.
@@ -167,5 +218,58 @@ impl TcpStream {
     /// Gives the descriptor up.
     pub fn into_fd(self) -> OwnedFd {
         self.inner.into()
+    }
+}
+
+/// What a connect operation owns until it completes: the peer address and the socket.
+struct ConnectRes {
+    addr: (Box<libc::sockaddr_storage>, libc::socklen_t),
+    sock: OwnedFd,
+}
+
+/// The address family and the `sockaddr` of `addr`, boxed so its address is stable.
+fn sockaddr_of(addr: &SocketAddr) -> (libc::c_int, (Box<libc::sockaddr_storage>, libc::socklen_t)) {
+    // SAFETY: sockaddr_storage is plain data; all zeroes is a valid (empty) value.
+    let mut st: Box<libc::sockaddr_storage> = Box::new(unsafe { std::mem::zeroed() });
+    match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+            unsafe { std::ptr::write((&mut *st as *mut libc::sockaddr_storage).cast(), sin) };
+            (
+                libc::AF_INET,
+                (
+                    st,
+                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                ),
+            )
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
+            unsafe { std::ptr::write((&mut *st as *mut libc::sockaddr_storage).cast(), sin6) };
+            (
+                libc::AF_INET6,
+                (
+                    st,
+                    std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+                ),
+            )
+        }
     }
 }

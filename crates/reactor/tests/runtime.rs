@@ -173,3 +173,47 @@ fn idle_interrupt_reactor_uses_no_cpu() {
     assert_eq!(before, after, "an idle adaptive reactor must be asleep");
     rt.shutdown();
 }
+
+#[test]
+fn tcp_connect_through_the_ring() {
+    let rt = runtime(PollMode::Interrupt, 1);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut b = [0u8; 5];
+        s.read_exact(&mut b).unwrap();
+        s.write_all(&b).unwrap();
+    });
+    // A port nobody listens on (bound, then closed).
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let h = rt.handles()[0].clone();
+    let (echo, refused, clone_ok) = block_on(h.call(move || async move {
+        let s = reactor::TcpStream::connect_async(addr).await.unwrap();
+        let (r, _) = s.send_all(b"hello".to_vec()).await;
+        r.unwrap();
+        let (r, b) = s.recv_exact(IoBuf::with_capacity(5), 0, 5).await;
+        r.unwrap();
+        let refused = reactor::TcpStream::connect_async(closed).await.err();
+        // A clone shuts the original down: its pending receive sees the end of the stream.
+        let other = s.try_clone().unwrap();
+        let (done, _) = sync::select(
+            async { (true, s.recv(IoBuf::with_capacity(16), 0).await.0.ok()) },
+            async {
+                other.shutdown();
+                op::sleep(Duration::from_secs(5)).await;
+                (false, None)
+            },
+        )
+        .await;
+        (b.to_vec(), refused.map(|e| e.kind()), done)
+    }));
+    assert_eq!(echo, b"hello");
+    assert_eq!(refused, Some(std::io::ErrorKind::ConnectionRefused));
+    assert!(clone_ok, "shutdown through a clone ends a pending receive");
+    server.join().unwrap();
+    rt.shutdown();
+}
