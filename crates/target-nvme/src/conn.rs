@@ -1,0 +1,832 @@
+//! One TCP connection = one queue: connection setup (ICReq/ICResp), the receive loop (command
+//! capsules, H2CData), R2T, and completions (CapsuleResp, C2HData).
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io;
+use std::net::SocketAddr;
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use proto_nvme::{
+    Command, ConnectData, Cqe, DataDirection, DataPointer, Decoded, FABRICS_OPCODE, Frame,
+    HeaderDecoded, IcResp, PduDecoder, PduEncoder, PduHeader, QueueType, R2T, Role, Sqe, Status,
+    check_data_range, connect_invalid_parameter_dw0, connect_success_dw0, crc32c, fctype,
+};
+use reactor::sync::{LocalMutex, LocalSemaphore, Permit};
+use reactor::{IoBuf, TcpStream, spawn_local};
+
+use crate::subsys::{Controller, Namespace, Subsystem};
+use crate::{IO_IN_CAPSULE, MAX_IN_FLIGHT_BYTES, MAX_IO_QUEUES, MAX_QUEUE_SIZE, MAXH2CDATA};
+use crate::{MDTS_BYTES, NvmfTarget, cmd};
+
+/// Receive buffer for headers and capsules (in-capsule data is bounded well below it).
+const RECV_BUF: usize = 64 * 1024;
+/// Unit of the in-flight byte budget.
+const BYTE_UNIT: usize = 64 * 1024;
+/// Command tasks per connection (at most a queue's worth, plus slack for misbehaving hosts).
+const MAX_TASKS: usize = 2 * MAX_QUEUE_SIZE as usize;
+/// Time a new connection has to send ICReq and Connect.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A command's completion.
+#[derive(Debug)]
+pub(crate) struct Reply {
+    pub(crate) status: Status,
+    pub(crate) dw0: u32,
+    pub(crate) dw1: u32,
+    /// Data for the host (C2HData), sent before the completion.
+    pub(crate) data: Option<IoBuf>,
+}
+
+impl Reply {
+    pub(crate) fn ok() -> Reply {
+        Reply::status(Status::SUCCESS)
+    }
+
+    pub(crate) fn status(status: Status) -> Reply {
+        Reply {
+            status,
+            dw0: 0,
+            dw1: 0,
+            data: None,
+        }
+    }
+
+    pub(crate) fn dw0(dw0: u32) -> Reply {
+        Reply { dw0, ..Reply::ok() }
+    }
+
+    pub(crate) fn data(data: IoBuf) -> Reply {
+        Reply {
+            data: Some(data),
+            ..Reply::ok()
+        }
+    }
+}
+
+/// Write data being collected with R2T/H2CData.
+struct Transfer {
+    sqe: Sqe,
+    cmd: Command,
+    buf: IoBuf,
+    len: u32,
+    received: u32,
+    bad_digest: bool,
+    bytes: Permit,
+    task: Permit,
+}
+
+/// Shared state of one connection, owned by its reactor.
+pub(crate) struct Conn {
+    pub(crate) target: Arc<NvmfTarget>,
+    stream: TcpStream,
+    pub(crate) local: Option<SocketAddr>,
+    enc: Cell<PduEncoder>,
+    send_lock: LocalMutex<()>,
+    broken: Cell<bool>,
+    pub(crate) qid: Cell<u16>,
+    ctrl: RefCell<Option<Arc<Controller>>>,
+    sq_entries: Cell<u32>,
+    sqhd: Cell<u16>,
+    sqflow_off: Cell<bool>,
+    inflight: RefCell<HashSet<u16>>,
+    transfers: RefCell<HashMap<u16, Transfer>>,
+    next_ttag: Cell<u16>,
+    bytes: LocalSemaphore,
+    tasks: LocalSemaphore,
+    ns_cache: RefCell<(u64, BTreeMap<u32, Arc<Namespace>>)>,
+}
+
+/// Buffered receive side: headers and capsules are parsed from `buf`, large data goes straight
+/// into its destination buffer.
+struct Reader {
+    buf: IoBuf,
+    start: usize,
+}
+
+impl Reader {
+    fn avail(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.start += n;
+    }
+
+    async fn fill(&mut self, stream: &TcpStream, need: usize) -> io::Result<()> {
+        if self.buf.len() - self.start >= need {
+            return Ok(());
+        }
+        let have = self.buf.len() - self.start;
+        if self.start > 0 {
+            self.buf.copy_within(self.start.., 0);
+            self.buf.set_len(have);
+            self.start = 0;
+        }
+        if need > self.buf.capacity() {
+            return Err(io::ErrorKind::InvalidData.into());
+        }
+        while self.buf.len() < need {
+            let buf = std::mem::replace(&mut self.buf, IoBuf::empty());
+            let at = buf.len();
+            let (r, b) = stream.recv(buf, at).await;
+            self.buf = b;
+            match r {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends `n` bytes of the stream to `dst` (whose capacity must allow it).
+    async fn read_into(
+        &mut self,
+        stream: &TcpStream,
+        mut dst: IoBuf,
+        n: usize,
+    ) -> io::Result<IoBuf> {
+        let have = (self.buf.len() - self.start).min(n);
+        dst.extend_from_slice(&self.buf[self.start..self.start + have]);
+        self.start += have;
+        if have < n {
+            let at = dst.len();
+            let (r, d) = stream.recv_exact(dst, at, at + n - have).await;
+            r?;
+            dst = d;
+        }
+        Ok(dst)
+    }
+
+    async fn skip(&mut self, stream: &TcpStream, mut n: usize) -> io::Result<()> {
+        while n > 0 {
+            let k = n.min(RECV_BUF / 2);
+            self.fill(stream, k).await?;
+            self.consume(k);
+            n -= k;
+        }
+        Ok(())
+    }
+}
+
+/// How the receive loop goes on after a PDU.
+enum Next {
+    Continue,
+    Close,
+}
+
+/// Serves one accepted connection until the host disconnects, misbehaves, or its controller
+/// is torn down.
+pub(crate) async fn serve_connection(target: Arc<NvmfTarget>, stream: TcpStream, id: u64) {
+    let local = stream.local_addr().ok();
+    let conn = Rc::new(Conn {
+        target: target.clone(),
+        stream,
+        local,
+        enc: Cell::new(PduEncoder::new()),
+        send_lock: LocalMutex::new(()),
+        broken: Cell::new(false),
+        qid: Cell::new(0),
+        ctrl: RefCell::new(None),
+        sq_entries: Cell::new(1),
+        sqhd: Cell::new(0),
+        sqflow_off: Cell::new(false),
+        inflight: RefCell::new(HashSet::new()),
+        transfers: RefCell::new(HashMap::new()),
+        next_ttag: Cell::new(0),
+        bytes: LocalSemaphore::new(MAX_IN_FLIGHT_BYTES / BYTE_UNIT),
+        tasks: LocalSemaphore::new(MAX_TASKS),
+        ns_cache: RefCell::new((0, BTreeMap::new())),
+    });
+    // A connection that does not finish setting up in time is dropped.
+    let weak: Weak<Conn> = Rc::downgrade(&conn);
+    spawn_local(async move {
+        reactor::sleep(SETUP_TIMEOUT).await;
+        if let Some(c) = weak.upgrade()
+            && c.ctrl.borrow().is_none()
+        {
+            c.stream.shutdown();
+        }
+    });
+    let _ = conn.run().await;
+    conn.broken.set(true);
+    conn.transfers.borrow_mut().clear();
+    // Let commands in flight finish before the queue goes away.
+    drop(conn.tasks.acquire_many(MAX_TASKS).await);
+    let ctrl = conn.ctrl.borrow_mut().take();
+    if let Some(ctrl) = ctrl {
+        ctrl.queues
+            .lock()
+            .expect("queues lock")
+            .remove(&conn.qid.get());
+        if conn.qid.get() == 0 {
+            // The admin queue ends the association: the controller and its I/O queues go.
+            ctrl.teardown();
+        }
+    }
+    target.forget_conn(id);
+}
+
+impl Conn {
+    pub(crate) fn controller(&self) -> Option<Arc<Controller>> {
+        self.ctrl.borrow().clone()
+    }
+
+    /// The namespace `nsid` of the connected subsystem, through the per-queue cache.
+    pub(crate) fn namespace(&self, subsys: &Subsystem, nsid: u32) -> Option<Arc<Namespace>> {
+        let gen_now = subsys.ns_generation();
+        let mut c = self.ns_cache.borrow_mut();
+        if c.0 != gen_now {
+            c.1 = subsys.namespaces.read().expect("namespaces lock").clone();
+            c.0 = gen_now;
+        }
+        c.1.get(&nsid).cloned()
+    }
+
+    async fn run(self: &Rc<Self>) -> io::Result<()> {
+        let mut rd = Reader {
+            buf: IoBuf::with_capacity(RECV_BUF),
+            start: 0,
+        };
+        let mut dec = PduDecoder::new(Role::Controller);
+        // Connection setup: ICReq.
+        let frame = match self.header(&mut rd, &dec).await? {
+            Some(f) => f,
+            None => return Ok(()),
+        };
+        let PduHeader::IcReq(req) = frame.header else {
+            // A TermReq before setup.
+            return Ok(());
+        };
+        rd.fill(&self.stream, frame.len).await?;
+        rd.consume(frame.len);
+        let resp = IcResp::answer(&req, true, true, 0, MAXH2CDATA);
+        self.send(resp.encode().to_vec()).await?;
+        dec.establish(resp.hdgst, resp.ddgst);
+        dec.set_max_data(MAXH2CDATA);
+        self.enc
+            .set(PduEncoder::with(resp.hdgst, resp.ddgst, req.hpda));
+        loop {
+            if self.broken.get() {
+                return Ok(());
+            }
+            let Some(frame) = self.header(&mut rd, &dec).await? else {
+                return Ok(());
+            };
+            let next = match frame.header {
+                PduHeader::CapsuleCmd(_) => self.capsule(&mut rd, &mut dec, &frame).await?,
+                PduHeader::H2CData(h) => self.h2c_data(&mut rd, &frame, h).await?,
+                // The host gives up on the connection.
+                _ => Next::Close,
+            };
+            if let Next::Close = next {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Decodes the next PDU header; on a fatal error sends a C2HTermReq and returns `None`.
+    async fn header(&self, rd: &mut Reader, dec: &PduDecoder) -> io::Result<Option<Frame>> {
+        loop {
+            match dec.decode_header(rd.avail()) {
+                Ok(HeaderDecoded::Header(f)) => return Ok(Some(f)),
+                Ok(HeaderDecoded::Incomplete { more }) => {
+                    let need = rd.avail().len() + more;
+                    rd.fill(&self.stream, need).await?;
+                }
+                Err(e) => {
+                    self.fatal(&e, rd.avail()).await;
+                    return Ok(None);
+                }
+            }
+        }
+    }
+
+    /// Sends the C2HTermReq for a transport error and marks the connection for closing.
+    async fn fatal(&self, e: &proto_nvme::Error, offending: &[u8]) {
+        if let Some(t) = PduEncoder::term_req_for(false, e, offending) {
+            let _ = self.send(t.to_vec()).await;
+        }
+        self.broken.set(true);
+    }
+
+    async fn send(&self, bytes: Vec<u8>) -> io::Result<()> {
+        let _g = self.send_lock.lock().await;
+        self.stream.send_all(bytes).await.0
+    }
+
+    fn fail_send(&self) {
+        self.broken.set(true);
+        self.stream.shutdown();
+    }
+
+    /// A command capsule: parse, check, and start the command.
+    async fn capsule(
+        self: &Rc<Self>,
+        rd: &mut Reader,
+        dec: &mut PduDecoder,
+        frame: &Frame,
+    ) -> io::Result<Next> {
+        rd.fill(&self.stream, frame.len).await?;
+        let (sqe, data, bad_digest, len) = match dec.decode(rd.avail()) {
+            Ok(Decoded::Pdu { pdu, len }) => match pdu.header {
+                PduHeader::CapsuleCmd(sqe) => (sqe, pdu.data.to_vec(), false, len),
+                _ => return Ok(Next::Close),
+            },
+            Ok(Decoded::BadDataDigest { pdu, len, .. }) => match pdu.header {
+                PduHeader::CapsuleCmd(sqe) => (sqe, Vec::new(), true, len),
+                _ => return Ok(Next::Close),
+            },
+            Ok(Decoded::Incomplete { .. }) => return Ok(Next::Close),
+            Err(e) => {
+                self.fatal(&e, rd.avail()).await;
+                return Ok(Next::Close);
+            }
+        };
+        rd.consume(len);
+        let entries = self.sq_entries.get().max(1);
+        self.sqhd
+            .set(((u32::from(self.sqhd.get()) + 1) % entries) as u16);
+        let Some(ctrl) = self.controller() else {
+            if sqe.opcode == FABRICS_OPCODE && sqe.fctype() == fctype::CONNECT {
+                return self.connect(dec, &sqe, &data, bad_digest).await;
+            }
+            self.reply_now(
+                &sqe,
+                Reply::status(Status::COMMAND_SEQUENCE_ERROR.with_dnr()),
+            )
+            .await;
+            return Ok(Next::Continue);
+        };
+        let qid = self.qid.get();
+        if self.inflight.borrow().contains(&sqe.cid) {
+            self.reply_now(&sqe, Reply::status(Status::COMMAND_ID_CONFLICT.with_dnr()))
+                .await;
+            return Ok(Next::Continue);
+        }
+        let qtype = if qid == 0 {
+            QueueType::Admin
+        } else {
+            QueueType::Io
+        };
+        let cmd = match Command::parse(&sqe, qtype) {
+            Ok(c) => c,
+            Err(e) => {
+                ctrl.log_error(qid, sqe.cid, e.status(), e.error_location(), sqe.nsid, 0);
+                self.reply_now(&sqe, Reply::status(e.status())).await;
+                return Ok(Next::Continue);
+            }
+        };
+        if bad_digest {
+            self.reply_now(&sqe, Reply::status(Status::TRANSIENT_TRANSPORT_ERROR))
+                .await;
+            return Ok(Next::Continue);
+        }
+        match cmd {
+            Command::Connect(_) => {
+                self.reply_now(
+                    &sqe,
+                    Reply::status(Status::COMMAND_SEQUENCE_ERROR.with_dnr()),
+                )
+                .await;
+                return Ok(Next::Continue);
+            }
+            Command::Disconnect { .. } => {
+                self.reply_now(&sqe, Reply::ok()).await;
+                return Ok(Next::Close);
+            }
+            _ => {}
+        }
+        let dp = match sqe.data_pointer() {
+            Ok(dp) => dp,
+            Err(e) => {
+                ctrl.log_error(qid, sqe.cid, e.status(), e.error_location(), sqe.nsid, 0);
+                self.reply_now(&sqe, Reply::status(e.status())).await;
+                return Ok(Next::Continue);
+            }
+        };
+        if dp.len() > MDTS_BYTES {
+            self.reply_now(&sqe, Reply::status(Status::INVALID_FIELD.with_dnr()))
+                .await;
+            return Ok(Next::Continue);
+        }
+        let task = self.tasks.acquire().await;
+        self.inflight.borrow_mut().insert(sqe.cid);
+        let to_controller = matches!(
+            sqe.data_direction(),
+            DataDirection::HostToController | DataDirection::Bidirectional
+        );
+        match dp {
+            DataPointer::InCapsule { .. } if to_controller && dp.len() > 0 => {
+                match dp.in_capsule_slice(&data) {
+                    Ok(s) => {
+                        let buf = IoBuf::from_slice(s);
+                        self.start(ctrl, sqe, cmd, Some(buf), task, None);
+                    }
+                    Err(e) => {
+                        drop(task);
+                        self.complete(&sqe, Reply::status(e.status())).await;
+                    }
+                }
+            }
+            DataPointer::Transport { len } if to_controller && len > 0 => {
+                let c = self.clone();
+                spawn_local(async move {
+                    let bytes = c.bytes.acquire_many(units(len)).await;
+                    if c.broken.get() {
+                        c.inflight.borrow_mut().remove(&sqe.cid);
+                        return;
+                    }
+                    let ttag = c.next_ttag.get();
+                    c.next_ttag.set(ttag.wrapping_add(1));
+                    let mut buf = reactor::alloc_buf(len as usize);
+                    buf.set_len(0);
+                    c.transfers.borrow_mut().insert(
+                        ttag,
+                        Transfer {
+                            sqe,
+                            cmd,
+                            buf,
+                            len,
+                            received: 0,
+                            bad_digest: false,
+                            bytes,
+                            task,
+                        },
+                    );
+                    let r2t = c.enc.get().r2t(&R2T {
+                        cccid: sqe.cid,
+                        ttag,
+                        r2to: 0,
+                        r2tl: len,
+                    });
+                    if c.send(r2t.to_vec()).await.is_err() {
+                        c.fail_send();
+                    }
+                });
+            }
+            _ => self.start(ctrl, sqe, cmd, None, task, None),
+        }
+        Ok(Next::Continue)
+    }
+
+    /// H2CData for a pending R2T.
+    async fn h2c_data(
+        self: &Rc<Self>,
+        rd: &mut Reader,
+        frame: &Frame,
+        h: proto_nvme::H2CData,
+    ) -> io::Result<Next> {
+        let header: Vec<u8> = rd.avail()[..frame.header_len.min(rd.avail().len())].to_vec();
+        let t = self.transfers.borrow_mut().remove(&h.ttag);
+        let mut t = match t {
+            Some(t) if t.sqe.cid == h.cccid => t,
+            Some(t) => {
+                self.transfers.borrow_mut().insert(h.ttag, t);
+                let e = proto_nvme::Error::InvalidHeaderField {
+                    offset: 8,
+                    reason: "CCCID does not match the R2T",
+                };
+                self.fatal(&e, &header).await;
+                return Ok(Next::Close);
+            }
+            None => {
+                let e = proto_nvme::Error::InvalidHeaderField {
+                    offset: 10,
+                    reason: "unknown transfer tag",
+                };
+                self.fatal(&e, &header).await;
+                return Ok(Next::Close);
+            }
+        };
+        if let Err(e) = check_data_range(h.datao, h.datal, t.len, Some(t.received)) {
+            self.fatal(&e, &header).await;
+            return Ok(Next::Close);
+        }
+        rd.consume(frame.header_len);
+        rd.skip(&self.stream, frame.padding()).await?;
+        let at = t.buf.len();
+        t.buf = rd.read_into(&self.stream, t.buf, h.datal as usize).await?;
+        if frame.data_digest {
+            rd.fill(&self.stream, 4).await?;
+            let got = u32::from_le_bytes(rd.avail()[..4].try_into().expect("4 bytes"));
+            rd.consume(4);
+            if crc32c(&t.buf[at..]) != got {
+                t.bad_digest = true;
+            }
+        }
+        t.received += h.datal;
+        if t.received < t.len {
+            self.transfers.borrow_mut().insert(h.ttag, t);
+            return Ok(Next::Continue);
+        }
+        let Some(ctrl) = self.controller() else {
+            return Ok(Next::Close);
+        };
+        if t.bad_digest {
+            drop(t.task);
+            self.complete(&t.sqe, Reply::status(Status::TRANSIENT_TRANSPORT_ERROR))
+                .await;
+            return Ok(Next::Continue);
+        }
+        self.start(ctrl, t.sqe, t.cmd, Some(t.buf), t.task, Some(t.bytes));
+        Ok(Next::Continue)
+    }
+
+    /// Runs a command in its own task and completes it.
+    fn start(
+        self: &Rc<Self>,
+        ctrl: Arc<Controller>,
+        sqe: Sqe,
+        cmd: Command,
+        data: Option<IoBuf>,
+        task: Permit,
+        bytes: Option<Permit>,
+    ) {
+        let c = self.clone();
+        spawn_local(async move {
+            let _task = task;
+            // Data the command returns counts against the budget too.
+            let _bytes = match bytes {
+                Some(b) => b,
+                None => {
+                    let out = match sqe.data_direction() {
+                        DataDirection::ControllerToHost | DataDirection::Bidirectional => {
+                            sqe.dptr.len()
+                        }
+                        _ => 0,
+                    };
+                    c.bytes.acquire_many(units(out)).await
+                }
+            };
+            let r = if c.qid.get() == 0 {
+                cmd::admin(&c, &ctrl, &sqe, cmd, data).await
+            } else {
+                cmd::io(&c, &ctrl, &sqe, cmd, data).await
+            };
+            if let Some(r) = r {
+                c.complete(&sqe, r).await;
+            }
+        });
+    }
+
+    /// Completes a command that never became a task.
+    async fn reply_now(&self, sqe: &Sqe, r: Reply) {
+        self.inflight.borrow_mut().insert(sqe.cid);
+        self.complete(sqe, r).await;
+    }
+
+    /// Sends a command's data (if any) and completion, logging failures.
+    pub(crate) async fn complete(&self, sqe: &Sqe, r: Reply) {
+        let cid = sqe.cid;
+        self.inflight.borrow_mut().remove(&cid);
+        if !r.status.is_success()
+            && let Some(ctrl) = self.controller()
+            && sqe.opcode != proto_nvme::admin_opcode::ASYNC_EVENT_REQUEST
+        {
+            ctrl.log_error(self.qid.get(), cid, r.status, 0xffff, sqe.nsid, 0);
+        }
+        let cqe = Cqe {
+            dw0: r.dw0,
+            dw1: r.dw1,
+            sqhd: if self.sqflow_off.get() {
+                0
+            } else {
+                self.sqhd.get()
+            },
+            sqid: self.qid.get(),
+            cid,
+            status: r.status,
+        };
+        let enc = self.enc.get();
+        let _g = self.send_lock.lock().await;
+        if self.broken.get() {
+            return;
+        }
+        let res = async {
+            match r.data {
+                Some(data) if r.status.is_success() && !data.is_empty() => {
+                    let success = self.sqflow_off.get();
+                    let hdr = enc.c2h_data_header(&proto_nvme::C2HData {
+                        cccid: cid,
+                        datao: 0,
+                        datal: data.len() as u32,
+                        last: true,
+                        success,
+                    });
+                    let digest = enc.data_digest_for(&data);
+                    let (r, _, _) = self.stream.send_all2(hdr.to_vec(), data).await;
+                    r?;
+                    if let Some(d) = digest {
+                        self.stream.send_all(d.to_vec()).await.0?;
+                    }
+                    if success {
+                        return Ok(());
+                    }
+                    self.stream
+                        .send_all(enc.capsule_resp(&cqe).to_vec())
+                        .await
+                        .0
+                }
+                _ => {
+                    self.stream
+                        .send_all(enc.capsule_resp(&cqe).to_vec())
+                        .await
+                        .0
+                }
+            }
+        }
+        .await;
+        if res.is_err() {
+            self.fail_send();
+        }
+    }
+
+    /// Connect: creates a controller (admin queue) or joins one (I/O queue).
+    async fn connect(
+        self: &Rc<Self>,
+        dec: &mut PduDecoder,
+        sqe: &Sqe,
+        data: &[u8],
+        bad_digest: bool,
+    ) -> io::Result<Next> {
+        match self.do_connect(dec, sqe, data, bad_digest) {
+            Ok(ctrl) => {
+                self.sqhd.set((1 % self.sq_entries.get().max(1)) as u16);
+                self.reply_now(sqe, Reply::dw0(connect_success_dw0(ctrl.cntlid, 0)))
+                    .await;
+                if self.qid.get() == 0 {
+                    self.spawn_admin_tasks(&ctrl);
+                }
+                Ok(Next::Continue)
+            }
+            Err(r) => {
+                self.reply_now(sqe, r).await;
+                Ok(Next::Continue)
+            }
+        }
+    }
+
+    fn do_connect(
+        self: &Rc<Self>,
+        dec: &mut PduDecoder,
+        sqe: &Sqe,
+        data: &[u8],
+        bad_digest: bool,
+    ) -> Result<Arc<Controller>, Reply> {
+        let invalid = |in_data: bool, offset: u16| Reply {
+            dw0: connect_invalid_parameter_dw0(in_data, offset),
+            ..Reply::status(Status::CONNECT_INVALID_PARAMETERS.with_dnr())
+        };
+        let Ok(Command::Connect(c)) = Command::parse(sqe, QueueType::Admin) else {
+            return Err(Reply::status(Status::INVALID_FIELD.with_dnr()));
+        };
+        if bad_digest {
+            return Err(Reply::status(Status::TRANSIENT_TRANSPORT_ERROR));
+        }
+        if c.recfmt != 0 {
+            return Err(Reply::status(
+                Status::CONNECT_INCOMPATIBLE_FORMAT.with_dnr(),
+            ));
+        }
+        let dp = sqe.data_pointer().map_err(|e| Reply::status(e.status()))?;
+        let bytes = match dp {
+            DataPointer::InCapsule { .. } => dp
+                .in_capsule_slice(data)
+                .map_err(|e| Reply::status(e.status()))?,
+            DataPointer::Transport { .. } => {
+                return Err(Reply::status(Status::DATA_SGL_LENGTH_INVALID.with_dnr()));
+            }
+        };
+        let cd = ConnectData::parse(bytes).map_err(|e| match e {
+            proto_nvme::Error::ConnectInvalidParameter {
+                in_data, offset, ..
+            } => invalid(in_data, offset),
+            other => Reply::status(other.status()),
+        })?;
+        let Some(sub) = self.target.find(cd.subnqn) else {
+            return Err(invalid(true, proto_nvme::CONNECT_SUBNQN_OFFSET as u16));
+        };
+        if sub.removed.load(Ordering::SeqCst) {
+            return Err(invalid(true, proto_nvme::CONNECT_SUBNQN_OFFSET as u16));
+        }
+        if proto_nvme::validate_nqn(cd.hostnqn).is_err() {
+            return Err(invalid(true, proto_nvme::CONNECT_HOSTNQN_OFFSET as u16));
+        }
+        if !sub.host_allowed(cd.hostnqn) {
+            return Err(Reply::status(Status::CONNECT_INVALID_HOST.with_dnr()));
+        }
+        let entries = c.queue_entries();
+        if !(2..=MAX_QUEUE_SIZE).contains(&entries) {
+            return Err(invalid(false, 44));
+        }
+        let ctrl = if c.qid == 0 {
+            if cd.cntlid != proto_nvme::CNTLID_DYNAMIC {
+                return Err(invalid(true, 16));
+            }
+            let (hostnqn, hostid) = (cd.hostnqn, cd.hostid);
+            let s2 = sub.clone();
+            sub.add_controller(|id| Controller::new(id, s2, hostnqn, hostid, c.kato))
+                .ok_or_else(|| Reply::status(Status::CONNECT_CONTROLLER_BUSY))?
+        } else {
+            if sub.discovery {
+                return Err(invalid(false, 42));
+            }
+            let ctrl = sub
+                .controller(cd.cntlid)
+                .filter(|c| !c.is_dead())
+                .ok_or_else(|| invalid(true, 16))?;
+            if ctrl.hostnqn != cd.hostnqn {
+                return Err(invalid(true, proto_nvme::CONNECT_HOSTNQN_OFFSET as u16));
+            }
+            if ctrl.hostid != cd.hostid {
+                return Err(invalid(true, 0));
+            }
+            if !ctrl.enabled() {
+                return Err(Reply::status(Status::COMMAND_SEQUENCE_ERROR.with_dnr()));
+            }
+            let granted = match ctrl.state().io_queues {
+                0 => MAX_IO_QUEUES,
+                n => n,
+            };
+            if c.qid > granted {
+                return Err(invalid(false, 42));
+            }
+            ctrl
+        };
+        {
+            let mut q = ctrl.queues.lock().expect("queues lock");
+            if q.contains_key(&c.qid) {
+                return Err(invalid(false, 42));
+            }
+            q.insert(c.qid, self.stream.fd());
+        }
+        if c.qid > 0 {
+            dec.set_max_in_capsule(IO_IN_CAPSULE);
+        }
+        ctrl.touch();
+        self.qid.set(c.qid);
+        self.sq_entries.set(entries);
+        self.sqflow_off.set(c.sq_flow_control_disabled());
+        *self.ctrl.borrow_mut() = Some(ctrl.clone());
+        Ok(ctrl)
+    }
+
+    /// The admin queue's helpers: completes Async Event Requests as events arrive, and
+    /// tears the controller down when the keep-alive timer expires.
+    fn spawn_admin_tasks(self: &Rc<Self>, ctrl: &Arc<Controller>) {
+        let c = self.clone();
+        let ctl = ctrl.clone();
+        spawn_local(async move {
+            loop {
+                let next = std::future::poll_fn(|cx| {
+                    if ctl.is_dead() || c.broken.get() {
+                        return std::task::Poll::Ready(None);
+                    }
+                    match ctl.take_event(cx.waker()) {
+                        Some(x) => std::task::Poll::Ready(Some(x)),
+                        None => std::task::Poll::Pending,
+                    }
+                })
+                .await;
+                let Some((cid, ev)) = next else { return };
+                let sqe = Sqe {
+                    cid,
+                    opcode: proto_nvme::admin_opcode::ASYNC_EVENT_REQUEST,
+                    ..Sqe::default()
+                };
+                c.complete(&sqe, Reply::dw0(ev.to_dw0())).await;
+            }
+        });
+        let ctl = ctrl.clone();
+        spawn_local(async move {
+            loop {
+                let kato = u64::from(ctl.kato_ms.load(Ordering::Relaxed));
+                let check = if kato == 0 { 1000 } else { (kato / 4).max(100) };
+                reactor::sleep(Duration::from_millis(check)).await;
+                if ctl.is_dead() {
+                    return;
+                }
+                // The specification lets a controller add its own delay to KATO; half of
+                // KATO (at least a second) absorbs hosts that send Keep Alive late.
+                if kato > 0 && ctl.idle_ms() > kato + (kato / 2).max(1000) {
+                    eprintln!(
+                        "nvmf: controller {} of {} ({}): keep alive timeout ({} ms) expired",
+                        ctl.cntlid, ctl.subsys.nqn, ctl.hostnqn, kato
+                    );
+                    ctl.teardown();
+                    return;
+                }
+            }
+        });
+    }
+}
+
+fn units(len: u32) -> usize {
+    (len as usize).div_ceil(BYTE_UNIT)
+}
