@@ -1,9 +1,11 @@
-//! The Ballast engine: wires reactors, devices, the NBD target and the management API.
+//! The Ballast engine: wires reactors, devices, the NBD and NVMe/TCP targets and the
+//! management API.
 //!
 //! [`Engine::start`] brings up the reactors, opens the configured devices (each wrapped in
 //! [`blockdev::Measured`] for statistics), imports the pools they hold (their volumes become
-//! devices named `POOL/VOLUME`), creates the exports, starts the NBD listener and, unless
-//! disabled, the gRPC management API on a control thread. [`Engine::shutdown`] stops
+//! devices named `POOL/VOLUME`), creates the exports (NBD exports and NVMe/TCP subsystems),
+//! starts the NBD and NVMe/TCP listeners and, unless disabled, the gRPC management API on a
+//! control thread. [`Engine::shutdown`] stops
 //! accepting, closes connections, commits every pool, flushes every device and stops the
 //! reactors.
 
@@ -21,6 +23,7 @@ use anyhow::{Context, bail};
 use blockdev::{BlockDevice, Device, Measured};
 use reactor::{Config as ReactorConfig, ReactorHandle, Runtime};
 use target_nbd::NbdServer;
+use target_nvme::NvmfTarget;
 
 pub use config::EngineConfig;
 
@@ -41,6 +44,8 @@ pub struct EngineState {
     pool_ops: tokio::sync::Mutex<()>,
     nbd: Arc<NbdServer>,
     nbd_addr: SocketAddr,
+    nvmf: Arc<NvmfTarget>,
+    nvmf_addr: Option<SocketAddr>,
     reactors: Vec<ReactorHandle>,
     cores: usize,
     mode: reactor::PollMode,
@@ -98,6 +103,33 @@ impl EngineState {
         format!("nbd://{}/{}", self.nbd_addr, name)
     }
 
+    /// The NVMe/TCP listener's address, if the target is enabled.
+    pub fn nvmf_addr(&self) -> Option<SocketAddr> {
+        self.nvmf_addr
+    }
+
+    /// The NVMe-oF target (for subsystem management).
+    pub fn nvmf(&self) -> &Arc<NvmfTarget> {
+        &self.nvmf
+    }
+
+    /// The `nvmf://HOST:PORT/NQN` URI of a subsystem (empty when the target is disabled).
+    pub fn nvmf_uri(&self, nqn: &str) -> String {
+        self.nvmf_addr
+            .map(|a| format!("nvmf://{a}/{nqn}"))
+            .unwrap_or_default()
+    }
+
+    /// What exports `device`, for "in use" errors: an NBD export name or an NVMe namespace.
+    pub fn export_of_device(&self, device: &str) -> Option<String> {
+        if let Some(e) = self.nbd.device_in_use(device) {
+            return Some(e);
+        }
+        self.nvmf
+            .device_in_use(device)
+            .map(|(nqn, nsid)| format!("namespace {nsid} of NVMe subsystem {nqn}"))
+    }
+
     /// Opens `uri` as device `name`.
     pub fn create_device(&self, name: &str, uri: &str) -> Result<DeviceEntry, MgmtError> {
         if name.is_empty() || name.len() > 256 || name.chars().any(|c| c.is_control() || c == '/') {
@@ -135,7 +167,7 @@ impl EngineState {
         {
             return Err(MgmtError::Busy(why));
         }
-        if let Some(export) = self.nbd.device_in_use(name) {
+        if let Some(export) = self.export_of_device(name) {
             return Err(MgmtError::Busy(format!(
                 "device {name:?} is exported as {export:?}; destroy the export first"
             )));
@@ -170,6 +202,23 @@ impl EngineState {
         device: &str,
         read_only: bool,
     ) -> Result<(), MgmtError> {
+        if self.nvmf_exports().iter().any(|(n, _)| n == name) {
+            return Err(MgmtError::Exists(format!(
+                "export {name:?} already exists (NVMe/TCP)"
+            )));
+        }
+        let dev = self.exportable(device)?;
+        self.nbd
+            .add_export(name, dev, read_only)
+            .map_err(|e| match e {
+                target_nbd::ExportError::Exists(_) => MgmtError::Exists(e.to_string()),
+                target_nbd::ExportError::NotFound(_) => MgmtError::NotFound(e.to_string()),
+                target_nbd::ExportError::BadName(_) => MgmtError::Invalid(e.to_string()),
+            })
+    }
+
+    /// Looks a device up for exporting: it must exist and not hold a pool.
+    fn exportable(&self, device: &str) -> Result<Device, MgmtError> {
         let dev = self
             .devices
             .lock()
@@ -182,21 +231,64 @@ impl EngineState {
         {
             return Err(MgmtError::Busy(format!("cannot export: {why}")));
         }
-        let dev: Device = dev;
-        self.nbd
-            .add_export(name, dev, read_only)
-            .map_err(|e| match e {
-                target_nbd::ExportError::Exists(_) => MgmtError::Exists(e.to_string()),
-                target_nbd::ExportError::NotFound(_) => MgmtError::NotFound(e.to_string()),
-                target_nbd::ExportError::BadName(_) => MgmtError::Invalid(e.to_string()),
-            })
+        Ok(dev)
     }
 
-    /// Removes an export.
+    /// Exports `device` over NVMe/TCP as `name`: subsystem `nqn.2024-01.io.ballast:NAME`
+    /// with the device as namespace 1, reachable by the hosts in `allow_hosts` (any host when
+    /// empty). Returns the subsystem NQN.
+    pub fn create_nvmf_export(
+        &self,
+        name: &str,
+        device: &str,
+        read_only: bool,
+        allow_hosts: &[String],
+    ) -> Result<String, MgmtError> {
+        if self.nvmf_addr.is_none() {
+            return Err(MgmtError::Invalid(
+                "the NVMe/TCP target is disabled (--nvmf-listen off)".into(),
+            ));
+        }
+        if self.nbd.exports().iter().any(|e| e.name == name) {
+            return Err(MgmtError::Exists(format!(
+                "export {name:?} already exists (NBD)"
+            )));
+        }
+        let dev = self.exportable(device)?;
+        let nqn = target_nvme::export_nqn(name);
+        self.nvmf
+            .create_subsystem(&nqn, allow_hosts)
+            .map_err(nvmf_err)?;
+        if let Err(e) = self.nvmf.add_namespace(&nqn, Some(1), dev, read_only) {
+            let _ = self.nvmf.destroy_subsystem(&nqn);
+            return Err(nvmf_err(e));
+        }
+        Ok(nqn)
+    }
+
+    /// The NVMe/TCP exports: subsystems named `nqn.2024-01.io.ballast:NAME`, as (name, info).
+    pub fn nvmf_exports(&self) -> Vec<(String, target_nvme::SubsystemInfo)> {
+        let prefix = format!("{}:", target_nvme::EXPORT_NQN_PREFIX);
+        self.nvmf
+            .subsystems()
+            .into_iter()
+            .filter_map(|s| Some((s.nqn.strip_prefix(&prefix)?.to_string(), s)))
+            .collect()
+    }
+
+    /// Removes an export (NBD, or NVMe/TCP: its subsystem and controllers go).
     pub fn destroy_export(&self, name: &str) -> Result<(), MgmtError> {
-        self.nbd
-            .remove_export(name)
-            .map_err(|e| MgmtError::NotFound(e.to_string()))
+        match self.nbd.remove_export(name) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let nqn = target_nvme::export_nqn(name);
+                if self.nvmf_exports().iter().any(|(n, _)| n == name) {
+                    self.nvmf.destroy_subsystem(&nqn).map_err(nvmf_err)
+                } else {
+                    Err(MgmtError::NotFound(e.to_string()))
+                }
+            }
+        }
     }
 
     /// The exports.
@@ -226,11 +318,21 @@ impl EngineState {
     }
 }
 
+/// The one mapping of NVMe-oF target management errors.
+pub fn nvmf_err(e: target_nvme::NvmfError) -> MgmtError {
+    match e {
+        target_nvme::NvmfError::Exists(m) => MgmtError::Exists(m),
+        target_nvme::NvmfError::NotFound(m) => MgmtError::NotFound(m),
+        target_nvme::NvmfError::Invalid(m) => MgmtError::Invalid(m),
+    }
+}
+
 /// A running engine.
 pub struct Engine {
     state: Arc<EngineState>,
     runtime: Option<Runtime>,
     listener: std::net::TcpListener,
+    nvmf_listener: Option<std::net::TcpListener>,
     grpc: Option<(
         tokio::sync::oneshot::Sender<()>,
         std::thread::JoinHandle<()>,
@@ -255,6 +357,17 @@ impl Engine {
         let listener = std::net::TcpListener::bind(cfg.nbd_listen)
             .with_context(|| format!("binding NBD listener on {}", cfg.nbd_listen))?;
         let nbd_addr = listener.local_addr()?;
+        let nvmf_listener = match cfg.nvmf_listen {
+            Some(a) => Some(
+                std::net::TcpListener::bind(a)
+                    .with_context(|| format!("binding NVMe/TCP listener on {a}"))?,
+            ),
+            None => None,
+        };
+        let nvmf_addr = match &nvmf_listener {
+            Some(l) => Some(l.local_addr()?),
+            None => None,
+        };
         let runtime = Runtime::start(ReactorConfig {
             cores: cfg.cores,
             mode: cfg.poll_mode,
@@ -268,6 +381,8 @@ impl Engine {
             pool_ops: tokio::sync::Mutex::new(()),
             nbd: NbdServer::new(),
             nbd_addr,
+            nvmf: NvmfTarget::new(),
+            nvmf_addr,
             reactors: runtime.handles().to_vec(),
             cores: cfg.cores,
             mode: cfg.poll_mode,
@@ -277,6 +392,7 @@ impl Engine {
             state: state.clone(),
             runtime: Some(runtime),
             listener,
+            nvmf_listener,
             grpc: None,
         };
         for d in &cfg.devices {
@@ -314,8 +430,18 @@ impl Engine {
                 return Err(anyhow::Error::new(err).context(format!("export {:?}", e.name)));
             }
         }
+        for e in &cfg.nvmf_exports {
+            state
+                .create_nvmf_export(&e.name, e.device_name(), e.read_only, &e.allow_hosts)
+                .map_err(|err| {
+                    anyhow::Error::new(err).context(format!("NVMe/TCP export {:?}", e.name))
+                })?;
+        }
         let l2 = engine.listener.try_clone()?;
         state.nbd.serve(l2, state.reactors.clone());
+        if let Some(l) = &engine.nvmf_listener {
+            state.nvmf.serve(l.try_clone()?, state.reactors.clone());
+        }
         if let Some(addr) = cfg.grpc_listen {
             engine.grpc = Some(grpc::spawn(state.clone(), addr)?);
         }
@@ -340,8 +466,13 @@ impl Engine {
             let _ = t.join();
         }
         self.state.nbd.stop(Some(self.listener.as_raw_fd()));
+        self.state
+            .nvmf
+            .stop(self.nvmf_listener.as_ref().map(|l| l.as_raw_fd()));
         let deadline = Instant::now() + Duration::from_secs(5);
-        while self.state.nbd.connection_count() > 0 && Instant::now() < deadline {
+        while (self.state.nbd.connection_count() > 0 || self.state.nvmf.connection_count() > 0)
+            && Instant::now() < deadline
+        {
             std::thread::sleep(Duration::from_millis(10));
         }
         let (_, errors) = block_on(self.state.flush_all());

@@ -3,11 +3,12 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use ballast_engine::config::{self, EngineConfig, ExportConfig, FileConfig};
+use ballast_engine::config::{self, EngineConfig, ExportConfig, FileConfig, NvmfExportConfig};
 use clap::Parser;
 
-/// Ballast's data plane: serves block devices over NBD from io_uring reactors, configured by
-/// flags, a TOML file, and at run time over the gRPC management API (`ballast` CLI).
+/// Ballast's data plane: serves block devices over NBD and NVMe/TCP from io_uring reactors,
+/// configured by flags, a TOML file, and at run time over the gRPC management API (`ballast`
+/// CLI).
 ///
 /// Device URIs: `malloc:///NAME?size=1GiB[&block_size=4096]` (RAM, reports holes),
 /// `uring:///PATH[?size=10GiB][&ro][&direct=0]` or a plain absolute path (file or block device
@@ -18,7 +19,12 @@ use clap::Parser;
 /// e.g. `--export vol0=pool0/vol0`); a damaged pool is reported, listed as faulted and not
 /// served. Pools are managed at run time with `ballast pool ...` and `ballast volume ...`.
 ///
-/// Prints one `nbd://HOST:PORT/NAME` line per export on stdout once serving, and runs until
+/// NVMe/TCP exports (`--nvmf-export NAME=DEVICE`) are NVM subsystems named
+/// `nqn.2024-01.io.ballast:NAME` with the device as namespace 1; the discovery subsystem lists
+/// them (`nvme discover -t tcp -a HOST -s 4420`).
+///
+/// Prints one `nbd://HOST:PORT/NAME` line per NBD export and one `nvmf://HOST:PORT/NQN` line
+/// per NVMe/TCP subsystem on stdout once serving, and runs until
 /// SIGINT or SIGTERM, then commits every pool, flushes every device and exits.
 ///
 /// `ballast-engine --pool-check URI` instead verifies the pool on URI offline (opened
@@ -43,6 +49,10 @@ struct Args {
     /// Management gRPC listen address, or `none` [default: 127.0.0.1:10124].
     #[arg(long)]
     grpc_listen: Option<String>,
+    /// NVMe/TCP listen address (port 0 picks a free port), or `off` [default:
+    /// 127.0.0.1:4420].
+    #[arg(long)]
+    nvmf_listen: Option<String>,
     /// A device to create: NAME=URI (repeatable).
     #[arg(long = "device", value_name = "NAME=URI")]
     devices: Vec<String>,
@@ -50,9 +60,15 @@ struct Args {
     /// volume is DEVICE POOL/VOLUME).
     #[arg(long = "export", value_name = "NAME[=DEVICE][,ro]")]
     exports: Vec<String>,
+    /// An NVMe/TCP export to create: NAME[=DEVICE][,ro][,host=HOSTNQN]... (repeatable;
+    /// subsystem `nqn.2024-01.io.ballast:NAME`, DEVICE as namespace 1; `host=` entries make an
+    /// allow-list, none admits any host).
+    #[arg(long = "nvmf-export", value_name = "NAME[=DEVICE][,ro][,host=NQN]")]
+    nvmf_exports: Vec<String>,
     /// A TOML file with the same settings (`cores`, `poll_mode`, `pin`, `nbd_listen`,
-    /// `grpc_listen`, `pool_import`, `[[device]]` name/uri, `[[export]]`
-    /// name/device/read_only); flags override its values and add devices and exports.
+    /// `grpc_listen`, `nvmf_listen`, `pool_import`, `[[device]]` name/uri, `[[export]]`
+    /// name/device/read_only, `[[nvmf_export]]` name/device/read_only/allow_hosts); flags
+    /// override its values and add devices and exports.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Do not probe the devices given at start for pools: they stay plain devices (also
@@ -94,9 +110,16 @@ fn build_config(a: Args) -> anyhow::Result<EngineConfig> {
         cfg.devices
             .push(config::parse_device(d).map_err(anyhow::Error::msg)?);
     }
+    if let Some(l) = &a.nvmf_listen {
+        cfg.nvmf_listen = config::parse_optional_addr(l).map_err(anyhow::Error::msg)?;
+    }
     for e in &a.exports {
         cfg.exports
             .push(ExportConfig::parse(e).map_err(anyhow::Error::msg)?);
+    }
+    for e in &a.nvmf_exports {
+        cfg.nvmf_exports
+            .push(NvmfExportConfig::parse(e).map_err(anyhow::Error::msg)?);
     }
     Ok(cfg)
 }
@@ -137,8 +160,14 @@ fn main() -> anyhow::Result<()> {
         cfg.poll_mode,
         engine.state().nbd_addr()
     );
+    if let Some(a) = engine.state().nvmf_addr() {
+        eprintln!("ballast-engine: NVMe/TCP on {a}");
+    }
     for e in engine.state().exports() {
         println!("{}", engine.state().export_uri(&e.name));
+    }
+    for s in engine.state().nvmf().subsystems() {
+        println!("{}", engine.state().nvmf_uri(&s.nqn));
     }
     use std::io::Write;
     std::io::stdout().flush()?;

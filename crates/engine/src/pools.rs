@@ -591,7 +591,7 @@ impl EngineState {
     /// pool's device is accepted when `retry_faulted` (importing it again).
     fn claim_device(&self, device: &str, retry_faulted: bool) -> Result<BusyGuard<'_>, MgmtError> {
         self.device_of(device)?;
-        if let Some(export) = self.nbd.device_in_use(device) {
+        if let Some(export) = self.export_of_device(device) {
             return Err(MgmtError::Busy(format!(
                 "device {device:?} is exported as {export:?}; destroy the export first"
             )));
@@ -711,7 +711,7 @@ impl EngineState {
                 .faulted
                 .values()
                 .any(|f| f.devices.contains(&d));
-            if self.nbd.device_in_use(&d).is_none() && (faulted || self.pool_claim(&d).is_none()) {
+            if self.export_of_device(&d).is_none() && (faulted || self.pool_claim(&d).is_none()) {
                 names.push(d);
             }
         }
@@ -804,7 +804,7 @@ impl EngineState {
         let volumes = entry.pool.list();
         for v in &volumes {
             let dev = volume_device_name(name, &v.name);
-            if let Some(export) = self.nbd.device_in_use(&dev) {
+            if let Some(export) = self.export_of_device(&dev) {
                 return Err(MgmtError::Busy(format!(
                     "pool {name:?}: device {dev:?} is exported as {export:?}; destroy the export \
                      first"
@@ -1054,7 +1054,7 @@ impl EngineState {
             )));
         }
         let dev = volume_device_name(pool_name, name);
-        if let Some(export) = self.nbd.device_in_use(&dev) {
+        if let Some(export) = self.export_of_device(&dev) {
             return Err(MgmtError::Busy(format!(
                 "{what}: device {dev:?} is exported as {export:?}; destroy the export first"
             )));

@@ -142,6 +142,7 @@ cores = 2
 poll_mode = "adaptive"
 pin = false
 nbd_listen = "127.0.0.1:0"
+nvmf_listen = "127.0.0.1:0"
 grpc_listen = "none"
 
 [[device]]

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod nbd;
+pub mod nvme;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
@@ -206,14 +207,19 @@ pub struct Engine {
     pub uris: Vec<String>,
     /// The NBD listener's address.
     pub nbd_addr: SocketAddr,
+    /// The `nvmf://` URIs it printed, one per NVMe/TCP subsystem.
+    pub nvmf_uris: Vec<String>,
+    /// The NVMe/TCP listener's address, if enabled.
+    pub nvmf_addr: Option<SocketAddr>,
     /// The management API's URL (`http://ADDR`), if enabled.
     pub grpc: Option<String>,
 }
 
 impl Engine {
     /// Starts an engine with `args`, adding `--no-pin --nbd-listen 127.0.0.1:0
-    /// --grpc-listen none` where the arguments do not say otherwise (and no `--config` is
-    /// given), and waits until it printed one URI per `--export`.
+    /// --nvmf-listen 127.0.0.1:0 --grpc-listen none` where the arguments do not say otherwise
+    /// (and no `--config` is given), and waits until it printed one URI per `--export` and
+    /// `--nvmf-export`.
     pub fn start(args: &[&str]) -> Engine {
         let has = |f: &str| {
             args.iter()
@@ -228,15 +234,25 @@ impl Engine {
             if !has("--grpc-listen") {
                 full.extend(["--grpc-listen".into(), "none".into()]);
             }
+            if !has("--nvmf-listen") {
+                full.extend(["--nvmf-listen".into(), "127.0.0.1:0".into()]);
+            }
         }
         full.extend(args.iter().map(|s| s.to_string()));
         let exports = args.iter().filter(|a| **a == "--export").count();
-        Engine::spawn(full, exports)
+        let nvmf = args.iter().filter(|a| **a == "--nvmf-export").count();
+        Engine::spawn_with(full, exports, nvmf)
     }
 
     /// Starts an engine with exactly `args` and waits for `exports` URI lines on stdout and
     /// the "NBD on" line on stderr.
     pub fn spawn(args: Vec<String>, exports: usize) -> Engine {
+        Engine::spawn_with(args, exports, 0)
+    }
+
+    /// As [`Engine::spawn`], also waiting for `nvmf` `nvmf://` URI lines and the
+    /// "NVMe/TCP on" line when `nvmf` > 0.
+    pub fn spawn_with(args: Vec<String>, exports: usize, nvmf: usize) -> Engine {
         let mut child = Command::new(engine_bin())
             .args(&args)
             .stdin(Stdio::null())
@@ -276,6 +292,8 @@ impl Engine {
             stderr,
             uris: Vec::new(),
             nbd_addr: "0.0.0.0:0".parse().expect("addr"),
+            nvmf_uris: Vec::new(),
+            nvmf_addr: None,
             grpc: None,
         };
         let deadline = Instant::now() + START_TIMEOUT;
@@ -288,11 +306,26 @@ impl Engine {
                 .filter(|l| l.starts_with("nbd://"))
                 .cloned()
                 .collect();
+            let nvmf_uris: Vec<String> = e
+                .stdout
+                .lock()
+                .expect("stdout lock")
+                .iter()
+                .filter(|l| l.starts_with("nvmf://"))
+                .cloned()
+                .collect();
             let err = e.stderr();
             let nbd = err
                 .lines()
                 .find_map(|l| l.split_once(", NBD on ").map(|(_, a)| a.trim().to_string()));
-            if let Some(addr) = nbd.filter(|_| uris.len() >= exports) {
+            let nvmf_line = err.lines().find_map(|l| {
+                l.split_once("NVMe/TCP on ")
+                    .map(|(_, a)| a.trim().to_string())
+            });
+            let nvmf_ready = nvmf == 0 || (nvmf_line.is_some() && nvmf_uris.len() >= nvmf);
+            if let Some(addr) = nbd.filter(|_| uris.len() >= exports && nvmf_ready) {
+                e.nvmf_addr = nvmf_line.and_then(|a| a.parse().ok());
+                e.nvmf_uris = nvmf_uris;
                 e.nbd_addr = addr
                     .parse()
                     .unwrap_or_else(|x| panic!("bad NBD address {addr:?}: {x}"));
