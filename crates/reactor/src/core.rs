@@ -574,6 +574,14 @@ pub fn current_id() -> Option<usize> {
     CURRENT.with(|c| c.borrow().as_ref().map(|c| c.shared.id))
 }
 
+/// A handle to the reactor running the calling thread, if any: lets a reactor-local object
+/// tell other reactors where to send it work.
+pub fn current_handle() -> Option<ReactorHandle> {
+    try_core().map(|c| ReactorHandle {
+        shared: c.shared.clone(),
+    })
+}
+
 /// A buffer for `len` bytes to read or receive into: registered, from the current reactor's
 /// pool, when one is free and large enough; otherwise a recycled large buffer or a new one.
 /// Its contents are unspecified (initialised, possibly stale): callers overwrite them.

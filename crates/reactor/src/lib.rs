@@ -31,7 +31,8 @@ pub mod sync;
 
 pub use buf::{ALIGN, IoBuf, StableBuf, StableBufMut};
 pub use core::{
-    Config, JoinHandle, ReactorHandle, ReactorStats, Runtime, alloc_buf, current_id, spawn_local,
+    Config, JoinHandle, ReactorHandle, ReactorStats, Runtime, alloc_buf, current_handle,
+    current_id, spawn_local,
 };
 pub use mode::PollMode;
 pub use net::{TcpListener, TcpStream};
