@@ -282,7 +282,8 @@ pub enum PoolCommand {
         #[arg(value_name = "NAME")]
         name: Option<String>,
         /// Check the pool on this device URI (a path or uring:///PATH) offline
-        /// instead, opened read-only. The report is text (no JSON).
+        /// instead, opened read-only; a pool over several devices takes them
+        /// all, comma-separated, in any order. The report is text (no JSON).
         #[arg(long, value_name = "URI")]
         offline: Option<String>,
     },

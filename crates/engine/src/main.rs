@@ -76,7 +76,8 @@ struct Args {
     #[arg(long)]
     no_pool_import: bool,
     /// Check the pool on URI offline and exit (0 clean, 1 problems, 2 not importable); the
-    /// device is opened read-only. No other flag applies.
+    /// device is opened read-only. A pool over several devices: URI,URI,... in any order.
+    /// No other flag applies.
     #[arg(long, value_name = "URI", exclusive = true)]
     pool_check: Option<String>,
 }

@@ -1241,22 +1241,37 @@ pub const CHECK_DAMAGED: i32 = 2;
 
 /// The offline check: opens `uri` read-only, imports the pool on a private one-reactor runtime
 /// and verifies it. Returns the report (stdout), the errors (stderr) and the exit status.
-pub fn offline_check(uri: &str) -> (String, String, i32) {
+pub fn offline_check(uris: &str) -> (String, String, i32) {
     let mut out = String::new();
-    // A relative path is taken from the current directory.
-    let abs;
-    let uri = if !uri.contains("://") && !uri.starts_with('/') {
-        abs = std::env::current_dir()
-            .map(|d| d.join(uri).display().to_string())
-            .unwrap_or_else(|_| uri.to_string());
-        abs.as_str()
-    } else {
-        uri
-    };
-    let ro = read_only_uri(uri);
-    let dev = match blockdev::open_uri("pool-check", &ro) {
-        Ok(d) => d,
-        Err(e) => return (out, format!("error: {e}\n"), CHECK_DAMAGED),
+    // Several devices (a pool over several members) are given comma-separated, in any order.
+    let mut devs: Vec<Device> = Vec::new();
+    let mut names = Vec::new();
+    for (i, uri) in uris.split(',').filter(|u| !u.is_empty()).enumerate() {
+        // A relative path is taken from the current directory.
+        let uri = if !uri.contains("://") && !uri.starts_with('/') {
+            std::env::current_dir()
+                .map(|d| d.join(uri).display().to_string())
+                .unwrap_or_else(|_| uri.to_string())
+        } else {
+            uri.to_string()
+        };
+        let dev = match blockdev::open_uri(&format!("pool-check{i}"), &read_only_uri(&uri)) {
+            Ok(d) => d,
+            Err(e) => return (out, format!("error: {uri}: {e}\n"), CHECK_DAMAGED),
+        };
+        let g = dev.geometry();
+        let _ = writeln!(
+            out,
+            "device {uri}: {} ({} bytes), block size {}, opened read-only",
+            human(g.size()),
+            g.size(),
+            g.block_size
+        );
+        devs.push(dev);
+        names.push(uri);
+    }
+    let Some(uri) = names.first().cloned() else {
+        return (out, "error: no device given\n".into(), CHECK_DAMAGED);
     };
     let rt = match reactor::Runtime::start(reactor::Config {
         cores: 1,
@@ -1274,18 +1289,28 @@ pub fn offline_check(uri: &str) -> (String, String, i32) {
             );
         }
     };
-    let g = dev.geometry();
-    let _ = writeln!(
-        out,
-        "device {uri}: {} ({} bytes), block size {}, opened read-only",
-        human(g.size()),
-        g.size(),
-        g.block_size
-    );
-    let d2 = dev.clone();
+    let d2 = devs.clone();
     let result = crate::block_on(rt.handles()[0].call(move || async move {
-        let copies = SuperblockCopies::read(&d2).await?;
-        let import = Pool::import(d2).await;
+        let mut copies = Vec::new();
+        for d in &d2 {
+            copies.push(SuperblockCopies::read(d).await?);
+        }
+        let import = if d2.len() == 1 {
+            Pool::import(d2[0].clone()).await
+        } else {
+            // Order the members as their superblocks say.
+            let found = scan(&d2).await;
+            match found.iter().find(|f| matches!(f, Found::Pool { .. })) {
+                Some(f @ Found::Pool { members, .. }) if f.complete() => {
+                    let ordered = members.iter().map(|m| d2[m.expect("complete")].clone());
+                    Pool::import_members(ordered.collect()).await
+                }
+                Some(f) => Err(PoolError::Members(format!("missing {}", f.missing()))),
+                None => Err(PoolError::NoSuperblock(
+                    "no device holds a valid pool superblock".into(),
+                )),
+            }
+        };
         Ok::<_, String>((copies, import))
     }));
     rt.shutdown();
@@ -1293,25 +1318,35 @@ pub fn offline_check(uri: &str) -> (String, String, i32) {
         Ok(x) => x,
         Err(e) => return (out, format!("error: {e}\n"), CHECK_DAMAGED),
     };
-    for (n, c) in ["A", "B"].iter().zip(&copies.copies) {
-        match c {
-            Ok(sb) => {
-                let _ = writeln!(
-                    out,
-                    "superblock copy {n}: valid (generation {})",
-                    sb.generation
-                );
-            }
-            Err(e) => {
-                let _ = writeln!(out, "superblock copy {n}: {e}");
+    for (name, copies) in names.iter().zip(&copies) {
+        let prefix = if names.len() > 1 {
+            format!("{name}: ")
+        } else {
+            String::new()
+        };
+        for (n, c) in ["A", "B"].iter().zip(&copies.copies) {
+            match c {
+                Ok(sb) => {
+                    let _ = writeln!(
+                        out,
+                        "{prefix}superblock copy {n}: valid (generation {}, member {} of {})",
+                        sb.generation,
+                        sb.member_index,
+                        sb.members.len()
+                    );
+                }
+                Err(e) => {
+                    let _ = writeln!(out, "{prefix}superblock copy {n}: {e}");
+                }
             }
         }
     }
-    if copies.not_a_pool() {
+    if copies.iter().all(SuperblockCopies::not_a_pool) {
         return (
             out,
             format!(
-                "error: {uri}: not a Ballast pool (neither superblock copy has the pool magic)\n"
+                "error: {}: not a Ballast pool (neither superblock copy has the pool magic)\n",
+                names.join(", ")
             ),
             CHECK_DAMAGED,
         );
@@ -1345,6 +1380,18 @@ pub fn offline_check(uri: &str) -> (String, String, i32) {
     );
     let _ = writeln!(out, "  checkpoint slot {}", human(sb.checkpoint_bytes));
     let _ = writeln!(out, "  journal         {}", human(sb.journal_bytes));
+    for (i, m) in pool.members().iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "  member {i:<8} uuid {}, {} bytes, {} clusters",
+            pool::assemble::hex(&m.uuid),
+            m.size,
+            m.clusters
+        );
+    }
+    for (k, v) in &sb.labels {
+        let _ = writeln!(out, "  label           {k}={v}");
+    }
     let u = pool.usage();
     let _ = writeln!(
         out,

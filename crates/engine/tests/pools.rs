@@ -798,6 +798,30 @@ fn pools_over_several_devices_grow_online_and_carry_labels() {
         assert!(status.success(), "{stderr}");
     }
 
+    // Offline: all members, in any order, are clean; a missing one is named.
+    let img = |n: &str| dir.join(&format!("{n}.img")).display().to_string();
+    let all = format!("{},{},{}", img("d2"), img("d0"), img("d1"));
+    let out = offline_check(&all);
+    assert_eq!(out.status.code(), Some(0), "{}", out.describe());
+    assert!(out.stdout.contains("member 2 of 3"), "{}", out.describe());
+    assert!(
+        out.stdout.contains("label           tier=ssd"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        out.stdout.contains("pool wide: clean"),
+        "{}",
+        out.describe()
+    );
+    let out = offline_check(&format!("{},{}", img("d0"), img("d2")));
+    assert_eq!(out.status.code(), Some(2), "{}", out.describe());
+    assert!(
+        out.stderr.contains("missing member 1"),
+        "{}",
+        out.describe()
+    );
+
     // A member missing: the pool is faulted, named, and its other devices are not exported;
     // once the device is there, `pool import` assembles it.
     {
