@@ -1,7 +1,7 @@
 //! A pool on a device: create, import, metadata commits, and volumes as block devices.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Poll, Waker};
 
@@ -217,6 +217,31 @@ pub struct Pool {
     failed: AtomicBool,
     /// A superblock rewrite (grow, labels) is in progress.
     admin: AtomicBool,
+    /// Volume writes (and write-zeroes, unmaps) in flight.
+    writes: AtomicUsize,
+    /// Set while a metadata operation that changes existing maps (snapshot, revert, delete,
+    /// resize) waits for in-flight writes to drain: new writes wait.
+    gate: AtomicBool,
+}
+
+/// A write in flight (see [`Pool::enter_write`]).
+struct WriteGuard<'a>(&'a Pool);
+impl Drop for WriteGuard<'_> {
+    fn drop(&mut self) {
+        let p = self.0;
+        if p.writes.fetch_sub(1, Ordering::SeqCst) == 1 && p.gate.load(Ordering::SeqCst) {
+            p.wake_all();
+        }
+    }
+}
+
+/// Writes are held off while this lives (see [`Pool::quiesce`]).
+struct GateGuard<'a>(&'a Pool);
+impl Drop for GateGuard<'_> {
+    fn drop(&mut self) {
+        self.0.gate.store(false, Ordering::SeqCst);
+        self.0.wake_all();
+    }
 }
 
 /// A member device as listed.
@@ -436,6 +461,8 @@ impl Pool {
             warnings: Vec::new(),
             failed: AtomicBool::new(false),
             admin: AtomicBool::new(false),
+            writes: AtomicUsize::new(0),
+            gate: AtomicBool::new(false),
             state: Mutex::new(State {
                 meta,
                 seq,
@@ -826,6 +853,7 @@ impl Pool {
 
     /// Deletes a volume or snapshot (any order; clusters shared with others stay).
     pub async fn delete(&self, name: &str) -> Result<(), PoolError> {
+        let _quiet = self.quiesce().await;
         {
             let mut st = self.state.lock().expect("pool lock");
             let id = Self::id_of(&st, name)?;
@@ -837,6 +865,7 @@ impl Pool {
     /// Snapshots volume `source` as `name` (acknowledged writes before the call are in it).
     pub async fn snapshot(&self, source: &str, name: &str) -> Result<(), PoolError> {
         Self::check_name(name)?;
+        let _quiet = self.quiesce().await;
         self.flush_data().await?;
         {
             let mut st = self.state.lock().expect("pool lock");
@@ -875,6 +904,7 @@ impl Pool {
 
     /// Reverts `volume` to `snapshot`'s contents.
     pub async fn revert(&self, volume: &str, snapshot: &str) -> Result<(), PoolError> {
+        let _quiet = self.quiesce().await;
         {
             let mut st = self.state.lock().expect("pool lock");
             let v = Self::id_of(&st, volume)?;
@@ -936,6 +966,7 @@ impl Pool {
                 .map_err(PoolError::Device)?;
             }
         }
+        let _quiet = self.quiesce().await;
         {
             let mut st = self.state.lock().expect("pool lock");
             let (first_new, end) = (old.div_ceil(cs), size.div_ceil(cs));
@@ -1151,6 +1182,62 @@ impl Pool {
     /// Whether metadata changes are waiting for a commit.
     pub fn has_pending(&self) -> bool {
         !self.state.lock().expect("pool lock").pending.is_empty()
+    }
+
+    fn wake_all(&self) {
+        let waiters = std::mem::take(&mut self.state.lock().expect("pool lock").waiters.0);
+        for w in waiters {
+            w.wake();
+        }
+    }
+
+    /// Waits until no metadata operation holds writes off.
+    async fn gate_open(&self) {
+        std::future::poll_fn(|cx| {
+            let mut st = self.state.lock().expect("pool lock");
+            if self.gate.load(Ordering::SeqCst) {
+                st.waiters.0.push(cx.waker().clone());
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await
+    }
+
+    /// Registers a volume write; waits while a snapshot, revert, delete or resize drains.
+    async fn enter_write(&self) -> WriteGuard<'_> {
+        loop {
+            if !self.gate.load(Ordering::SeqCst) {
+                self.writes.fetch_add(1, Ordering::SeqCst);
+                if !self.gate.load(Ordering::SeqCst) {
+                    return WriteGuard(self);
+                }
+                drop(WriteGuard(self)); // backs out, waking the drainer if last
+            }
+            self.gate_open().await;
+        }
+    }
+
+    /// Holds new writes off and waits for those in flight to complete: a write that is in
+    /// flight while a cluster becomes shared (snapshot) or freed (revert, delete, shrink)
+    /// could otherwise land in the shared or reused cluster after the map changed.
+    async fn quiesce(&self) -> GateGuard<'_> {
+        while self.gate.swap(true, Ordering::SeqCst) {
+            self.gate_open().await;
+        }
+        let guard = GateGuard(self);
+        std::future::poll_fn(|cx| {
+            let mut st = self.state.lock().expect("pool lock");
+            if self.writes.load(Ordering::SeqCst) == 0 {
+                Poll::Ready(())
+            } else {
+                st.waiters.0.push(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await;
+        guard
     }
 
     fn layout(&self) -> Arc<Layout> {
@@ -1833,7 +1920,10 @@ impl BlockDevice for PoolVolume {
         Box::pin(self.do_read(offset, buf))
     }
     fn write(&self, offset: u64, buf: IoBuf, flags: WriteFlags) -> IoFuture<'_, IoBuf> {
-        Box::pin(self.do_write(offset, buf, flags))
+        Box::pin(async move {
+            let _w = self.pool.enter_write().await;
+            self.do_write(offset, buf, flags).await
+        })
     }
     fn flush(&self) -> IoFuture<'_, ()> {
         Box::pin(async move {
@@ -1844,18 +1934,20 @@ impl BlockDevice for PoolVolume {
         })
     }
     fn unmap(&self, offset: u64, len: u64) -> IoFuture<'_, ()> {
-        Box::pin(self.do_zero(
-            IoKind::Unmap,
-            offset,
-            len,
-            ZeroFlags {
+        Box::pin(async move {
+            let _w = self.pool.enter_write().await;
+            let flags = ZeroFlags {
                 may_unmap: true,
                 ..ZeroFlags::default()
-            },
-        ))
+            };
+            self.do_zero(IoKind::Unmap, offset, len, flags).await
+        })
     }
     fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> IoFuture<'_, ()> {
-        Box::pin(self.do_zero(IoKind::WriteZeroes, offset, len, flags))
+        Box::pin(async move {
+            let _w = self.pool.enter_write().await;
+            self.do_zero(IoKind::WriteZeroes, offset, len, flags).await
+        })
     }
     fn block_status(&self, offset: u64, len: u64) -> IoFuture<'_, Vec<Extent>> {
         Box::pin(std::future::ready(self.do_status(offset, len)))

@@ -367,3 +367,100 @@ fn a_failed_metadata_commit_makes_the_pool_read_only_and_loses_nothing_acknowled
             .unwrap();
     });
 }
+
+/// A device whose writes at or past `from` wait while `hold` is set (a slow disk).
+struct Slow {
+    inner: Device,
+    hold: Arc<AtomicBool>,
+    from: u64,
+}
+
+impl std::fmt::Debug for Slow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Slow")
+    }
+}
+
+impl BlockDevice for Slow {
+    fn name(&self) -> &str {
+        "slow"
+    }
+    fn kind(&self) -> &'static str {
+        "test"
+    }
+    fn geometry(&self) -> Geometry {
+        self.inner.geometry()
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    fn read(&self, offset: u64, buf: IoBuf) -> IoFuture<'_, IoBuf> {
+        self.inner.read(offset, buf)
+    }
+    fn write(&self, offset: u64, buf: IoBuf, flags: WriteFlags) -> IoFuture<'_, IoBuf> {
+        Box::pin(async move {
+            while offset >= self.from && self.hold.load(Ordering::SeqCst) {
+                reactor::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            self.inner.write(offset, buf, flags).await
+        })
+    }
+    fn flush(&self) -> IoFuture<'_, ()> {
+        self.inner.flush()
+    }
+}
+
+#[test]
+fn a_snapshot_waits_for_writes_in_flight_so_none_is_lost() {
+    run(|| async {
+        let inner = crash_dev(16 << 20).1;
+        let hold = Arc::new(AtomicBool::new(false));
+        let probe = Pool::create(inner.clone(), &opts()).await.unwrap();
+        let data_start = probe.superblock().data_start;
+        drop(probe);
+        let slow: Device = Arc::new(Slow {
+            inner: inner.clone(),
+            hold: hold.clone(),
+            from: data_start,
+        });
+        Pool::wipe(&inner).await.unwrap();
+        let pool = Pool::create(slow, &opts()).await.unwrap();
+        pool.create_volume("v", 1 << 20, true).await.unwrap();
+        let v = pool.open("v").unwrap();
+        fill(&v, 1, 1).await; // cluster 0 allocated, owned by v alone
+        // Write A to cluster 0 stalls in the device...
+        hold.store(true, Ordering::SeqCst);
+        let v2 = v.clone();
+        let a = reactor::spawn_local(async move {
+            v2.write(0, pattern(0xA, 4096), WriteFlags::default())
+                .await
+                .unwrap();
+        });
+        reactor::sleep(std::time::Duration::from_millis(20)).await;
+        // ... while a snapshot is taken: it must wait for A.
+        let p2 = pool.clone();
+        let snap = reactor::spawn_local(async move { p2.snapshot("v", "s").await.unwrap() });
+        reactor::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(
+            pool.list().iter().all(|i| i.name != "s"),
+            "snapshot did not wait"
+        );
+        hold.store(false, Ordering::SeqCst);
+        a.await;
+        snap.await;
+        // Write C to the same cluster after the snapshot copies it, A included.
+        v.write(8192, pattern(0xC, 4096), WriteFlags { fua: true })
+            .await
+            .unwrap();
+        let got = read(&v, 0, 12288).await;
+        assert_eq!(&got[..4096], &pattern(0xA, 4096)[..], "write A lost");
+        assert_eq!(&got[8192..], &pattern(0xC, 4096)[..]);
+        let s = pool.open("s").unwrap();
+        assert_eq!(read(&s, 0, 4096).await, pattern(0xA, 4096).to_vec());
+        assert_eq!(
+            read(&s, 8192, 4096).await,
+            pattern(1, CS as usize)[8192..12288].to_vec()
+        );
+        assert!(pool.check().is_empty());
+    });
+}
