@@ -6,6 +6,8 @@
 //! - every sector holds its value at the last completed flush, or a value written after it;
 //! - `check` finds nothing wrong.
 //!
+//! Half the cases use a pool over two devices, crashed together.
+//!
 //! `POOL_CRASH_CASES` sets the number of cases (default 300, three crashes each).
 
 mod common;
@@ -202,15 +204,26 @@ async fn step(pool: &Arc<Pool>, model: &mut Model, rng: &mut Rng, next: &mut u32
     }
 }
 
-async fn case(seed: u64) {
+/// Runs one case; returns whether data reached a second member.
+async fn case(seed: u64) -> bool {
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     // The disk starts full of old garbage: a mapped cluster whose data never reached the disk
-    // reads as 0xEE, which no write in this test produces.
-    let crash_dev = Arc::new(CrashDevice::from_image(vec![GARBAGE; 12 << 20]));
-    let mut dev: Device = crash_dev.clone();
-    let mut keep_dev = crash_dev;
-    let mut pool = Pool::create(
-        dev.clone(),
+    // reads as 0xEE, which no write in this test produces. Even seeds use a pool over two
+    // devices, the first small enough that data lands on both.
+    let sizes: &[usize] = if seed % 2 == 0 {
+        &[8 << 20, 6 << 20]
+    } else {
+        &[12 << 20]
+    };
+    let mut disks: Vec<Arc<CrashDevice>> = sizes
+        .iter()
+        .map(|&n| Arc::new(CrashDevice::from_image(vec![GARBAGE; n])))
+        .collect();
+    let devs = |disks: &[Arc<CrashDevice>]| -> Vec<Device> {
+        disks.iter().map(|d| d.clone() as Device).collect()
+    };
+    let mut pool = Pool::create_on(
+        devs(&disks),
         &CreateOptions {
             cluster_size: CLUSTER as u32,
             ..CreateOptions::default()
@@ -224,30 +237,43 @@ async fn case(seed: u64) {
         for _ in 0..rng.below(40) + 5 {
             step(&pool, &mut model, &mut rng, &mut next).await;
         }
-        // Crash: each unflushed write is kept, torn or lost.
-        let image = keep_dev.crash_image(|_, sectors| match rng.below(3) {
-            0 => 0,
-            1 => sectors,
-            _ => rng.below(sectors + 1),
-        });
+        // Crash, on every member at once: each unflushed write is kept, torn or lost.
         drop(pool);
-        keep_dev = Arc::new(CrashDevice::from_image(image));
-        dev = keep_dev.clone();
-        pool = match Pool::import(dev.clone()).await {
+        disks = disks
+            .iter()
+            .map(|d| {
+                let image = d.crash_image(|_, sectors| match rng.below(3) {
+                    0 => 0,
+                    1 => sectors,
+                    _ => rng.below(sectors + 1),
+                });
+                Arc::new(CrashDevice::from_image(image))
+            })
+            .collect();
+        pool = match Pool::import_members(devs(&disks)).await {
             Ok(p) => p,
             Err(e) => panic!("seed {seed} round {round}: import failed: {e}"),
         };
         verify(&pool, &mut model, &format!("seed {seed} round {round}")).await;
     }
+    disks.get(1).is_some_and(|d| {
+        let img = d.crash_image(|_, _| 0);
+        img[CLUSTER as usize..].iter().any(|&b| b != GARBAGE)
+    })
 }
 
 #[test]
 fn crashes_at_random_points_lose_only_unflushed_writes() {
     let cases = cases();
     run(move || async move {
+        let mut second = 0;
         for seed in 1..=cases {
-            case(seed).await;
+            second += case(seed).await as u32;
         }
+        assert!(
+            cases < 10 || second > 0,
+            "no case put data on a pool's second device"
+        );
     });
 }
 
