@@ -210,7 +210,7 @@ async fn case(seed: u64) -> bool {
     // The disk starts full of old garbage: a mapped cluster whose data never reached the disk
     // reads as 0xEE, which no write in this test produces. Even seeds use a pool over two
     // devices, the first small enough that data lands on both.
-    let sizes: &[usize] = if seed % 2 == 0 {
+    let sizes: &[usize] = if seed.is_multiple_of(2) {
         &[8 << 20, 6 << 20]
     } else {
         &[12 << 20]
