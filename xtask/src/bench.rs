@@ -1196,7 +1196,9 @@ fn report(env: &Env, r: &Results, load_before: &str, took: Duration) -> String {
         s,
         "Written by `cargo xtask bench` (xtask/src/bench.rs); every run overwrites this file. \
          All numbers below come from one run on one machine, so compare rows with each other, \
-         not with other machines.\n"
+         not with other machines. Pool volumes against the raw device (in-process and over \
+         NBD), metadata size, import time and memory are in \
+         [benchmarks-pool.md](benchmarks-pool.md) (`cargo xtask bench-pool`).\n"
     );
     let _ = writeln!(s, "- Command: `{}`", o.cmdline);
     let _ = writeln!(s, "- Date: {}", sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]));
