@@ -28,6 +28,7 @@ pub mod mode;
 mod net;
 pub mod op;
 pub mod sync;
+pub mod testing;
 
 pub use buf::{ALIGN, IoBuf, StableBuf, StableBufMut};
 pub use core::{

@@ -1,0 +1,782 @@
+//! The nexus: a volume's controller. It presents one block device over N children (local pool
+//! volumes, remote replicas over NVMe/TCP or NBD — any [`blockdev::BlockDevice`]) and keeps
+//! them identical:
+//!
+//! - writes, flushes, unmaps and write-zeroes go to every child that is online or rebuilding
+//!   and complete when all have; a child that fails or times out is retired (faulted, with the
+//!   reason) and the I/O completes on the others;
+//! - reads go to one online child, the one with the fewest I/Os outstanding; a failed read is
+//!   retried on another child;
+//! - with no online child left, I/O is held for [`NexusOptions::hold_timeout`] and resumes if
+//!   a child comes back;
+//! - while any child is away, the [dirty-region log](drl) records what is written, durably
+//!   before the write is acknowledged, so the child copies only those regions when it returns
+//!   (partial rebuild); a new child copies everything, skipping holes ([`rebuild`]).
+//!
+//! Rebuilds copy in segments under range locks ([`locks`]): a segment being copied excludes
+//! application writes to it, which otherwise go to the rebuilding child as well.
+
+#![forbid(unsafe_code)]
+
+pub mod drl;
+pub mod locks;
+pub mod rebuild;
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use blockdev::{
+    BlockDevice, BlockError, Capabilities, Device, ErrorKind, Extent, Geometry, IoBuf, IoFuture,
+    IoKind, WriteFlags, ZeroFlags, check_range,
+};
+
+use crate::drl::Drl;
+use crate::locks::RangeLocks;
+
+/// Tunables of a nexus.
+#[derive(Clone, Debug)]
+pub struct NexusOptions {
+    /// A child I/O not completed within this time retires the child.
+    pub io_timeout: Duration,
+    /// How long I/O is held when no child is online before it fails.
+    pub hold_timeout: Duration,
+    /// Bytes per dirty-region-log bit.
+    pub region_size: u64,
+    /// Bytes copied per rebuild step (one range lock).
+    pub rebuild_segment: u64,
+    /// Rebuild rate limit in bytes per second (`None`: as fast as the children go).
+    pub rebuild_rate: Option<u64>,
+}
+
+impl Default for NexusOptions {
+    fn default() -> Self {
+        NexusOptions {
+            io_timeout: Duration::from_secs(30),
+            hold_timeout: Duration::from_secs(30),
+            region_size: 1 << 20,
+            rebuild_segment: 1 << 20,
+            rebuild_rate: None,
+        }
+    }
+}
+
+/// Why a nexus operation failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum NexusError {
+    /// Bad arguments (sizes, names).
+    Invalid(String),
+    /// No such child.
+    NotFound(String),
+    /// A device failed.
+    Device(BlockError),
+}
+
+impl std::fmt::Display for NexusError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NexusError::Invalid(w) => write!(f, "{w}"),
+            NexusError::NotFound(c) => write!(f, "no child {c:?}"),
+            NexusError::Device(e) => write!(f, "device error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for NexusError {}
+
+impl From<BlockError> for NexusError {
+    fn from(e: BlockError) -> Self {
+        NexusError::Device(e)
+    }
+}
+
+/// A child's state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChildState {
+    /// In sync: written and read.
+    Online,
+    /// Being brought in sync: written (new writes), not read.
+    Rebuilding {
+        /// Bytes copied or skipped so far.
+        done: u64,
+        /// Bytes to go through (the volume, or the dirty regions).
+        total: u64,
+        /// Only the dirty regions are copied.
+        partial: bool,
+    },
+    /// Out of sync and waiting for a rebuild.
+    OutOfSync,
+    /// Retired: neither written nor read.
+    Faulted {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The nexus's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NexusState {
+    /// Every child online.
+    Online,
+    /// Some child online, some not.
+    Degraded,
+    /// No child online: I/O is held, then fails.
+    Faulted,
+}
+
+/// A child as listed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChildStatus {
+    /// Name (its URI, or the engine device name).
+    pub name: String,
+    /// State.
+    pub state: ChildState,
+    /// I/Os outstanding.
+    pub inflight: usize,
+}
+
+/// One child.
+struct Child {
+    name: String,
+    dev: Device,
+    state: Mutex<ChildState>,
+    inflight: AtomicUsize,
+}
+
+impl std::fmt::Debug for Child {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Child").field("name", &self.name).finish()
+    }
+}
+
+impl Child {
+    fn state(&self) -> ChildState {
+        self.state.lock().expect("child state").clone()
+    }
+    fn online(&self) -> bool {
+        matches!(*self.state.lock().expect("child state"), ChildState::Online)
+    }
+    /// Online or rebuilding: receives writes.
+    fn writable(&self) -> bool {
+        matches!(
+            *self.state.lock().expect("child state"),
+            ChildState::Online | ChildState::Rebuilding { .. }
+        )
+    }
+}
+
+/// Counts an I/O outstanding on a child while it lives.
+struct Inflight<'a>(&'a Child);
+impl<'a> Inflight<'a> {
+    fn new(c: &'a Child) -> Self {
+        c.inflight.fetch_add(1, Ordering::Relaxed);
+        Inflight(c)
+    }
+}
+impl Drop for Inflight<'_> {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What a child operation does, so a write fan-out can give each child its own buffer.
+#[derive(Clone, Copy)]
+enum WriteOp {
+    Write(WriteFlags),
+    Zeroes(ZeroFlags),
+    Unmap,
+    Flush,
+}
+
+impl WriteOp {
+    fn kind(self) -> IoKind {
+        match self {
+            WriteOp::Write(_) => IoKind::Write,
+            WriteOp::Zeroes(_) => IoKind::WriteZeroes,
+            WriteOp::Unmap => IoKind::Unmap,
+            WriteOp::Flush => IoKind::Flush,
+        }
+    }
+}
+
+/// The volume controller.
+pub struct Nexus {
+    name: String,
+    size: u64,
+    block_size: u32,
+    max_io: u32,
+    caps: Capabilities,
+    opts: NexusOptions,
+    children: Mutex<Vec<Arc<Child>>>,
+    drl: Drl,
+    locks: RangeLocks,
+    /// Bumped whenever a child's state changes (rebuild loops notice removals).
+    epoch: AtomicU64,
+    /// The children that were online when the last online one was lost: they hold every
+    /// acknowledged write, so one that answers again may come back online without a rebuild.
+    last_online: Mutex<Vec<String>>,
+}
+
+impl std::fmt::Debug for Nexus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Nexus").field("name", &self.name).finish()
+    }
+}
+
+/// A child given at creation.
+pub struct ChildSpec {
+    /// Name.
+    pub name: String,
+    /// The device.
+    pub dev: Device,
+    /// Recorded in sync (by the control plane) when the nexus last ran: it may serve reads
+    /// and be a rebuild source. Others start out of sync.
+    pub healthy: bool,
+}
+
+impl std::fmt::Debug for ChildSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChildSpec")
+            .field("name", &self.name)
+            .field("healthy", &self.healthy)
+            .finish()
+    }
+}
+
+impl Nexus {
+    /// A nexus of `size` bytes over `children`, with its dirty-region log on `drl_store`
+    /// (`None`: memory only, so it does not survive a restart). At least one child must be
+    /// healthy. Children not healthy are out of sync: [`Nexus::rebuild_pending`] (or
+    /// [`Nexus::rebuild_child`]) brings them in — partially when the loaded log covers them
+    /// (they left this nexus and every write since was logged), else fully.
+    pub async fn create(
+        name: &str,
+        size: u64,
+        children: Vec<ChildSpec>,
+        drl_store: Option<Device>,
+        opts: NexusOptions,
+    ) -> Result<Arc<Nexus>, NexusError> {
+        if children.is_empty() {
+            return Err(NexusError::Invalid(
+                "a nexus needs at least one child".into(),
+            ));
+        }
+        if !children.iter().any(|c| c.healthy) {
+            return Err(NexusError::Invalid(
+                "no child is recorded healthy: none can be the source of the others".into(),
+            ));
+        }
+        for (i, c) in children.iter().enumerate() {
+            if children[..i].iter().any(|o| o.name == c.name) {
+                return Err(NexusError::Invalid(format!(
+                    "child {:?} given twice",
+                    c.name
+                )));
+            }
+        }
+        let block_size = children
+            .iter()
+            .map(|c| c.dev.geometry().block_size)
+            .max()
+            .unwrap_or(512);
+        if size == 0 || !size.is_multiple_of(block_size as u64) {
+            return Err(NexusError::Invalid(format!(
+                "size must be a non-zero multiple of {block_size}"
+            )));
+        }
+        for c in &children {
+            let have = c.dev.geometry().size();
+            if have < size {
+                return Err(NexusError::Invalid(format!(
+                    "child {:?} has {have} bytes, the nexus needs {size}",
+                    c.name
+                )));
+            }
+        }
+        let caps =
+            children
+                .iter()
+                .map(|c| c.dev.capabilities())
+                .fold(Capabilities::default(), |a, c| Capabilities {
+                    flush: true,
+                    fua: true,
+                    unmap: c.unmap && (a.unmap || a == Capabilities::default()),
+                    write_zeroes: c.write_zeroes
+                        && (a.write_zeroes || a == Capabilities::default()),
+                    fast_zero: false,
+                    block_status: true,
+                    read_only: false,
+                    rotational: false,
+                });
+        let max_io = children
+            .iter()
+            .map(|c| c.dev.geometry().max_io)
+            .min()
+            .unwrap_or(1 << 20)
+            .max(block_size);
+        let drl = Drl::new(size, opts.region_size, drl_store);
+        drl.load().await?;
+        let nexus = Nexus {
+            name: name.to_string(),
+            size,
+            block_size,
+            max_io,
+            caps,
+            opts,
+            children: Mutex::new(
+                children
+                    .into_iter()
+                    .map(|c| {
+                        Arc::new(Child {
+                            name: c.name,
+                            dev: c.dev,
+                            state: Mutex::new(if c.healthy {
+                                ChildState::Online
+                            } else {
+                                ChildState::OutOfSync
+                            }),
+                            inflight: AtomicUsize::new(0),
+                        })
+                    })
+                    .collect(),
+            ),
+            drl,
+            locks: RangeLocks::default(),
+            epoch: AtomicU64::new(0),
+            last_online: Mutex::new(Vec::new()),
+        };
+        // An out-of-sync child the loaded log covers copies only the dirty regions; one it
+        // does not cover (never in this nexus, or the log was lost) needs a full copy, so it
+        // must not be added now: the log would only know the writes from now on.
+        let covered = nexus.drl.absent();
+        for name in &covered {
+            if nexus.child(name).is_some_and(|c| c.online()) {
+                // Recorded healthy by the control plane after the log last saw it away: the
+                // control plane's record wins (it is written after a rebuild completes).
+                nexus.drl.remove_absent(name);
+            }
+        }
+        nexus.drl.save().await?;
+        Ok(Arc::new(nexus))
+    }
+
+    /// The nexus's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The dirty-region log.
+    pub fn drl(&self) -> &Drl {
+        &self.drl
+    }
+
+    fn snapshot(&self) -> Vec<Arc<Child>> {
+        self.children.lock().expect("children").clone()
+    }
+
+    fn child(&self, name: &str) -> Option<Arc<Child>> {
+        self.snapshot().into_iter().find(|c| c.name == name)
+    }
+
+    fn set_state(&self, c: &Child, s: ChildState) {
+        *c.state.lock().expect("child state") = s;
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The children and their states.
+    pub fn children(&self) -> Vec<ChildStatus> {
+        self.snapshot()
+            .iter()
+            .map(|c| ChildStatus {
+                name: c.name.clone(),
+                state: c.state(),
+                inflight: c.inflight.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+
+    /// Names of the children in sync (online): what the control plane records as healthy.
+    pub fn healthy(&self) -> Vec<String> {
+        self.snapshot()
+            .iter()
+            .filter(|c| c.online())
+            .map(|c| c.name.clone())
+            .collect()
+    }
+
+    /// Online, degraded or faulted.
+    pub fn state(&self) -> NexusState {
+        let cs = self.snapshot();
+        let online = cs.iter().filter(|c| c.online()).count();
+        if online == 0 {
+            NexusState::Faulted
+        } else if online == cs.len() {
+            NexusState::Online
+        } else {
+            NexusState::Degraded
+        }
+    }
+
+    /// Retires `c` with `reason` and starts logging writes for it. Returns after the log
+    /// records it as absent.
+    async fn retire(&self, c: &Child, reason: String) {
+        if matches!(c.state(), ChildState::Faulted { .. }) {
+            return;
+        }
+        self.set_state(c, ChildState::Faulted { reason });
+        self.drl.add_absent(&c.name);
+        // Best effort: a log that cannot be saved means a full rebuild later.
+        let _ = self.drl.save().await;
+    }
+
+    /// Retires child `name` by request (e.g. the control plane fences it).
+    pub async fn fault_child(&self, name: &str, reason: &str) -> Result<(), NexusError> {
+        let c = self
+            .child(name)
+            .ok_or_else(|| NexusError::NotFound(name.into()))?;
+        self.retire(&c, reason.to_string()).await;
+        Ok(())
+    }
+
+    /// Adds a child online; it is out of sync until rebuilt (fully, unless the log covers it:
+    /// a child that left this nexus and comes back copies only the dirty regions).
+    pub async fn add_child(&self, name: &str, dev: Device) -> Result<(), NexusError> {
+        if self.child(name).is_some() {
+            return Err(NexusError::Invalid(format!(
+                "child {name:?} is already there"
+            )));
+        }
+        let g = dev.geometry();
+        if g.size() < self.size || g.block_size > self.block_size {
+            return Err(NexusError::Invalid(format!(
+                "child {name:?} ({} bytes, {}-byte blocks) cannot hold the nexus ({} bytes, \
+                 {}-byte blocks)",
+                g.size(),
+                g.block_size,
+                self.size,
+                self.block_size
+            )));
+        }
+        self.children
+            .lock()
+            .expect("children")
+            .push(Arc::new(Child {
+                name: name.to_string(),
+                dev,
+                state: Mutex::new(ChildState::OutOfSync),
+                inflight: AtomicUsize::new(0),
+            }));
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Removes a child (its I/O in flight completes; no new I/O goes to it). The last online
+    /// child cannot be removed.
+    pub async fn remove_child(&self, name: &str) -> Result<(), NexusError> {
+        let c = self
+            .child(name)
+            .ok_or_else(|| NexusError::NotFound(name.into()))?;
+        if c.online() && self.healthy().len() == 1 {
+            return Err(NexusError::Invalid(format!(
+                "{name:?} is the last online child"
+            )));
+        }
+        self.children
+            .lock()
+            .expect("children")
+            .retain(|x| x.name != name);
+        self.set_state(
+            &c,
+            ChildState::Faulted {
+                reason: "removed".into(),
+            },
+        );
+        self.drl.add_absent(name);
+        self.drl.save().await?;
+        Ok(())
+    }
+
+    /// Retires the `failed` children; if that leaves no child online, remembers which of
+    /// them were online (they hold every acknowledged write).
+    async fn retire_all(&self, failed: &[(Arc<Child>, String)]) {
+        let was_online: Vec<String> = failed
+            .iter()
+            .filter(|(c, _)| c.online())
+            .map(|(c, _)| c.name.clone())
+            .collect();
+        for (c, why) in failed {
+            self.retire(c, why.clone()).await;
+        }
+        if !was_online.is_empty() && !self.snapshot().iter().any(|c| c.online()) {
+            *self.last_online.lock().expect("last online") = was_online;
+        }
+    }
+
+    /// Waits up to the hold timeout for an online child; `None` when none came. Meanwhile
+    /// the children that were online last are probed (a one-block read every 100 ms): one
+    /// that answers comes back online.
+    async fn wait_online(&self) -> Option<()> {
+        let until = Instant::now() + self.opts.hold_timeout;
+        let mut next_probe = Instant::now();
+        loop {
+            if self.snapshot().iter().any(|c| c.online()) {
+                return Some(());
+            }
+            if Instant::now() >= until {
+                return None;
+            }
+            if Instant::now() >= next_probe {
+                next_probe = Instant::now() + Duration::from_millis(100);
+                let names = self.last_online.lock().expect("last online").clone();
+                for name in names {
+                    let Some(c) = self.child(&name) else { continue };
+                    let probe = IoBuf::zeroed(self.block_size as usize);
+                    if self
+                        .on_child(&c, IoKind::Read, c.dev.read(0, probe))
+                        .await
+                        .is_ok()
+                        && matches!(c.state(), ChildState::Faulted { .. })
+                    {
+                        self.set_state(&c, ChildState::Online);
+                        self.drl.remove_absent(&name);
+                        let _ = self.drl.save().await;
+                        self.last_online.lock().expect("last online").clear();
+                        break;
+                    }
+                }
+                continue;
+            }
+            reactor::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Runs one child operation with the I/O timeout.
+    async fn on_child<T>(
+        &self,
+        c: &Child,
+        op: IoKind,
+        fut: IoFuture<'_, T>,
+    ) -> Result<T, BlockError> {
+        let _n = Inflight::new(c);
+        match reactor::sync::timeout(self.opts.io_timeout, fut).await {
+            Some(r) => r,
+            None => Err(BlockError::new(ErrorKind::Timeout, op, 0, 0)),
+        }
+    }
+
+    /// Sends a write-like operation to every writable child; succeeds when it succeeded on
+    /// every child that is still writable afterwards and at least one of them is online.
+    async fn fan_out(
+        &self,
+        op: WriteOp,
+        offset: u64,
+        len: u64,
+        buf: Option<IoBuf>,
+    ) -> Result<Option<IoBuf>, BlockError> {
+        let kind = op.kind();
+        let _range = if matches!(op, WriteOp::Flush) {
+            None
+        } else {
+            Some(self.locks.lock(offset, offset + len, false).await)
+        };
+        loop {
+            if self.wait_online().await.is_none() {
+                return Err(BlockError::new(ErrorKind::Io, kind, offset, len));
+            }
+            // Log before writing while a child is away: a crash after the write must not
+            // leave a region changed but unrecorded.
+            if !matches!(op, WriteOp::Flush) && self.drl.tracking() && self.drl.mark(offset, len) {
+                self.drl.save().await?;
+            }
+            let targets: Vec<Arc<Child>> = self
+                .snapshot()
+                .into_iter()
+                .filter(|c| c.writable())
+                .collect();
+            let mut futs: Vec<IoFuture<'_, ()>> = Vec::with_capacity(targets.len());
+            for c in &targets {
+                let dev = &c.dev;
+                let fut: IoFuture<'_, ()> = match op {
+                    WriteOp::Write(flags) => {
+                        // Every child gets its own copy: the caller's buffer is kept, so a
+                        // write can be held and retried when every child failed.
+                        let data = buf.as_ref().expect("a write has data");
+                        let mut copy = IoBuf::recycled(data.len());
+                        copy.copy_from_slice(data);
+                        Box::pin(async move { dev.write(offset, copy, flags).await.map(drop) })
+                    }
+                    WriteOp::Zeroes(flags) => dev.write_zeroes(offset, len, flags),
+                    WriteOp::Unmap => dev.unmap(offset, len),
+                    WriteOp::Flush => dev.flush(),
+                };
+                futs.push(Box::pin(self.on_child(c, kind, fut)));
+            }
+            let results = join(futs).await;
+            let mut failed = Vec::new();
+            for (c, r) in targets.iter().zip(results) {
+                match r {
+                    Ok(()) => {}
+                    // Request errors are the caller's, not the child's fault.
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            ErrorKind::OutOfRange
+                                | ErrorKind::Misaligned
+                                | ErrorKind::InvalidArgument
+                                | ErrorKind::Unsupported
+                                | ErrorKind::NotFast
+                        ) =>
+                    {
+                        return Err(BlockError::new(e.kind(), kind, offset, len));
+                    }
+                    Err(e) => failed.push((c.clone(), e)),
+                }
+            }
+            if !failed.is_empty() && !matches!(op, WriteOp::Flush) {
+                self.drl.mark(offset, len);
+            }
+            let reasons: Vec<(Arc<Child>, String)> = failed
+                .iter()
+                .map(|(c, e)| (c.clone(), format!("{kind:?} failed: {e}")))
+                .collect();
+            self.retire_all(&reasons).await;
+            let ok_online = targets
+                .iter()
+                .any(|c| c.online() && !failed.iter().any(|(f, _)| Arc::ptr_eq(f, c)));
+            if ok_online {
+                if !failed.is_empty() {
+                    self.drl.save().await?;
+                }
+                return Ok(buf);
+            }
+            if failed.iter().any(|(_, e)| e.kind() == ErrorKind::NoSpace) {
+                return Err(BlockError::new(ErrorKind::NoSpace, kind, offset, len));
+            }
+            // Every online child failed: hold and retry (a child may come back).
+        }
+    }
+
+    async fn do_read(&self, offset: u64, buf: IoBuf) -> Result<IoBuf, BlockError> {
+        let len = buf.len() as u64;
+        check_range(&self.geometry(), IoKind::Read, offset, len)?;
+        let mut buf = Some(buf);
+        loop {
+            if self.wait_online().await.is_none() {
+                return Err(BlockError::new(ErrorKind::Io, IoKind::Read, offset, len));
+            }
+            let Some(c) = self
+                .snapshot()
+                .into_iter()
+                .filter(|c| c.online())
+                .min_by_key(|c| c.inflight.load(Ordering::Relaxed))
+            else {
+                continue;
+            };
+            let b = buf.take().unwrap_or_else(|| IoBuf::zeroed(len as usize));
+            match self.on_child(&c, IoKind::Read, c.dev.read(offset, b)).await {
+                Ok(b) => return Ok(b),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::OutOfRange | ErrorKind::Misaligned | ErrorKind::InvalidArgument
+                    ) =>
+                {
+                    return Err(e);
+                }
+                Err(e) => {
+                    self.retire_all(&[(c.clone(), format!("read failed: {e}"))])
+                        .await
+                }
+            }
+        }
+    }
+
+    async fn do_block_status(&self, offset: u64, len: u64) -> Result<Vec<Extent>, BlockError> {
+        check_range(&self.geometry(), IoKind::BlockStatus, offset, len)?;
+        let c = self
+            .snapshot()
+            .into_iter()
+            .find(|c| c.online())
+            .ok_or_else(|| BlockError::new(ErrorKind::Io, IoKind::BlockStatus, offset, len))?;
+        self.on_child(&c, IoKind::BlockStatus, c.dev.block_status(offset, len))
+            .await
+    }
+}
+
+/// Runs futures concurrently; their results in order.
+async fn join<'a, T>(mut futs: Vec<IoFuture<'a, T>>) -> Vec<Result<T, BlockError>> {
+    let mut out: Vec<Option<Result<T, BlockError>>> = (0..futs.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, slot) in futs.iter_mut().zip(out.iter_mut()) {
+            if slot.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(r) => *slot = Some(r),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().map(|r| r.expect("completed")).collect()
+}
+
+impl BlockDevice for Nexus {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn kind(&self) -> &'static str {
+        "nexus"
+    }
+    fn geometry(&self) -> Geometry {
+        Geometry {
+            block_size: self.block_size,
+            num_blocks: self.size / self.block_size as u64,
+            optimal_io: self.opts.region_size.min(u32::MAX as u64) as u32,
+            max_io: self.max_io,
+        }
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.caps
+    }
+    fn read(&self, offset: u64, buf: IoBuf) -> IoFuture<'_, IoBuf> {
+        Box::pin(self.do_read(offset, buf))
+    }
+    fn write(&self, offset: u64, buf: IoBuf, flags: WriteFlags) -> IoFuture<'_, IoBuf> {
+        Box::pin(async move {
+            let len = buf.len() as u64;
+            check_range(&self.geometry(), IoKind::Write, offset, len)?;
+            self.fan_out(WriteOp::Write(flags), offset, len, Some(buf))
+                .await
+                .map(|b| b.expect("a write returns its buffer"))
+        })
+    }
+    fn flush(&self) -> IoFuture<'_, ()> {
+        Box::pin(async move { self.fan_out(WriteOp::Flush, 0, 0, None).await.map(drop) })
+    }
+    fn unmap(&self, offset: u64, len: u64) -> IoFuture<'_, ()> {
+        Box::pin(async move {
+            check_range(&self.geometry(), IoKind::Unmap, offset, len)?;
+            self.fan_out(WriteOp::Unmap, offset, len, None)
+                .await
+                .map(drop)
+        })
+    }
+    fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> IoFuture<'_, ()> {
+        Box::pin(async move {
+            check_range(&self.geometry(), IoKind::WriteZeroes, offset, len)?;
+            self.fan_out(WriteOp::Zeroes(flags), offset, len, None)
+                .await
+                .map(drop)
+        })
+    }
+    fn block_status(&self, offset: u64, len: u64) -> IoFuture<'_, Vec<Extent>> {
+        Box::pin(self.do_block_status(offset, len))
+    }
+}
