@@ -359,6 +359,20 @@ impl Core {
         self.shared.sleeping.store(false, Ordering::SeqCst);
     }
 
+    /// Submits what is queued and waits up to `t` for a completion.
+    fn wait_completion(&self, t: Duration) {
+        let ring = self.ring.borrow();
+        let ts = types::Timespec::new()
+            .sec(t.as_secs())
+            .nsec(t.subsec_nanos());
+        let args = types::SubmitArgs::new().timespec(&ts);
+        match ring.submitter().submit_with_args(1, &args) {
+            Ok(_) => self.pending_submit.set(0),
+            Err(e) if e.raw_os_error() == Some(libc::ETIME) => self.pending_submit.set(0),
+            Err(_) => {}
+        }
+    }
+
     fn spawn_task(&self, future: Task) {
         let mut tasks = self.tasks.borrow_mut();
         let entry = tasks.vacant_entry();
@@ -490,9 +504,12 @@ impl Core {
         drop(tasks);
         let keys: Vec<usize> = self.ops.borrow().iter().map(|(k, _)| k).collect();
         for k in keys {
-            let e = opcode::AsyncCancel::new(k as u64).build().user_data(CANCEL);
-            // SAFETY: a cancel request references no memory.
-            unsafe { self.push(&e) };
+            // The op's user_data may carry SHORT_OP: cancel both forms.
+            for ud in [k as u64, k as u64 | SHORT_OP] {
+                let e = opcode::AsyncCancel::new(ud).build().user_data(CANCEL);
+                // SAFETY: a cancel request references no memory.
+                unsafe { self.push(&e) };
+            }
         }
         let deadline = Instant::now() + Duration::from_secs(2);
         while self
@@ -502,7 +519,9 @@ impl Core {
             .any(|(_, s)| matches!(s, OpSlot::Abandoned(_) | OpSlot::Pending(_)))
             && Instant::now() < deadline
         {
-            self.park(Some(Duration::from_millis(50)));
+            // Not `park`: it returns at once once `stop` is set, without submitting the
+            // cancellations, which then never complete.
+            self.wait_completion(Duration::from_millis(50));
             self.reap();
         }
         let stuck: Vec<OpSlot> = self.ops.borrow_mut().drain().collect();

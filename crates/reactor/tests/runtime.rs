@@ -217,3 +217,24 @@ fn tcp_connect_through_the_ring() {
     server.join().unwrap();
     rt.shutdown();
 }
+
+#[test]
+fn shutdown_cancels_pending_operations_promptly() {
+    let rt = runtime(PollMode::Interrupt, 1);
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    rt.handles()[0].spawn(|| async { op::sleep(Duration::from_secs(60)).await });
+    rt.handles()[0].spawn(move || async move {
+        let s = reactor::TcpStream::connect_async(addr).await.unwrap();
+        let _ = s.recv(IoBuf::with_capacity(64), 0).await;
+    });
+    let _peer = l.accept().unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let t0 = Instant::now();
+    rt.shutdown();
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "shutdown took {:?}: the cancellations were not submitted",
+        t0.elapsed()
+    );
+}
