@@ -22,6 +22,10 @@ pub mod engine {
 pub use engine::v1::engine_client::EngineClient;
 pub use engine::v1::engine_server::{Engine as EngineService, EngineServer};
 pub use engine::v1::{
+    CreateNexusRequest, DestroyNexusReply, DestroyNexusRequest, ListNexusesReply,
+    ListNexusesRequest, Nexus, NexusChild, NexusChildRequest,
+};
+pub use engine::v1::{
     CheckPoolReply, CheckPoolRequest, CloneSnapshotRequest, ClosePoolReply, ClosePoolRequest,
     CreateDeviceRequest, CreateExportRequest, CreatePoolRequest, CreateVolumeRequest,
     DestroyDeviceReply, DestroyDeviceRequest, DestroyExportReply, DestroyExportRequest,

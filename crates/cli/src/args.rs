@@ -93,6 +93,16 @@ pub enum Command {
     #[command(subcommand)]
     Volume(VolumeCommand),
 
+    /// Nexuses: volumes replicated synchronously over several devices.
+    ///
+    /// A nexus writes to all its children (pool volumes, files, remote replicas
+    /// opened as nbd:// or nvmf:// devices) and reads from one; a failing child
+    /// is retired and I/O goes on; children are rebuilt in the background. The
+    /// nexus is an engine device of its own name: export it with
+    /// `ballast export create NAME NEXUS`.
+    #[command(subcommand)]
+    Nexus(NexusCommand),
+
     /// I/O statistics per device.
     ///
     /// For each device (or only DEVICE): operations, bytes and errors per kind
@@ -286,6 +296,81 @@ pub enum PoolCommand {
         /// all, comma-separated, in any order. The report is text (no JSON).
         #[arg(long, value_name = "URI")]
         offline: Option<String>,
+    },
+}
+
+/// `ballast nexus ...`
+#[derive(Debug, Subcommand)]
+pub enum NexusCommand {
+    /// Create nexus NAME of SIZE over the engine devices CHILD...
+    Create {
+        /// Nexus name (also its engine device name).
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// Size, e.g. 10GiB (at most the smallest child).
+        #[arg(value_name = "SIZE", value_parser = parse_size)]
+        size: u64,
+        /// Engine devices to replicate over.
+        #[arg(value_name = "CHILD", required = true, num_args = 1..)]
+        children: Vec<String>,
+        /// A child that is not in sync (rebuilt from the others); repeatable.
+        #[arg(long, value_name = "CHILD")]
+        out_of_sync: Vec<String>,
+        /// Engine device keeping the dirty-region log, so a child that returns
+        /// after a restart copies only what it missed.
+        #[arg(long, value_name = "DEVICE")]
+        log: Option<String>,
+    },
+    /// Destroy a nexus that is not exported (its children stay).
+    Destroy {
+        /// Nexus name.
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
+    /// List nexuses, their children, states and rebuild progress.
+    List {
+        /// Refresh every second while a rebuild runs (a live progress bar).
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Add engine device CHILD to nexus NAME; it is rebuilt in the background.
+    AddChild {
+        /// Nexus name.
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// Engine device.
+        #[arg(value_name = "CHILD")]
+        child: String,
+    },
+    /// Remove CHILD from nexus NAME (the device stays).
+    RemoveChild {
+        /// Nexus name.
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// Engine device.
+        #[arg(value_name = "CHILD")]
+        child: String,
+    },
+    /// Retire CHILD of nexus NAME: no more I/O goes to it.
+    FaultChild {
+        /// Nexus name.
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// Engine device.
+        #[arg(value_name = "CHILD")]
+        child: String,
+        /// Why (shown in `nexus list`).
+        #[arg(long, default_value = "faulted by request")]
+        reason: String,
+    },
+    /// Rebuild a faulted or out-of-sync CHILD of nexus NAME.
+    Rebuild {
+        /// Nexus name.
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// Engine device.
+        #[arg(value_name = "CHILD")]
+        child: String,
     },
 }
 

@@ -149,6 +149,37 @@ pub fn pool(p: &Pool) -> String {
         .build()
 }
 
+/// `Nexus` as JSON.
+pub fn nexus(n: &ballast_api::Nexus) -> String {
+    let children = n.children.iter().map(|c| {
+        Object::new()
+            .str("name", &c.name)
+            .str("state", &c.state)
+            .str("reason", &c.reason)
+            .num("rebuild_done_bytes", c.rebuild_done_bytes)
+            .num("rebuild_total_bytes", c.rebuild_total_bytes)
+            .bool("partial", c.partial)
+            .build()
+    });
+    Object::new()
+        .str("name", &n.name)
+        .num("size_bytes", n.size_bytes)
+        .str("state", &n.state)
+        .raw("children", array(children))
+        .str("log_device", &n.log_device)
+        .num("dirty_regions", n.dirty_regions)
+        .num("region_size_bytes", n.region_size_bytes)
+        .raw("healthy", array(n.healthy.iter().map(|h| string(h))))
+        .build()
+}
+
+/// A nexus list as JSON: `{"nexuses":[...]}`.
+pub fn nexuses(list: &[ballast_api::Nexus]) -> String {
+    Object::new()
+        .raw("nexuses", array(list.iter().map(nexus)))
+        .build()
+}
+
 /// A pool list as JSON: `{"pools":[...]}`.
 pub fn pools(list: &[Pool]) -> String {
     Object::new()

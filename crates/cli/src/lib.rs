@@ -22,8 +22,8 @@ use ballast_api::{
 use tonic::transport::{Channel, Endpoint};
 
 pub use args::{
-    Cli, Command, DeviceCommand, EngineCommand, ExportCommand, OutputFormat, PoolCommand,
-    VolumeCommand,
+    Cli, Command, DeviceCommand, EngineCommand, ExportCommand, NexusCommand, OutputFormat,
+    PoolCommand, VolumeCommand,
 };
 
 /// How long to wait for the TCP connection to the engine.
@@ -513,6 +513,7 @@ pub async fn run(cli: &Cli) -> Result<String, CliError> {
                 table::volumes(&list)
             }
         }
+        Command::Nexus(cmd) => nexus_command(&mut client, cmd, json).await.map_err(err)?,
         Command::Stats(args) => {
             let req = GetStatsRequest {
                 device: args.device.clone().unwrap_or_default(),
@@ -531,6 +532,104 @@ pub async fn run(cli: &Cli) -> Result<String, CliError> {
         }
     };
     Ok(if out.ends_with('\n') { out } else { out + "\n" })
+}
+
+async fn nexus_command(
+    client: &mut EngineClient<Channel>,
+    cmd: &NexusCommand,
+    json: bool,
+) -> Result<String, tonic::Status> {
+    use ballast_api::{
+        CreateNexusRequest, DestroyNexusRequest, ListNexusesRequest, NexusChildRequest,
+    };
+    let one = |n: ballast_api::Nexus| {
+        if json {
+            json::nexus(&n)
+        } else {
+            table::nexuses(std::slice::from_ref(&n))
+        }
+    };
+    let child = |name: &str, child: &str, reason: &str| NexusChildRequest {
+        nexus: name.to_string(),
+        child: child.to_string(),
+        reason: reason.to_string(),
+    };
+    Ok(match cmd {
+        NexusCommand::Create {
+            name,
+            size,
+            children,
+            out_of_sync,
+            log,
+        } => {
+            let req = CreateNexusRequest {
+                name: name.clone(),
+                size_bytes: *size,
+                children: children.clone(),
+                out_of_sync: out_of_sync.clone(),
+                log_device: log.clone().unwrap_or_default(),
+            };
+            one(client.create_nexus(req).await?.into_inner())
+        }
+        NexusCommand::Destroy { name } => {
+            let req = DestroyNexusRequest { name: name.clone() };
+            client.destroy_nexus(req).await?;
+            if json {
+                "{}".to_owned()
+            } else {
+                format!("destroyed nexus {name:?}\n")
+            }
+        }
+        NexusCommand::List { watch } => loop {
+            let list = client
+                .list_nexuses(ListNexusesRequest {})
+                .await?
+                .into_inner()
+                .nexuses;
+            let text = if json {
+                json::nexuses(&list)
+            } else {
+                table::nexuses(&list)
+            };
+            let rebuilding = list
+                .iter()
+                .flat_map(|n| &n.children)
+                .any(|c| c.state == "rebuilding");
+            if !*watch || !rebuilding {
+                break text;
+            }
+            use std::io::{IsTerminal, Write};
+            let mut out = std::io::stdout();
+            if out.is_terminal() {
+                // Clear the screen and redraw in place.
+                let _ = write!(out, "\x1b[H\x1b[2J{text}");
+            } else {
+                let _ = writeln!(out, "{text}");
+            }
+            let _ = out.flush();
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        },
+        NexusCommand::AddChild { name, child: c } => one(client
+            .add_nexus_child(child(name, c, ""))
+            .await?
+            .into_inner()),
+        NexusCommand::RemoveChild { name, child: c } => one(client
+            .remove_nexus_child(child(name, c, ""))
+            .await?
+            .into_inner()),
+        NexusCommand::FaultChild {
+            name,
+            child: c,
+            reason,
+        } => one(client
+            .fault_nexus_child(child(name, c, reason))
+            .await?
+            .into_inner()),
+        NexusCommand::Rebuild { name, child: c } => one(client
+            .rebuild_nexus_child(child(name, c, ""))
+            .await?
+            .into_inner()),
+    })
 }
 
 fn volume_out(json: bool, v: &ballast_api::Volume) -> String {

@@ -256,6 +256,85 @@ pub fn pools(list: &[Pool]) -> String {
     t.render("")
 }
 
+/// A progress bar of `width` cells: `[#####.....]  50%`.
+fn progress(done: u64, total: u64, width: usize) -> String {
+    let frac = if total == 0 {
+        1.0
+    } else {
+        (done as f64 / total as f64).clamp(0.0, 1.0)
+    };
+    let full = (frac * width as f64).round() as usize;
+    format!(
+        "[{}{}] {:>3.0}%",
+        "#".repeat(full),
+        ".".repeat(width - full),
+        frac * 100.0
+    )
+}
+
+/// `ballast nexus list`: one line per nexus, then one per child.
+pub fn nexuses(list: &[ballast_api::Nexus]) -> String {
+    if list.is_empty() {
+        return "no nexuses\n".to_owned();
+    }
+    let mut t = Table::new(&[
+        ("NEXUS", Align::Left),
+        ("CHILD", Align::Left),
+        ("STATE", Align::Left),
+        ("SIZE", Align::Right),
+        ("DETAIL", Align::Left),
+    ]);
+    for n in list {
+        let detail = if n.dirty_regions > 0 {
+            format!(
+                "{} dirty region(s) of {} logged{}",
+                n.dirty_regions,
+                human_bytes(n.region_size_bytes),
+                if n.log_device.is_empty() {
+                    String::new()
+                } else {
+                    format!(" on {}", n.log_device)
+                }
+            )
+        } else if n.log_device.is_empty() {
+            "-".to_owned()
+        } else {
+            format!("log on {}", n.log_device)
+        };
+        t.row(vec![
+            n.name.clone(),
+            "-".to_owned(),
+            n.state.clone(),
+            human_bytes(n.size_bytes),
+            detail,
+        ]);
+        for c in &n.children {
+            let detail = match c.state.as_str() {
+                "rebuilding" => format!(
+                    "{} {} of {}{}",
+                    progress(c.rebuild_done_bytes, c.rebuild_total_bytes, 20),
+                    human_bytes(c.rebuild_done_bytes),
+                    human_bytes(c.rebuild_total_bytes),
+                    if c.partial {
+                        " (dirty regions only)"
+                    } else {
+                        ""
+                    }
+                ),
+                _ => or_dash(&c.reason),
+            };
+            t.row(vec![
+                n.name.clone(),
+                c.name.clone(),
+                c.state.clone(),
+                String::new(),
+                detail,
+            ]);
+        }
+    }
+    t.render("")
+}
+
 /// `ballast volume list` (and the volume just created, snapshotted, ...).
 pub fn volumes(list: &[Volume]) -> String {
     if list.is_empty() {

@@ -402,6 +402,125 @@ impl EngineService for Service {
             .collect();
         Ok(Response::new(pb::ListVolumesReply { volumes }))
     }
+
+    async fn create_nexus(
+        &self,
+        r: Request<pb::CreateNexusRequest>,
+    ) -> Result<Response<pb::Nexus>, Status> {
+        let r = r.into_inner();
+        let log = (!r.log_device.is_empty()).then_some(r.log_device.as_str());
+        let n = self
+            .state
+            .create_nexus(&r.name, r.size_bytes, &r.children, &r.out_of_sync, log)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(nexus_pb(n)))
+    }
+
+    async fn destroy_nexus(
+        &self,
+        r: Request<pb::DestroyNexusRequest>,
+    ) -> Result<Response<pb::DestroyNexusReply>, Status> {
+        self.state
+            .destroy_nexus(&r.into_inner().name)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::DestroyNexusReply {}))
+    }
+
+    async fn list_nexuses(
+        &self,
+        _: Request<pb::ListNexusesRequest>,
+    ) -> Result<Response<pb::ListNexusesReply>, Status> {
+        let nexuses = self
+            .state
+            .list_nexuses()
+            .into_iter()
+            .map(nexus_pb)
+            .collect();
+        Ok(Response::new(pb::ListNexusesReply { nexuses }))
+    }
+
+    async fn add_nexus_child(
+        &self,
+        r: Request<pb::NexusChildRequest>,
+    ) -> Result<Response<pb::Nexus>, Status> {
+        let r = r.into_inner();
+        let n = self
+            .state
+            .add_nexus_child(&r.nexus, &r.child)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(nexus_pb(n)))
+    }
+
+    async fn remove_nexus_child(
+        &self,
+        r: Request<pb::NexusChildRequest>,
+    ) -> Result<Response<pb::Nexus>, Status> {
+        let r = r.into_inner();
+        let n = self
+            .state
+            .remove_nexus_child(&r.nexus, &r.child)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(nexus_pb(n)))
+    }
+
+    async fn fault_nexus_child(
+        &self,
+        r: Request<pb::NexusChildRequest>,
+    ) -> Result<Response<pb::Nexus>, Status> {
+        let r = r.into_inner();
+        let reason = if r.reason.is_empty() {
+            "faulted by request"
+        } else {
+            r.reason.as_str()
+        };
+        let n = self
+            .state
+            .fault_nexus_child(&r.nexus, &r.child, reason)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(nexus_pb(n)))
+    }
+
+    async fn rebuild_nexus_child(
+        &self,
+        r: Request<pb::NexusChildRequest>,
+    ) -> Result<Response<pb::Nexus>, Status> {
+        let r = r.into_inner();
+        let n = self
+            .state
+            .rebuild_nexus_child(&r.nexus, &r.child)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(nexus_pb(n)))
+    }
+}
+
+fn nexus_pb(n: crate::nexuses::NexusStatus) -> pb::Nexus {
+    pb::Nexus {
+        name: n.name,
+        size_bytes: n.size,
+        state: n.state.to_string(),
+        children: n
+            .children
+            .into_iter()
+            .map(|c| pb::NexusChild {
+                name: c.name,
+                state: c.state.to_string(),
+                reason: c.reason,
+                rebuild_done_bytes: c.rebuild_done,
+                rebuild_total_bytes: c.rebuild_total,
+                partial: c.partial,
+            })
+            .collect(),
+        log_device: n.log_device,
+        dirty_regions: n.dirty_regions,
+        region_size_bytes: n.region_size,
+        healthy: n.healthy,
+    }
 }
 
 /// Starts the API on `addr` in a control thread; returns its stop switch, thread and address.

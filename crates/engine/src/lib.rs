@@ -11,6 +11,7 @@
 
 pub mod config;
 mod grpc;
+pub mod nexuses;
 pub mod pools;
 
 use std::collections::BTreeMap;
@@ -40,6 +41,7 @@ pub struct DeviceEntry {
 pub struct EngineState {
     devices: Mutex<BTreeMap<String, DeviceEntry>>,
     pools: Mutex<pools::Pools>,
+    nexuses: Mutex<nexuses::Nexuses>,
     /// Serialises pool management operations (they await device I/O).
     pool_ops: tokio::sync::Mutex<()>,
     nbd: Arc<NbdServer>,
@@ -163,9 +165,14 @@ impl EngineState {
             .lock()
             .expect("devices lock")
             .contains_key(name)
-            && let Some(why) = self.pool_claim(name)
+            && let Some(why) = self.pool_claim(name).or_else(|| self.nexus_claim(name))
         {
             return Err(MgmtError::Busy(why));
+        }
+        if self.nexus_status(name).is_ok() {
+            return Err(MgmtError::Busy(format!(
+                "device {name:?} is a nexus; use `ballast nexus destroy {name}`"
+            )));
         }
         if let Some(export) = self.export_of_device(name) {
             return Err(MgmtError::Busy(format!(
@@ -229,6 +236,9 @@ impl EngineState {
         if !device.contains('/')
             && let Some(why) = self.pool_claim(device)
         {
+            return Err(MgmtError::Busy(format!("cannot export: {why}")));
+        }
+        if let Some(why) = self.nexus_claim(device) {
             return Err(MgmtError::Busy(format!("cannot export: {why}")));
         }
         Ok(dev)
@@ -378,6 +388,7 @@ impl Engine {
         let state = Arc::new(EngineState {
             devices: Mutex::new(BTreeMap::new()),
             pools: Mutex::new(pools::Pools::default()),
+            nexuses: Mutex::new(nexuses::Nexuses::default()),
             pool_ops: tokio::sync::Mutex::new(()),
             nbd: NbdServer::new(),
             nbd_addr,

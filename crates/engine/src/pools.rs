@@ -591,6 +591,14 @@ impl EngineState {
     /// pool's device is accepted when `retry_faulted` (importing it again).
     fn claim_device(&self, device: &str, retry_faulted: bool) -> Result<BusyGuard<'_>, MgmtError> {
         self.device_of(device)?;
+        if let Some(why) = self.nexus_claim(device) {
+            return Err(MgmtError::Busy(why));
+        }
+        if self.nexus_status(device).is_ok() {
+            return Err(MgmtError::Busy(format!(
+                "device {device:?} is a nexus; it cannot hold a pool"
+            )));
+        }
         if let Some(export) = self.export_of_device(device) {
             return Err(MgmtError::Busy(format!(
                 "device {device:?} is exported as {export:?}; destroy the export first"

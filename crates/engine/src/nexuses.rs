@@ -1,0 +1,372 @@
+//! Nexuses in the engine: a nexus replicates over engine devices (its children: pool volumes
+//! `POOL/VOLUME`, files, remote replicas opened as `nbd://` or `nvmf://` devices) and is
+//! itself an engine device under its own name, exported like any other.
+//!
+//! A device that is a child of a nexus is in use: it cannot be exported, destroyed or given
+//! to another nexus. Rebuilds run in the background on reactor 0; their progress is in
+//! [`NexusStatus`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use blockdev::{Device, Measured};
+use nexus::{ChildSpec, ChildState, Nexus, NexusError, NexusOptions, NexusState};
+
+use crate::{DeviceEntry, EngineState, MgmtError};
+
+/// A nexus the engine serves.
+#[derive(Clone, Debug)]
+pub struct NexusEntry {
+    /// The nexus.
+    pub nexus: Arc<Nexus>,
+    /// Engine device holding its dirty-region log, if any.
+    pub log_device: Option<String>,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// The nexus registry.
+#[derive(Debug, Default)]
+pub(crate) struct Nexuses {
+    by_name: BTreeMap<String, NexusEntry>,
+}
+
+/// A child as listed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChildStatus {
+    /// Engine device name.
+    pub name: String,
+    /// `online`, `rebuilding`, `out-of-sync` or `faulted`.
+    pub state: &'static str,
+    /// Why faulted.
+    pub reason: String,
+    /// Rebuild progress: bytes done and to do (0/0 when not rebuilding).
+    pub rebuild_done: u64,
+    /// See `rebuild_done`.
+    pub rebuild_total: u64,
+    /// The rebuild copies only dirty regions.
+    pub partial: bool,
+}
+
+/// A nexus as listed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NexusStatus {
+    /// Name (also its engine device name).
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// `online`, `degraded` or `faulted`.
+    pub state: &'static str,
+    /// Children in order.
+    pub children: Vec<ChildStatus>,
+    /// Engine device holding the dirty-region log ("" when in memory).
+    pub log_device: String,
+    /// Regions recorded dirty for absent children, and the region size.
+    pub dirty_regions: u64,
+    /// Bytes per region.
+    pub region_size: u64,
+    /// Children the control plane should record as healthy (in sync).
+    pub healthy: Vec<String>,
+}
+
+fn nexus_error(what: &str, e: NexusError) -> MgmtError {
+    match e {
+        NexusError::Invalid(m) => MgmtError::Invalid(format!("{what}: {m}")),
+        NexusError::NotFound(c) => MgmtError::NotFound(format!("{what}: no child {c:?}")),
+        e => MgmtError::Device(format!("{what}: {e}")),
+    }
+}
+
+fn status_of(name: &str, e: &NexusEntry) -> NexusStatus {
+    let n = &e.nexus;
+    NexusStatus {
+        name: name.to_string(),
+        size: e.size,
+        state: match n.state() {
+            NexusState::Online => "online",
+            NexusState::Degraded => "degraded",
+            NexusState::Faulted => "faulted",
+        },
+        children: n
+            .children()
+            .into_iter()
+            .map(|c| {
+                let (state, reason, done, total, partial) = match c.state {
+                    ChildState::Online => ("online", String::new(), 0, 0, false),
+                    ChildState::OutOfSync => ("out-of-sync", String::new(), 0, 0, false),
+                    ChildState::Rebuilding {
+                        done,
+                        total,
+                        partial,
+                    } => ("rebuilding", String::new(), done, total, partial),
+                    ChildState::Faulted { reason } => ("faulted", reason, 0, 0, false),
+                };
+                ChildStatus {
+                    name: c.name,
+                    state,
+                    reason,
+                    rebuild_done: done,
+                    rebuild_total: total,
+                    partial,
+                }
+            })
+            .collect(),
+        log_device: e.log_device.clone().unwrap_or_default(),
+        dirty_regions: n.drl().dirty_count(),
+        region_size: n.drl().region_size(),
+        healthy: n.healthy(),
+    }
+}
+
+impl EngineState {
+    pub(crate) fn nexuses(&self) -> std::sync::MutexGuard<'_, Nexuses> {
+        self.nexuses.lock().expect("nexus lock")
+    }
+
+    /// Why `device` cannot be used otherwise, if a nexus uses it (as a child or its log).
+    pub(crate) fn nexus_claim(&self, device: &str) -> Option<String> {
+        for (name, e) in &self.nexuses().by_name {
+            if e.nexus.children().iter().any(|c| c.name == device) {
+                return Some(format!(
+                    "device {device:?} is a child of nexus {name:?}; `ballast nexus remove-child \
+                     {name} {device}` first"
+                ));
+            }
+            if e.log_device.as_deref() == Some(device) {
+                return Some(format!(
+                    "device {device:?} holds the dirty-region log of nexus {name:?}"
+                ));
+            }
+        }
+        None
+    }
+
+    /// A device that may become a child or a log: it exists, is not exported, and no pool
+    /// or nexus uses it.
+    fn child_device(&self, device: &str) -> Result<Device, MgmtError> {
+        let dev = self
+            .devices
+            .lock()
+            .expect("devices lock")
+            .get(device)
+            .map(|d| d.device.clone())
+            .ok_or_else(|| MgmtError::NotFound(format!("device {device:?} not found")))?;
+        if let Some(why) = self.nexus_claim(device) {
+            return Err(MgmtError::Busy(why));
+        }
+        if let Some(export) = self.export_of_device(device) {
+            return Err(MgmtError::Busy(format!(
+                "device {device:?} is exported as {export:?}; destroy the export first"
+            )));
+        }
+        if !device.contains('/')
+            && let Some(why) = self.pool_claim(device)
+        {
+            return Err(MgmtError::Busy(why));
+        }
+        Ok(dev)
+    }
+
+    /// Creates nexus `name` of `size` bytes over the engine devices `children`; those in
+    /// `out_of_sync` are rebuilt from the others in the background. The nexus becomes engine
+    /// device `name`.
+    pub async fn create_nexus(
+        &self,
+        name: &str,
+        size: u64,
+        children: &[String],
+        out_of_sync: &[String],
+        log_device: Option<&str>,
+    ) -> Result<NexusStatus, MgmtError> {
+        if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control() || c == '/') {
+            return Err(MgmtError::Invalid(format!(
+                "bad nexus name {name:?}: 1 to 64 bytes, no '/' or control characters"
+            )));
+        }
+        if self
+            .devices
+            .lock()
+            .expect("devices lock")
+            .contains_key(name)
+        {
+            return Err(MgmtError::Exists(format!(
+                "a device named {name:?} already exists"
+            )));
+        }
+        if let Some(c) = out_of_sync.iter().find(|c| !children.contains(c)) {
+            return Err(MgmtError::Invalid(format!(
+                "out-of-sync child {c:?} is not among the children"
+            )));
+        }
+        let mut specs = Vec::new();
+        for c in children {
+            specs.push(ChildSpec {
+                name: c.clone(),
+                dev: self.child_device(c)?,
+                healthy: !out_of_sync.contains(c),
+            });
+        }
+        let log = match log_device {
+            Some(d) if children.iter().any(|c| c == d) => {
+                return Err(MgmtError::Invalid(format!(
+                    "device {d:?} cannot be both a child and the log"
+                )));
+            }
+            Some(d) => Some(self.child_device(d)?),
+            None => None,
+        };
+        let (n2, s2) = (name.to_string(), size);
+        let nexus = self.reactors[0]
+            .call(move || async move {
+                Nexus::create(&n2, s2, specs, log, NexusOptions::default()).await
+            })
+            .await
+            .map_err(|e| nexus_error(&format!("creating nexus {name:?}"), e))?;
+        let entry = NexusEntry {
+            nexus: nexus.clone(),
+            log_device: log_device.map(str::to_string),
+            size,
+        };
+        {
+            let mut devs = self.devices.lock().expect("devices lock");
+            if devs.contains_key(name) {
+                return Err(MgmtError::Exists(format!(
+                    "a device named {name:?} already exists"
+                )));
+            }
+            devs.insert(
+                name.to_string(),
+                DeviceEntry {
+                    uri: format!("nexus://{name}"),
+                    device: Arc::new(Measured::new(nexus.clone())),
+                },
+            );
+        }
+        self.nexuses().by_name.insert(name.to_string(), entry);
+        self.start_rebuilds(&nexus);
+        self.nexus_status(name)
+    }
+
+    fn start_rebuilds(&self, nexus: &Arc<Nexus>) {
+        let n = nexus.clone();
+        self.reactors[0].spawn(move || async move { n.rebuild_pending() });
+    }
+
+    /// One nexus's status.
+    pub fn nexus_status(&self, name: &str) -> Result<NexusStatus, MgmtError> {
+        let g = self.nexuses();
+        let e = g
+            .by_name
+            .get(name)
+            .ok_or_else(|| MgmtError::NotFound(format!("nexus {name:?} not found")))?;
+        Ok(status_of(name, e))
+    }
+
+    /// Every nexus, by name.
+    pub fn list_nexuses(&self) -> Vec<NexusStatus> {
+        self.nexuses()
+            .by_name
+            .iter()
+            .map(|(n, e)| status_of(n, e))
+            .collect()
+    }
+
+    fn nexus_of(&self, name: &str) -> Result<Arc<Nexus>, MgmtError> {
+        self.nexuses()
+            .by_name
+            .get(name)
+            .map(|e| e.nexus.clone())
+            .ok_or_else(|| MgmtError::NotFound(format!("nexus {name:?} not found")))
+    }
+
+    /// Destroys a nexus that is not exported: it is flushed and its device removed; the
+    /// children stay, as plain devices.
+    pub async fn destroy_nexus(&self, name: &str) -> Result<(), MgmtError> {
+        let nexus = self.nexus_of(name)?;
+        if let Some(export) = self.export_of_device(name) {
+            return Err(MgmtError::Busy(format!(
+                "nexus {name:?} is exported as {export:?}; destroy the export first"
+            )));
+        }
+        self.devices.lock().expect("devices lock").remove(name);
+        self.nexuses().by_name.remove(name);
+        let n = nexus.clone();
+        let _ = self.reactors[0]
+            .call(move || async move { blockdev::BlockDevice::flush(&*n).await })
+            .await;
+        Ok(())
+    }
+
+    /// Adds engine device `child` to nexus `name`; it is rebuilt in the background.
+    pub async fn add_nexus_child(&self, name: &str, child: &str) -> Result<NexusStatus, MgmtError> {
+        let nexus = self.nexus_of(name)?;
+        let dev = self.child_device(child)?;
+        let (n2, c2) = (nexus.clone(), child.to_string());
+        self.reactors[0]
+            .call(move || async move { n2.add_child(&c2, dev).await })
+            .await
+            .map_err(|e| nexus_error(&format!("adding {child:?} to nexus {name:?}"), e))?;
+        self.start_rebuilds(&nexus);
+        self.nexus_status(name)
+    }
+
+    /// Removes `child` from nexus `name` (the device stays).
+    pub async fn remove_nexus_child(
+        &self,
+        name: &str,
+        child: &str,
+    ) -> Result<NexusStatus, MgmtError> {
+        let nexus = self.nexus_of(name)?;
+        let c2 = child.to_string();
+        self.reactors[0]
+            .call(move || async move { nexus.remove_child(&c2).await })
+            .await
+            .map_err(|e| nexus_error(&format!("removing {child:?} from nexus {name:?}"), e))?;
+        self.nexus_status(name)
+    }
+
+    /// Retires `child` of nexus `name` (the control plane fences it, or a test fails it).
+    pub async fn fault_nexus_child(
+        &self,
+        name: &str,
+        child: &str,
+        reason: &str,
+    ) -> Result<NexusStatus, MgmtError> {
+        let nexus = self.nexus_of(name)?;
+        let (c2, r2) = (child.to_string(), reason.to_string());
+        self.reactors[0]
+            .call(move || async move { nexus.fault_child(&c2, &r2).await })
+            .await
+            .map_err(|e| nexus_error(&format!("faulting {child:?} of nexus {name:?}"), e))?;
+        self.nexus_status(name)
+    }
+
+    /// Starts rebuilding faulted or out-of-sync `child` of nexus `name` (a returning replica:
+    /// only the regions written while it was away are copied).
+    pub async fn rebuild_nexus_child(
+        &self,
+        name: &str,
+        child: &str,
+    ) -> Result<NexusStatus, MgmtError> {
+        let nexus = self.nexus_of(name)?;
+        let state = nexus
+            .children()
+            .into_iter()
+            .find(|c| c.name == child)
+            .map(|c| c.state)
+            .ok_or_else(|| MgmtError::NotFound(format!("nexus {name:?} has no child {child:?}")))?;
+        if !matches!(state, ChildState::Faulted { .. } | ChildState::OutOfSync) {
+            return Err(MgmtError::Busy(format!(
+                "child {child:?} of nexus {name:?} is {state:?}: nothing to rebuild"
+            )));
+        }
+        let c2 = child.to_string();
+        self.reactors[0].spawn(move || async move {
+            let _ = nexus.rebuild_child(&c2).await;
+        });
+        // Let it start, so the status shows it rebuilding.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        self.nexus_status(name)
+    }
+}
