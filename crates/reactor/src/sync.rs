@@ -94,9 +94,15 @@ impl<T> Future for OneshotReceiver<T> {
 }
 
 /// A reactor-local async mutex (FIFO), for serialising writes to one socket.
+///
+/// Each waiting `lock()` has one entry in the queue, however often it is polled (several
+/// futures of one task may wait at once, and a task is polled for any of its wake-ups), and
+/// removes it when it gets the lock or is dropped. An unlock wakes the first waiter; one
+/// woken but dropped before taking the lock passes the wake-up on.
 pub struct LocalMutex<T> {
     locked: Cell<bool>,
-    waiters: RefCell<VecDeque<Waker>>,
+    waiters: RefCell<VecDeque<(u64, Waker)>>,
+    next_waiter: Cell<u64>,
     value: RefCell<T>,
 }
 
@@ -108,28 +114,93 @@ impl<T> std::fmt::Debug for LocalMutex<T> {
     }
 }
 
+/// A `lock()` in progress: its entry in the waiters' queue, if it has one.
+struct LockWaiter<'a, T> {
+    m: &'a LocalMutex<T>,
+    id: Option<u64>,
+}
+
+impl<T> LockWaiter<'_, T> {
+    /// Removes this waiter's entry; true if it was still queued (not woken by an unlock).
+    fn dequeue(&mut self) -> bool {
+        let Some(id) = self.id.take() else {
+            return false;
+        };
+        let mut w = self.m.waiters.borrow_mut();
+        match w.iter().position(|(i, _)| *i == id) {
+            Some(p) => {
+                w.remove(p);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl<T> Drop for LockWaiter<'_, T> {
+    fn drop(&mut self) {
+        let had_entry = self.id.is_some();
+        if had_entry && !self.dequeue() && !self.m.locked.get() {
+            // An unlock woke this waiter, which gives up: wake the next one instead.
+            self.m.wake_next();
+        }
+    }
+}
+
 impl<T> LocalMutex<T> {
     /// A new unlocked mutex.
     pub fn new(v: T) -> Self {
         LocalMutex {
             locked: Cell::new(false),
             waiters: RefCell::new(VecDeque::new()),
+            next_waiter: Cell::new(0),
             value: RefCell::new(v),
+        }
+    }
+
+    fn wake_next(&self) {
+        let w = self.waiters.borrow_mut().pop_front();
+        if let Some((_, w)) = w {
+            w.wake();
         }
     }
 
     /// Waits for the lock.
     pub async fn lock(&self) -> LocalMutexGuard<'_, T> {
+        let mut waiter = LockWaiter { m: self, id: None };
         std::future::poll_fn(|cx| {
-            if self.locked.get() {
-                self.waiters.borrow_mut().push_back(cx.waker().clone());
-                Poll::Pending
-            } else {
+            if !self.locked.get() {
+                waiter.dequeue();
                 self.locked.set(true);
-                Poll::Ready(())
+                return Poll::Ready(());
             }
+            let mut w = self.waiters.borrow_mut();
+            match waiter
+                .id
+                .and_then(|id| w.iter_mut().find(|(i, _)| *i == id))
+            {
+                Some((_, wk)) => {
+                    if !wk.will_wake(cx.waker()) {
+                        *wk = cx.waker().clone();
+                    }
+                }
+                None => {
+                    // First wait, or woken by an unlock and beaten to the lock by another
+                    // locker: (back) to the front of the queue if woken, else to the end.
+                    let id = self.next_waiter.get();
+                    self.next_waiter.set(id + 1);
+                    if waiter.id.is_some() {
+                        w.push_front((id, cx.waker().clone()));
+                    } else {
+                        w.push_back((id, cx.waker().clone()));
+                    }
+                    waiter.id = Some(id);
+                }
+            }
+            Poll::Pending
         })
         .await;
+        waiter.id = None;
         LocalMutexGuard {
             m: self,
             v: self.value.borrow_mut(),
@@ -164,9 +235,7 @@ impl<T> DerefMut for LocalMutexGuard<'_, T> {
 impl<T> Drop for LocalMutexGuard<'_, T> {
     fn drop(&mut self) {
         self.m.locked.set(false);
-        if let Some(w) = self.m.waiters.borrow_mut().pop_front() {
-            w.wake();
-        }
+        self.m.wake_next();
     }
 }
 

@@ -238,3 +238,64 @@ fn shutdown_cancels_pending_operations_promptly() {
         t0.elapsed()
     );
 }
+
+#[test]
+fn local_mutex_wakes_every_waiter_when_one_task_waits_twice() {
+    // Two lock futures of one task are polled on each other's wake-ups; an unlock must never
+    // be spent on a stale entry while a waiter of another task sleeps.
+    let rt = runtime(PollMode::Interrupt, 1);
+    let done = block_on(rt.handles()[0].call(|| async {
+        let m = std::rc::Rc::new(sync::LocalMutex::new(0u32));
+        let g = m.lock().await;
+        let m2 = m.clone();
+        let other = reactor::spawn_local(async move {
+            op::sleep(Duration::from_millis(10)).await;
+            let mut g = m2.lock().await;
+            *g += 100;
+        });
+        let hold = |m: std::rc::Rc<sync::LocalMutex<u32>>, ms| async move {
+            let mut g = m.lock().await;
+            op::sleep(Duration::from_millis(ms)).await;
+            *g += 1;
+        };
+        let mut a = std::pin::pin!(hold(m.clone(), 1));
+        let mut b = std::pin::pin!(hold(m.clone(), 1));
+        let release = async {
+            op::sleep(Duration::from_millis(20)).await;
+            drop(g);
+        };
+        let mut release = std::pin::pin!(release);
+        // Wakes the task (and so polls both waiting lock futures again) a few times while
+        // the lock is held, before the other task queues up.
+        let mut ticker = std::pin::pin!(async {
+            for _ in 0..4 {
+                op::sleep(Duration::from_millis(1)).await;
+            }
+        });
+        let (mut da, mut db, mut dr, mut dt) = (false, false, false, false);
+        std::future::poll_fn(|cx| {
+            use std::task::Poll;
+            if !dt {
+                dt = ticker.as_mut().poll(cx).is_ready();
+            }
+            if !dr {
+                dr = release.as_mut().poll(cx).is_ready();
+            }
+            if !da {
+                da = a.as_mut().poll(cx).is_ready();
+            }
+            if !db {
+                db = b.as_mut().poll(cx).is_ready();
+            }
+            if da && db {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+        sync::timeout(Duration::from_secs(2), other).await.is_some() && *m.lock().await == 102
+    }));
+    assert!(done, "a waiter of another task was never woken");
+    rt.shutdown();
+}
