@@ -48,6 +48,9 @@ pub enum ErrorKind {
     Timeout,
     /// The device is gone (destroyed, disconnected).
     Gone,
+    /// The device refused the I/O because another host holds a reservation on it (the
+    /// caller has been fenced off).
+    Conflict,
 }
 
 /// A failed block-device operation: what failed, where, and why.
@@ -69,6 +72,24 @@ impl BlockError {
             offset,
             len,
             source: None,
+        }
+    }
+
+    /// An error of `kind` with a message saying why (a protocol status, a peer's address),
+    /// shown after the description.
+    pub fn with_message(
+        kind: ErrorKind,
+        op: IoKind,
+        offset: u64,
+        len: u64,
+        msg: impl Into<String>,
+    ) -> Self {
+        BlockError {
+            kind,
+            op,
+            offset,
+            len,
+            source: Some(io::Error::other(msg.into())),
         }
     }
 
@@ -131,6 +152,7 @@ impl fmt::Display for BlockError {
             ErrorKind::NotFast => "cannot zero fast",
             ErrorKind::Timeout => "timed out",
             ErrorKind::Gone => "device is gone",
+            ErrorKind::Conflict => "reservation conflict",
         };
         write!(
             f,

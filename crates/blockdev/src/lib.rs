@@ -13,7 +13,9 @@
 //!
 //! Backends, chosen by URI ([`open_uri`]):
 //! - `uring:///path` or a plain path: a file or block device through io_uring with `O_DIRECT`;
-//! - `malloc:///name?size=1GiB`: memory, allocated on first write, reporting holes.
+//! - `malloc:///name?size=1GiB`: memory, allocated on first write, reporting holes;
+//! - `nvmf://host:port/nqn`: a namespace of a remote NVMe over Fabrics controller (TCP),
+//!   see [`nvmf`].
 //!
 //! [`Measured`] wraps any device with per-operation counters and a latency histogram.
 
@@ -27,6 +29,7 @@ pub use reactor::IoBuf;
 pub mod crash;
 mod error;
 pub mod malloc;
+pub mod nvmf;
 mod stats;
 pub mod uri;
 pub mod uring;

@@ -3,6 +3,8 @@
 //! - `malloc:///NAME?size=SIZE[&block_size=N]` — RAM device (the path part is informational).
 //! - `uring:///PATH[?size=SIZE][&ro][&direct=0]` or a plain absolute path — a file or block
 //!   device; `size` creates the file or grows it to that size.
+//! - `nvmf://HOST[:PORT]/NQN[?nsid=N&hdgst=1&ddgst=1&hostnqn=…&hostid=…&kato=MS&timeout=MS&queues=N&qsize=N&ro]`
+//!   — a namespace of a remote NVMe/TCP controller ([`crate::nvmf`]).
 //!
 //! Sizes take the suffixes K, M, G, T (powers of 1024; `KiB`, `MiB`, `GiB`, `TiB` too).
 
@@ -10,6 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::malloc::MallocDevice;
+use crate::nvmf::{NvmfDevice, NvmfParams};
 use crate::uring::{OpenFlags, UringDevice};
 use crate::{Device, Result};
 
@@ -34,6 +37,8 @@ pub enum DeviceSpec {
         /// Use O_DIRECT.
         direct: bool,
     },
+    /// A namespace of a remote NVMe/TCP controller.
+    Nvmf(NvmfParams),
 }
 
 /// Parses a size such as `1GiB`, `512M`, `4096`.
@@ -57,6 +62,9 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
 impl DeviceSpec {
     /// Parses a device URI; the error explains what is wrong.
     pub fn parse(uri: &str) -> std::result::Result<DeviceSpec, String> {
+        if uri.starts_with("nvmf://") {
+            return NvmfParams::parse(uri).map(DeviceSpec::Nvmf);
+        }
         let (scheme, rest) = match uri.split_once("://") {
             Some((s, r)) => (s, r),
             None if uri.starts_with('/') => ("uring", uri),
@@ -127,7 +135,9 @@ impl DeviceSpec {
                     direct,
                 })
             }
-            other => Err(format!("{uri:?}: unknown scheme {other:?} (malloc, uring)")),
+            other => Err(format!(
+                "{uri:?}: unknown scheme {other:?} (malloc, uring, nvmf)"
+            )),
         }
     }
 
@@ -151,6 +161,7 @@ impl DeviceSpec {
                     direct: *direct,
                 },
             )?),
+            DeviceSpec::Nvmf(p) => Arc::new(NvmfDevice::open(name, p.clone())?),
         })
     }
 }
@@ -194,7 +205,8 @@ mod tests {
         );
         assert!(DeviceSpec::parse("malloc:///x").is_err());
         assert!(DeviceSpec::parse("malloc:///x?size=1G&bogus=1").is_err());
-        assert!(DeviceSpec::parse("nvmf://h/x").is_err());
+        assert!(DeviceSpec::parse("nvmf://h/").is_err());
+        assert!(DeviceSpec::parse("nvmf://h/x?bogus=1").is_err());
         assert!(parse_size("12Q").is_err());
         assert_eq!(parse_size("2g").unwrap(), 2 << 30);
     }
