@@ -28,6 +28,8 @@ pub use reactor::IoBuf;
 #[cfg(feature = "test-utils")]
 pub mod crash;
 mod error;
+#[cfg(feature = "test-utils")]
+pub mod loadgen;
 pub mod malloc;
 pub mod nvmf;
 mod stats;

@@ -11,97 +11,15 @@
 
 use std::cell::Cell;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use blockdev::loadgen::{Fresh, Load, median, run};
 use blockdev::{Device, IoBuf, WriteFlags};
 use pool::pool::{CreateOptions, Pool};
-use reactor::{Config, PollMode, Runtime, spawn_local};
+use reactor::{Config, PollMode, Runtime};
 
 const GIB: u64 = 1 << 30;
 const CLUSTER: u64 = 128 * 1024;
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
-#[derive(Clone, Copy)]
-struct Load {
-    write: bool,
-    bs: usize,
-    qd: usize,
-    random: bool,
-}
-
-/// Runs `load` against `dev` over `[base, base+span)` for `secs`; returns IOPS and mean
-/// latency (µs).
-/// With `fresh`, every write goes to a cluster never written before (`fresh` counts them)
-/// and the run ends early once `limit` clusters have been used.
-async fn run(
-    dev: Device,
-    base: u64,
-    span: u64,
-    load: Load,
-    secs: f64,
-    fresh: Option<Rc<Cell<u64>>>,
-    limit: u64,
-) -> (f64, f64) {
-    let deadline = Instant::now() + Duration::from_secs_f64(secs);
-    let ops = Rc::new(Cell::new(0u64));
-    let lat = Rc::new(Cell::new(0u64));
-    let mut handles = Vec::new();
-    for q in 0..load.qd {
-        let (dev, ops, lat, fresh) = (dev.clone(), ops.clone(), lat.clone(), fresh.clone());
-        handles.push(spawn_local(async move {
-            let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((q as u64 + 1) * 7919));
-            let blocks = span / load.bs as u64;
-            let mut seq = q as u64 * blocks / load.qd as u64;
-            while Instant::now() < deadline {
-                let block = match (&fresh, load.random) {
-                    // First writes: every request goes to a block never written before.
-                    (Some(next), _) => {
-                        let b = next.get();
-                        if b >= limit {
-                            break;
-                        }
-                        next.set(b + 1);
-                        b * CLUSTER / load.bs as u64
-                    }
-                    (None, true) => rng.next() % blocks,
-                    (None, false) => {
-                        seq = (seq + 1) % blocks;
-                        seq
-                    }
-                };
-                let off = base + block * load.bs as u64;
-                let t = Instant::now();
-                let buf = reactor::alloc_buf(load.bs);
-                let r = if load.write {
-                    dev.write(off, buf, WriteFlags::default()).await.map(drop)
-                } else {
-                    dev.read(off, buf).await.map(drop)
-                };
-                r.expect("benchmark I/O");
-                lat.set(lat.get() + t.elapsed().as_nanos() as u64);
-                ops.set(ops.get() + 1);
-            }
-        }));
-    }
-    let t0 = Instant::now();
-    for h in handles {
-        h.await;
-    }
-    let n = ops.get().max(1);
-    (
-        n as f64 / t0.elapsed().as_secs_f64(),
-        lat.get() as f64 / n as f64 / 1000.0,
-    )
-}
 
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -122,16 +40,6 @@ async fn fill(dev: &Device, base: u64, len: u64) {
         off += 1 << 20;
     }
     dev.flush().await.expect("flush");
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }
 
 async fn bench(path: String, secs: f64, rounds: usize) -> String {
@@ -220,8 +128,8 @@ async fn bench(path: String, secs: f64, rounds: usize) -> String {
         let (mut r_iops, mut r_lat, mut v_iops, mut v_lat, mut q) =
             (vec![], vec![], vec![], vec![], vec![]);
         for _ in 0..rounds {
-            let r = run(raw.clone(), raw_base, GIB, l, secs, None, 0).await;
-            let v = run(thick.clone(), 0, GIB, l, secs, None, 0).await;
+            let r = run(raw.clone(), raw_base, GIB, l, secs, None).await;
+            let v = run(thick.clone(), 0, GIB, l, secs, None).await;
             r_iops.push(r.0);
             r_lat.push(r.1);
             v_iops.push(v.0);
@@ -246,8 +154,11 @@ async fn bench(path: String, secs: f64, rounds: usize) -> String {
         GIB,
         loads[2].1,
         secs,
-        Some(fresh.clone()),
-        1024,
+        Some(Fresh {
+            next: fresh.clone(),
+            unit: CLUSTER,
+            limit: 1024,
+        }),
     )
     .await;
     let b32 = run(
@@ -256,8 +167,11 @@ async fn bench(path: String, secs: f64, rounds: usize) -> String {
         GIB,
         loads[3].1,
         secs,
-        Some(fresh.clone()),
-        4096,
+        Some(Fresh {
+            next: fresh.clone(),
+            unit: CLUSTER,
+            limit: 4096,
+        }),
     )
     .await;
     thin.flush().await.unwrap();
@@ -270,8 +184,11 @@ async fn bench(path: String, secs: f64, rounds: usize) -> String {
         GIB,
         loads[2].1,
         secs,
-        Some(cow.clone()),
-        1024,
+        Some(Fresh {
+            next: cow.clone(),
+            unit: CLUSTER,
+            limit: 1024,
+        }),
     )
     .await;
     let c32 = run(
@@ -280,11 +197,14 @@ async fn bench(path: String, secs: f64, rounds: usize) -> String {
         GIB,
         loads[3].1,
         secs,
-        Some(cow.clone()),
-        4096,
+        Some(Fresh {
+            next: cow.clone(),
+            unit: CLUSTER,
+            limit: 4096,
+        }),
     )
     .await;
-    let c_read = run(thick.clone(), 0, GIB, loads[1].1, secs, None, 0).await;
+    let c_read = run(thick.clone(), 0, GIB, loads[1].1, secs, None).await;
     thick.flush().await.unwrap();
     // Metadata cost and import time with 1,000 volumes.
     let sb = pool.superblock().clone();

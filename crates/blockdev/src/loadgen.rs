@@ -1,0 +1,114 @@
+//! A small load generator for in-process benchmarks: `qd` tasks on the calling reactor issue
+//! reads or writes of `bs` bytes, random or sequential, for a fixed time.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use crate::{Device, WriteFlags};
+
+/// What to run.
+#[derive(Clone, Copy, Debug)]
+pub struct Load {
+    /// Writes (else reads).
+    pub write: bool,
+    /// Request size in bytes.
+    pub bs: usize,
+    /// Requests in flight.
+    pub qd: usize,
+    /// Random offsets (else sequential, each task in its own part of the span).
+    pub random: bool,
+}
+
+/// First writes: every request goes to a unit never written before.
+#[derive(Clone, Debug)]
+pub struct Fresh {
+    /// Next unit to use (shared between runs to keep going where the last one stopped).
+    pub next: Rc<Cell<u64>>,
+    /// Bytes per unit (e.g. a pool cluster).
+    pub unit: u64,
+    /// The run ends once this many units were used.
+    pub limit: u64,
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// Runs `load` against `dev` over `[base, base+span)` for `secs` seconds; returns IOPS and
+/// mean latency in µs. Panics on an I/O error (a benchmark must not hide one).
+pub async fn run(
+    dev: Device,
+    base: u64,
+    span: u64,
+    load: Load,
+    secs: f64,
+    fresh: Option<Fresh>,
+) -> (f64, f64) {
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let ops = Rc::new(Cell::new(0u64));
+    let lat = Rc::new(Cell::new(0u64));
+    let mut handles = Vec::new();
+    for q in 0..load.qd {
+        let (dev, ops, lat, fresh) = (dev.clone(), ops.clone(), lat.clone(), fresh.clone());
+        handles.push(reactor::spawn_local(async move {
+            let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((q as u64 + 1) * 7919));
+            let blocks = span / load.bs as u64;
+            let mut seq = q as u64 * blocks / load.qd as u64;
+            while Instant::now() < deadline {
+                let block = match (&fresh, load.random) {
+                    (Some(f), _) => {
+                        let b = f.next.get();
+                        if b >= f.limit {
+                            break;
+                        }
+                        f.next.set(b + 1);
+                        b * f.unit / load.bs as u64
+                    }
+                    (None, true) => rng.next() % blocks,
+                    (None, false) => {
+                        seq = (seq + 1) % blocks;
+                        seq
+                    }
+                };
+                let off = base + block * load.bs as u64;
+                let t = Instant::now();
+                let buf = reactor::alloc_buf(load.bs);
+                let r = if load.write {
+                    dev.write(off, buf, WriteFlags::default()).await.map(drop)
+                } else {
+                    dev.read(off, buf).await.map(drop)
+                };
+                r.expect("benchmark I/O");
+                lat.set(lat.get() + t.elapsed().as_nanos() as u64);
+                ops.set(ops.get() + 1);
+            }
+        }));
+    }
+    let t0 = Instant::now();
+    for h in handles {
+        h.await;
+    }
+    let n = ops.get().max(1);
+    (
+        n as f64 / t0.elapsed().as_secs_f64(),
+        lat.get() as f64 / n as f64 / 1000.0,
+    )
+}
+
+/// The median of `v` (the mean of the middle two for an even count; 0 when empty).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => 0.0,
+        _ if n % 2 == 1 => v[n / 2],
+        _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
