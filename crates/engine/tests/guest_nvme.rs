@@ -218,7 +218,7 @@ fn guest_kernel_nvme_tcp_host() {
             .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()))
             .unwrap_or_else(|| panic!("the guest printed no {key:?} line\n{}", report()))
     };
-    let has = |key: &str| lines.iter().any(|l| *l == key);
+    let has = |key: &str| lines.contains(&key);
 
     // Discovery lists the subsystem at the listener's address.
     for (k, v) in [

@@ -620,17 +620,7 @@ async fn io_ns(
         Command::ReservationRegister(r) => {
             let keys =
                 ReservationKeys::parse(data.as_deref().unwrap_or(&[])).map_err(|e| e.status())?;
-            ns.with_resv(|s| {
-                s.register(
-                    &ctrl.hostid,
-                    ctrl.cntlid,
-                    r.rrega,
-                    r.iekey,
-                    r.cptpl,
-                    keys.crkey,
-                    keys.other,
-                )
-            })?;
+            ns.with_resv(|s| s.register(&ctrl.hostid, ctrl.cntlid, r, keys.crkey, keys.other))?;
             Ok(Reply::ok())
         }
         Command::ReservationAcquire(a) => {

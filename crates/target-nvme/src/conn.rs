@@ -422,7 +422,7 @@ impl Conn {
             DataDirection::HostToController | DataDirection::Bidirectional
         );
         match dp {
-            DataPointer::InCapsule { .. } if to_controller && dp.len() > 0 => {
+            DataPointer::InCapsule { .. } if to_controller && !dp.is_empty() => {
                 match dp.in_capsule_slice(&data) {
                     Ok(s) => {
                         let buf = IoBuf::from_slice(s);

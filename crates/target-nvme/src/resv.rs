@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use proto_nvme::{Registrant, ReservationStatus, Status, rtype};
+use proto_nvme::{Registrant, ReservationRegister, ReservationStatus, Status, rtype};
 
 /// A host's registration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,12 +129,15 @@ impl Reservations {
         &mut self,
         host: &[u8; 16],
         cntlid: u16,
-        rrega: u8,
-        iekey: bool,
-        cptpl: u8,
+        cmd: ReservationRegister,
         crkey: u64,
         nrkey: u64,
     ) -> Result<(), Status> {
+        let ReservationRegister {
+            rrega,
+            iekey,
+            cptpl,
+        } = cmd;
         if cptpl == 1 || cptpl == 3 {
             return Err(invalid());
         }
@@ -316,6 +319,14 @@ mod tests {
     const B: [u8; 16] = [2; 16];
     const C: [u8; 16] = [3; 16];
 
+    fn reg(rrega: u8, iekey: bool, cptpl: u8) -> ReservationRegister {
+        ReservationRegister {
+            rrega,
+            iekey,
+            cptpl,
+        }
+    }
+
     fn conflict_err() -> Result<(), Status> {
         Err(conflict())
     }
@@ -323,11 +334,11 @@ mod tests {
     #[test]
     fn register_acquire_release() {
         let mut r = Reservations::default();
-        assert_eq!(r.register(&A, 1, 0, false, 0, 0, 0xa), Ok(()));
+        assert_eq!(r.register(&A, 1, reg(0, false, 0), 0, 0xa), Ok(()));
         // Registering again with another key conflicts; with the same key is a no-op.
-        assert_eq!(r.register(&A, 1, 0, false, 0, 0, 0xb), conflict_err());
-        assert_eq!(r.register(&A, 1, 0, false, 0, 0, 0xa), Ok(()));
-        assert_eq!(r.register(&B, 2, 0, false, 0, 0, 0xb), Ok(()));
+        assert_eq!(r.register(&A, 1, reg(0, false, 0), 0, 0xb), conflict_err());
+        assert_eq!(r.register(&A, 1, reg(0, false, 0), 0, 0xa), Ok(()));
+        assert_eq!(r.register(&B, 2, reg(0, false, 0), 0, 0xb), Ok(()));
         assert_eq!(r.report().generation, 2);
         // Wrong key, unregistered host.
         assert_eq!(
@@ -382,8 +393,8 @@ mod tests {
         ];
         for (t, rr, rw, ur, uw) in cases {
             let mut r = Reservations::default();
-            r.register(&A, 1, 0, false, 0, 0, 1).unwrap();
-            r.register(&B, 2, 0, false, 0, 0, 2).unwrap();
+            r.register(&A, 1, reg(0, false, 0), 0, 1).unwrap();
+            r.register(&B, 2, reg(0, false, 0), 0, 2).unwrap();
             r.acquire(&A, 0, false, t, 1, 0).unwrap();
             let ok = |h, a| r.check(h, a).is_ok();
             assert!(ok(&A, Access::Read) && ok(&A, Access::Write), "type {t}");
@@ -397,8 +408,8 @@ mod tests {
     #[test]
     fn preempt_and_clear() {
         let mut r = Reservations::default();
-        r.register(&A, 1, 0, false, 0, 0, 1).unwrap();
-        r.register(&B, 2, 0, false, 0, 0, 2).unwrap();
+        r.register(&A, 1, reg(0, false, 0), 0, 1).unwrap();
+        r.register(&B, 2, reg(0, false, 0), 0, 2).unwrap();
         r.acquire(&A, 0, false, rtype::EXCLUSIVE_ACCESS, 1, 0)
             .unwrap();
         // B preempts A: A's registration goes, B holds the reservation.
@@ -415,11 +426,11 @@ mod tests {
             conflict_err()
         );
         // Unregistering the holder drops the reservation.
-        r.register(&B, 2, 1, false, 0, 2, 0).unwrap();
+        r.register(&B, 2, reg(1, false, 0), 2, 0).unwrap();
         assert!(!r.is_held());
         // Clear removes everything.
-        r.register(&A, 1, 0, false, 0, 0, 1).unwrap();
-        r.register(&C, 3, 0, false, 0, 0, 3).unwrap();
+        r.register(&A, 1, reg(0, false, 0), 0, 1).unwrap();
+        r.register(&C, 3, reg(0, false, 0), 0, 3).unwrap();
         r.acquire(&C, 0, false, rtype::WRITE_EXCLUSIVE_ALL_REGS, 3, 0)
             .unwrap();
         assert_eq!(r.check(&A, Access::Write), Ok(()));
@@ -432,12 +443,12 @@ mod tests {
     #[test]
     fn replace_and_bad_fields() {
         let mut r = Reservations::default();
-        assert_eq!(r.register(&A, 1, 2, false, 0, 0, 5), conflict_err());
-        r.register(&A, 1, 2, true, 0, 0, 5).unwrap();
-        r.register(&A, 1, 2, false, 0, 5, 6).unwrap();
+        assert_eq!(r.register(&A, 1, reg(2, false, 0), 0, 5), conflict_err());
+        r.register(&A, 1, reg(2, true, 0), 0, 5).unwrap();
+        r.register(&A, 1, reg(2, false, 0), 5, 6).unwrap();
         assert_eq!(r.report().registrants[0].rkey, 6);
-        assert_eq!(r.register(&A, 1, 3, false, 0, 0, 0), Err(invalid()));
-        assert_eq!(r.register(&A, 1, 0, false, 3, 0, 6), Err(invalid()));
+        assert_eq!(r.register(&A, 1, reg(3, false, 0), 0, 0), Err(invalid()));
+        assert_eq!(r.register(&A, 1, reg(0, false, 3), 0, 6), Err(invalid()));
         assert_eq!(r.acquire(&A, 0, false, 0, 6, 0), Err(invalid()));
         assert_eq!(r.acquire(&A, 0, false, 7, 6, 0), Err(invalid()));
         assert_eq!(r.acquire(&A, 3, false, 1, 6, 0), Err(invalid()));

@@ -137,9 +137,9 @@ impl Subsystem {
         for _ in 0..0xfff0u32 {
             let id = *next;
             *next = if id >= 0xffef { 1 } else { id + 1 };
-            if !ctrls.contains_key(&id) {
+            if let std::collections::btree_map::Entry::Vacant(v) = ctrls.entry(id) {
                 let c = Arc::new(make(id));
-                ctrls.insert(id, c.clone());
+                v.insert(c.clone());
                 return Some(c);
             }
         }
