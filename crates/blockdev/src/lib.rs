@@ -15,7 +15,9 @@
 //! - `uring:///path` or a plain path: a file or block device through io_uring with `O_DIRECT`;
 //! - `malloc:///name?size=1GiB`: memory, allocated on first write, reporting holes;
 //! - `nvmf://host:port/nqn`: a namespace of a remote NVMe over Fabrics controller (TCP),
-//!   see [`nvmf`].
+//!   see [`nvmf`];
+//! - `nbd://host:port/export` or `nbd+unix:///export?socket=PATH`: a remote NBD export, see
+//!   [`nbd`].
 //!
 //! [`Measured`] wraps any device with per-operation counters and a latency histogram.
 
@@ -31,6 +33,7 @@ mod error;
 #[cfg(feature = "test-utils")]
 pub mod loadgen;
 pub mod malloc;
+pub mod nbd;
 pub mod nvmf;
 mod stats;
 pub mod uri;

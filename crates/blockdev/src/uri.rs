@@ -5,6 +5,8 @@
 //!   device; `size` creates the file or grows it to that size.
 //! - `nvmf://HOST[:PORT]/NQN[?nsid=N&hdgst=1&ddgst=1&hostnqn=…&hostid=…&kato=MS&timeout=MS&queues=N&qsize=N&ro]`
 //!   — a namespace of a remote NVMe/TCP controller ([`crate::nvmf`]).
+//! - `nbd://HOST[:PORT]/EXPORT[?timeout=MS&connect_timeout=MS&multi_conn=0]` or
+//!   `nbd+unix:///EXPORT?socket=PATH` — a remote NBD export ([`crate::nbd`]).
 //!
 //! Sizes take the suffixes K, M, G, T (powers of 1024; `KiB`, `MiB`, `GiB`, `TiB` too).
 
@@ -12,6 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::malloc::MallocDevice;
+use crate::nbd::{NbdDevice, NbdSpec};
 use crate::nvmf::{NvmfDevice, NvmfParams};
 use crate::uring::{OpenFlags, UringDevice};
 use crate::{Device, Result};
@@ -39,6 +42,8 @@ pub enum DeviceSpec {
     },
     /// A namespace of a remote NVMe/TCP controller.
     Nvmf(NvmfParams),
+    /// A remote NBD export.
+    Nbd(NbdSpec),
 }
 
 /// Parses a size such as `1GiB`, `512M`, `4096`.
@@ -89,6 +94,7 @@ impl DeviceSpec {
         for (k, _) in &params {
             let known: &[&str] = match scheme {
                 "malloc" => &["size", "block_size"],
+                "nbd" | "nbd+unix" => crate::nbd::PARAMS,
                 _ => &["size", "ro", "direct"],
             };
             if !known.contains(&k.as_str()) {
@@ -135,8 +141,11 @@ impl DeviceSpec {
                     direct,
                 })
             }
+            "nbd" | "nbd+unix" => NbdSpec::parse(scheme, path, &params)
+                .map(DeviceSpec::Nbd)
+                .map_err(|e| format!("{uri:?}: {e}")),
             other => Err(format!(
-                "{uri:?}: unknown scheme {other:?} (malloc, uring, nvmf)"
+                "{uri:?}: unknown scheme {other:?} (malloc, uring, nvmf, nbd, nbd+unix)"
             )),
         }
     }
@@ -162,6 +171,7 @@ impl DeviceSpec {
                 },
             )?),
             DeviceSpec::Nvmf(p) => Arc::new(NvmfDevice::open(name, p.clone())?),
+            DeviceSpec::Nbd(s) => Arc::new(NbdDevice::open(name, s)?),
         })
     }
 }
@@ -207,6 +217,17 @@ mod tests {
         assert!(DeviceSpec::parse("malloc:///x?size=1G&bogus=1").is_err());
         assert!(DeviceSpec::parse("nvmf://h/").is_err());
         assert!(DeviceSpec::parse("nvmf://h/x?bogus=1").is_err());
+        assert!(matches!(
+            DeviceSpec::parse("nbd://10.1.2.3:10900/pool1/db?timeout=500").unwrap(),
+            DeviceSpec::Nbd(s) if s.export == "pool1/db"
+                && s.timeout == std::time::Duration::from_millis(500)
+        ));
+        assert!(matches!(
+            DeviceSpec::parse("nbd+unix:///x?socket=/run/s").unwrap(),
+            DeviceSpec::Nbd(s) if s.addr == crate::nbd::NbdAddr::Unix("/run/s".into())
+        ));
+        assert!(DeviceSpec::parse("nbd://h/x?bogus=1").is_err());
+        assert!(DeviceSpec::parse("nbd:///x").is_err());
         assert!(parse_size("12Q").is_err());
         assert_eq!(parse_size("2g").unwrap(), 2 << 30);
     }
