@@ -140,7 +140,11 @@ struct Cmd {
     len: usize,
     /// Bytes moved so far (received for reads, sent on R2T for writes).
     moved: usize,
+    /// An R2T is being answered (the buffer is with the sending task).
     r2t_active: bool,
+    /// The next R2T, received while the previous one's last data was still on its way out
+    /// (the controller had all of it already); answered by the same task.
+    next_r2t: Option<R2T>,
     data_error: Option<String>,
     done: Option<Result<Cqe, Failure>>,
     waker: Option<Waker>,
@@ -479,6 +483,7 @@ impl Queue {
             len,
             moved: 0,
             r2t_active: false,
+            next_r2t: None,
             data_error: None,
             done: None,
             waker: None,
@@ -727,63 +732,83 @@ impl Queue {
 
     fn on_r2t(self: &Rc<Self>, r: R2T) -> Result<(), proto_nvme::Error> {
         let bad = |reason| proto_nvme::Error::InvalidHeaderField { offset: 8, reason };
-        let ok = self.with_cmd(r.cccid, |c| {
+        let start = self.with_cmd(r.cccid, |c| {
             if c.dir != Dir::FromHost || c.in_capsule {
                 return Err(bad("R2T for a command without data to send"));
             }
-            if c.r2t_active || c.buf.is_none() {
-                return Err(bad(
-                    "R2T while another R2T of the command is served (MAXR2T 0)",
-                ));
+            if c.r2t_active {
+                // MAXR2T is 0: another R2T is legal only once the controller has all the
+                // data of the one being answered (its last PDU is leaving now).
+                if c.next_r2t.is_some() {
+                    return Err(bad("more R2Ts outstanding than MAXR2T allows"));
+                }
+                check_data_range(r.r2to, r.r2tl, c.len as u32, Some(c.moved as u32))?;
+                c.next_r2t = Some(r);
+                return Ok(false);
+            }
+            if c.buf.is_none() {
+                return Err(bad("R2T for a command whose data is not here"));
             }
             check_data_range(r.r2to, r.r2tl, c.len as u32, Some(c.moved as u32))?;
             c.r2t_active = true;
-            Ok(())
+            Ok(true)
         });
-        match ok {
-            Some(Ok(())) => {
+        match start {
+            Some(Ok(true)) => {
                 let q = self.clone();
                 spawn_local(async move { q.answer_r2t(r).await });
                 Ok(())
             }
+            Some(Ok(false)) => Ok(()),
             Some(Err(e)) => Err(e),
             None => Err(bad("R2T for an unknown command identifier")),
         }
     }
 
-    /// Sends the data an R2T asked for, in H2CData PDUs of at most MAXH2CDATA bytes.
-    async fn answer_r2t(self: Rc<Self>, r: R2T) {
+    /// Sends the data an R2T asked for, in H2CData PDUs of at most MAXH2CDATA bytes, and
+    /// the data of any R2T that arrives meanwhile.
+    async fn answer_r2t(self: Rc<Self>, first: R2T) {
         let Some((mut buf, base)) = self
-            .with_cmd(r.cccid, |c| c.buf.take().map(|b| (b, c.base)))
+            .with_cmd(first.cccid, |c| c.buf.take().map(|b| (b, c.base)))
             .flatten()
         else {
             return;
         };
-        let end = r.r2to + r.r2tl;
-        let mut off = r.r2to;
-        while off < end {
-            let n = (end - off).min(self.maxh2cdata);
-            let h = H2CData {
-                cccid: r.cccid,
-                ttag: r.ttag,
-                datao: off,
-                datal: n,
-                last: off + n == end,
-            };
-            let hdr = self.enc.h2c_data_header(&h);
-            let w = Window::new(buf, base + off as usize, n as usize);
-            let (res, back) = self.send_pdu(&hdr, Some(w)).await;
-            buf = back.expect("send_pdu gives the window back");
-            if let Err(f) = res {
-                self.kill(f);
-                return;
+        let mut r = first;
+        loop {
+            let end = r.r2to + r.r2tl;
+            // Where the next R2T must start: the controller may send it as soon as it has
+            // the last byte of this one.
+            self.with_cmd(r.cccid, |c| c.moved = end as usize);
+            let mut off = r.r2to;
+            while off < end {
+                let n = (end - off).min(self.maxh2cdata);
+                let h = H2CData {
+                    cccid: r.cccid,
+                    ttag: r.ttag,
+                    datao: off,
+                    datal: n,
+                    last: off + n == end,
+                };
+                let hdr = self.enc.h2c_data_header(&h);
+                let w = Window::new(buf, base + off as usize, n as usize);
+                let (res, back) = self.send_pdu(&hdr, Some(w)).await;
+                buf = back.expect("send_pdu gives the window back");
+                if let Err(f) = res {
+                    self.kill(f);
+                    return;
+                }
+                off += n;
             }
-            off += n;
+            let next = self.with_cmd(r.cccid, |c| c.next_r2t.take()).flatten();
+            match next {
+                Some(n) => r = n,
+                None => break,
+            }
         }
         self.with_cmd(r.cccid, |c| {
             c.buf = Some(buf);
             c.r2t_active = false;
-            c.moved = end as usize;
         });
     }
 

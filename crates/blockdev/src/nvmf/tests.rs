@@ -566,9 +566,11 @@ fn open_fails_cleanly_and_drop_disconnects() {
         0,
         move || async move { d.flush().await.expect("flush") },
     );
-    wait_until("admin and one I/O queue open", Duration::from_secs(5), || {
-        t.counts().open == 2
-    });
+    wait_until(
+        "admin and one I/O queue open",
+        Duration::from_secs(5),
+        || t.counts().open == 2,
+    );
     drop(dev);
     wait_until("the connections to close", Duration::from_secs(5), || {
         t.counts().open == 0
