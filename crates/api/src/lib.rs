@@ -22,8 +22,9 @@ pub mod engine {
 pub use engine::v1::engine_client::EngineClient;
 pub use engine::v1::engine_server::{Engine as EngineService, EngineServer};
 pub use engine::v1::{
-    CreateNexusRequest, DestroyNexusReply, DestroyNexusRequest, ListNexusesReply,
-    ListNexusesRequest, Nexus, NexusChild, NexusChildRequest,
+    AddNvmfNamespaceRequest, CreateNvmfSubsystemRequest, DestroyNvmfSubsystemReply,
+    DestroyNvmfSubsystemRequest, ListNvmfSubsystemsReply, ListNvmfSubsystemsRequest,
+    NvmfController, NvmfHostRequest, NvmfNamespace, NvmfSubsystem, RemoveNvmfNamespaceRequest,
 };
 pub use engine::v1::{
     CheckPoolReply, CheckPoolRequest, CloneSnapshotRequest, ClosePoolReply, ClosePoolRequest,
@@ -35,6 +36,10 @@ pub use engine::v1::{
     ListExportsReply, ListExportsRequest, ListPoolsReply, ListPoolsRequest, ListVolumesReply,
     ListVolumesRequest, OpStats, Pool, ResizeVolumeRequest, RevertVolumeRequest,
     SetPoolLabelsRequest, SnapshotVolumeRequest, Volume,
+};
+pub use engine::v1::{
+    CreateNexusRequest, DestroyNexusReply, DestroyNexusRequest, ListNexusesReply,
+    ListNexusesRequest, Nexus, NexusChild, NexusChildRequest,
 };
 
 /// TCP port the engine's management gRPC server listens on by default.

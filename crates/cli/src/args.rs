@@ -76,9 +76,18 @@ pub enum Command {
     #[command(subcommand)]
     Device(DeviceCommand),
 
-    /// Exports of devices over the engine's NBD target: create, destroy, list.
+    /// Exports of devices over NBD or NVMe/TCP: create, destroy, list.
     #[command(subcommand)]
     Export(ExportCommand),
+
+    /// NVMe-oF/TCP subsystems: create, destroy, namespaces, host allow-lists, list.
+    ///
+    /// `ballast export create NAME DEVICE --protocol nvmf` is the one-step form
+    /// (subsystem nqn.2024-01.io.ballast:NAME, DEVICE as namespace 1); these
+    /// commands build subsystems with several namespaces. Hosts find them with
+    /// `nvme discover -t tcp -a HOST -s PORT` and connect with `nvme connect`.
+    #[command(subcommand)]
+    Nvmf(NvmfCommand),
 
     /// Storage pools: create, import, close, list, check.
     ///
@@ -164,13 +173,17 @@ pub enum DeviceCommand {
 /// `ballast export ...`
 #[derive(Debug, Subcommand)]
 pub enum ExportCommand {
-    /// Export DEVICE over NBD under the export name NAME.
+    /// Export DEVICE under the export name NAME, over NBD (default) or NVMe/TCP.
     ///
     /// NBD clients then connect with the export name, e.g.
-    /// `nbd-client -N NAME HOST /dev/nbd0` (see `ballast engine info` for the
-    /// NBD address).
+    /// `nbd-client -N NAME HOST /dev/nbd0`. With `--protocol nvmf` the export
+    /// is the NVMe subsystem nqn.2024-01.io.ballast:NAME with DEVICE as
+    /// namespace 1: `nvme connect -t tcp -a HOST -s PORT -n
+    /// nqn.2024-01.io.ballast:NAME` (see `ballast engine info` for the
+    /// addresses).
     Create {
-        /// Unique export name, the name NBD clients ask for.
+        /// Unique export name, the name NBD clients ask for (NVMe/TCP: the
+        /// last part of the subsystem NQN).
         #[arg(value_name = "NAME")]
         name: String,
         /// Name of the device to export.
@@ -179,6 +192,13 @@ pub enum ExportCommand {
         /// Let clients only read, even if the device is writable.
         #[arg(long)]
         read_only: bool,
+        /// Protocol: nbd or nvmf (NVMe-oF/TCP).
+        #[arg(long, value_enum, default_value_t = Protocol::Nbd)]
+        protocol: Protocol,
+        /// NVMe/TCP: a host NQN allowed to connect (repeatable; none admits every
+        /// host).
+        #[arg(long = "allow-host", value_name = "HOSTNQN")]
+        allow_hosts: Vec<String>,
     },
 
     /// Remove an export; clients connected to it are disconnected.
@@ -189,6 +209,86 @@ pub enum ExportCommand {
     },
 
     /// List all exports with their device, mode, URI and open connections.
+    List,
+}
+
+/// Export protocols.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Protocol {
+    /// NBD (fixed newstyle).
+    Nbd,
+    /// NVMe over Fabrics on TCP.
+    Nvmf,
+}
+
+/// `ballast nvmf ...`
+#[derive(Debug, Subcommand)]
+pub enum NvmfCommand {
+    /// Create an empty NVM subsystem NQN.
+    CreateSubsystem {
+        /// Subsystem NQN, e.g. nqn.2024-01.io.example:db.
+        #[arg(value_name = "NQN")]
+        nqn: String,
+        /// A host NQN allowed to connect (repeatable; none admits every host).
+        #[arg(long = "allow-host", value_name = "HOSTNQN")]
+        allow_hosts: Vec<String>,
+    },
+
+    /// Destroy a subsystem; connected hosts lose their controllers.
+    DestroySubsystem {
+        /// Subsystem NQN.
+        #[arg(value_name = "NQN")]
+        nqn: String,
+    },
+
+    /// Add DEVICE as a namespace of subsystem NQN.
+    AddNs {
+        /// Subsystem NQN.
+        #[arg(value_name = "NQN")]
+        nqn: String,
+        /// Engine device to serve (a pool volume is POOL/VOLUME).
+        #[arg(value_name = "DEVICE")]
+        device: String,
+        /// Namespace ID (1..1024) [default: the lowest free one].
+        #[arg(long)]
+        nsid: Option<u32>,
+        /// Refuse writes even if the device is writable.
+        #[arg(long)]
+        read_only: bool,
+    },
+
+    /// Remove namespace NSID from subsystem NQN.
+    RemoveNs {
+        /// Subsystem NQN.
+        #[arg(value_name = "NQN")]
+        nqn: String,
+        /// Namespace ID.
+        #[arg(value_name = "NSID")]
+        nsid: u32,
+    },
+
+    /// Allow HOSTNQN to connect to subsystem NQN.
+    AllowHost {
+        /// Subsystem NQN.
+        #[arg(value_name = "NQN")]
+        nqn: String,
+        /// Host NQN.
+        #[arg(value_name = "HOSTNQN")]
+        host: String,
+    },
+
+    /// Remove HOSTNQN from the allow-list (an empty list admits every host);
+    /// its controllers are torn down.
+    DisallowHost {
+        /// Subsystem NQN.
+        #[arg(value_name = "NQN")]
+        nqn: String,
+        /// Host NQN.
+        #[arg(value_name = "HOSTNQN")]
+        host: String,
+    },
+
+    /// List subsystems with their namespaces, allowed hosts and controllers.
     List,
 }
 
@@ -536,11 +636,56 @@ mod tests {
                 name,
                 device,
                 read_only,
+                protocol,
+                allow_hosts,
             }) => {
                 assert_eq!(
                     (name.as_str(), device.as_str(), read_only),
                     ("e", "d", true)
                 );
+                assert_eq!(protocol, Protocol::Nbd);
+                assert!(allow_hosts.is_empty());
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let cli = Cli::try_parse_from([
+            "ballast",
+            "export",
+            "create",
+            "v",
+            "p/v",
+            "--protocol",
+            "nvmf",
+            "--allow-host",
+            "nqn.2014-08.io.x:a",
+            "--allow-host",
+            "nqn.2014-08.io.x:b",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Export(ExportCommand::Create {
+                protocol,
+                allow_hosts,
+                ..
+            }) => {
+                assert_eq!(protocol, Protocol::Nvmf);
+                assert_eq!(allow_hosts.len(), 2);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let cli = Cli::try_parse_from([
+            "ballast",
+            "nvmf",
+            "add-ns",
+            "nqn.2024-01.io.x:s",
+            "d0",
+            "--nsid",
+            "3",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Nvmf(NvmfCommand::AddNs { nsid, device, .. }) => {
+                assert_eq!((nsid, device.as_str()), (Some(3), "d0"));
             }
             other => panic!("unexpected {other:?}"),
         }

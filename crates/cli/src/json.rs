@@ -81,6 +81,7 @@ pub fn info(i: &EngineInfo) -> String {
         .str("poll_mode", &i.poll_mode)
         .str("nbd_address", &i.nbd_address)
         .num("uptime_ms", i.uptime_ms)
+        .str("nvmf_address", &i.nvmf_address)
         .build()
 }
 
@@ -115,6 +116,7 @@ pub fn export(e: &Export) -> String {
         .bool("read_only", e.read_only)
         .str("uri", &e.uri)
         .num("connections", e.connections)
+        .str("protocol", &e.protocol)
         .build()
 }
 
@@ -122,6 +124,47 @@ pub fn export(e: &Export) -> String {
 pub fn exports(list: &[Export]) -> String {
     Object::new()
         .raw("exports", array(list.iter().map(export)))
+        .build()
+}
+
+/// `NvmfSubsystem` as JSON.
+pub fn subsystem(s: &ballast_api::NvmfSubsystem) -> String {
+    Object::new()
+        .str("nqn", &s.nqn)
+        .str("uri", &s.uri)
+        .raw(
+            "allowed_hosts",
+            array(s.allowed_hosts.iter().map(|h| string(h))),
+        )
+        .raw(
+            "namespaces",
+            array(s.namespaces.iter().map(|n| {
+                Object::new()
+                    .num("nsid", n.nsid)
+                    .str("device", &n.device)
+                    .bool("read_only", n.read_only)
+                    .str("nguid", &n.nguid)
+                    .build()
+            })),
+        )
+        .raw(
+            "controllers",
+            array(s.controllers.iter().map(|c| {
+                Object::new()
+                    .num("cntlid", c.cntlid)
+                    .str("hostnqn", &c.hostnqn)
+                    .str("hostid", &c.hostid)
+                    .num("queues", c.queues)
+                    .build()
+            })),
+        )
+        .build()
+}
+
+/// A subsystem list as JSON: `{"subsystems":[...]}`.
+pub fn subsystems(list: &[ballast_api::NvmfSubsystem]) -> String {
+    Object::new()
+        .raw("subsystems", array(list.iter().map(subsystem)))
         .build()
 }
 

@@ -22,8 +22,8 @@ use ballast_api::{
 use tonic::transport::{Channel, Endpoint};
 
 pub use args::{
-    Cli, Command, DeviceCommand, EngineCommand, ExportCommand, NexusCommand, OutputFormat,
-    PoolCommand, VolumeCommand,
+    Cli, Command, DeviceCommand, EngineCommand, ExportCommand, NexusCommand, NvmfCommand,
+    OutputFormat, PoolCommand, Protocol, VolumeCommand,
 };
 
 /// How long to wait for the TCP connection to the engine.
@@ -186,6 +186,109 @@ pub fn offline_check(uri: &str) -> Result<String, CliError> {
     }
 }
 
+/// `ballast nvmf ...`.
+async fn nvmf(
+    client: &mut EngineClient<Channel>,
+    cmd: &NvmfCommand,
+    json: bool,
+    url: &str,
+) -> Result<String, CliError> {
+    use ballast_api::{
+        AddNvmfNamespaceRequest, CreateNvmfSubsystemRequest, DestroyNvmfSubsystemRequest,
+        ListNvmfSubsystemsRequest, NvmfHostRequest, RemoveNvmfNamespaceRequest,
+    };
+    let err = |s| call_error(url, s);
+    let one = |s: ballast_api::NvmfSubsystem| {
+        if json {
+            json::subsystem(&s)
+        } else {
+            table::subsystems(std::slice::from_ref(&s))
+        }
+    };
+    Ok(match cmd {
+        NvmfCommand::CreateSubsystem { nqn, allow_hosts } => {
+            let req = CreateNvmfSubsystemRequest {
+                nqn: nqn.clone(),
+                allowed_hosts: allow_hosts.clone(),
+            };
+            one(client
+                .create_nvmf_subsystem(req)
+                .await
+                .map_err(err)?
+                .into_inner())
+        }
+        NvmfCommand::DestroySubsystem { nqn } => {
+            let req = DestroyNvmfSubsystemRequest { nqn: nqn.clone() };
+            client.destroy_nvmf_subsystem(req).await.map_err(err)?;
+            if json {
+                "{}".to_owned()
+            } else {
+                format!("destroyed subsystem {nqn:?}\n")
+            }
+        }
+        NvmfCommand::AddNs {
+            nqn,
+            device,
+            nsid,
+            read_only,
+        } => {
+            let req = AddNvmfNamespaceRequest {
+                nqn: nqn.clone(),
+                device: device.clone(),
+                nsid: nsid.unwrap_or(0),
+                read_only: *read_only,
+            };
+            one(client
+                .add_nvmf_namespace(req)
+                .await
+                .map_err(err)?
+                .into_inner())
+        }
+        NvmfCommand::RemoveNs { nqn, nsid } => {
+            let req = RemoveNvmfNamespaceRequest {
+                nqn: nqn.clone(),
+                nsid: *nsid,
+            };
+            one(client
+                .remove_nvmf_namespace(req)
+                .await
+                .map_err(err)?
+                .into_inner())
+        }
+        NvmfCommand::AllowHost { nqn, host } => {
+            let req = NvmfHostRequest {
+                nqn: nqn.clone(),
+                host: host.clone(),
+            };
+            one(client.allow_nvmf_host(req).await.map_err(err)?.into_inner())
+        }
+        NvmfCommand::DisallowHost { nqn, host } => {
+            let req = NvmfHostRequest {
+                nqn: nqn.clone(),
+                host: host.clone(),
+            };
+            one(client
+                .disallow_nvmf_host(req)
+                .await
+                .map_err(err)?
+                .into_inner())
+        }
+        NvmfCommand::List => {
+            let list = client
+                .list_nvmf_subsystems(ListNvmfSubsystemsRequest {})
+                .await
+                .map_err(err)?
+                .into_inner()
+                .subsystems;
+            if json {
+                json::subsystems(&list)
+            } else {
+                table::subsystems(&list)
+            }
+        }
+    })
+}
+
 /// Runs one parsed command line and returns what to print on stdout.
 pub async fn run(cli: &Cli) -> Result<String, CliError> {
     if let Command::Pool(PoolCommand::Check {
@@ -248,11 +351,18 @@ pub async fn run(cli: &Cli) -> Result<String, CliError> {
             name,
             device,
             read_only,
+            protocol,
+            allow_hosts,
         }) => {
             let req = CreateExportRequest {
                 name: name.clone(),
                 device: device.clone(),
                 read_only: *read_only,
+                protocol: match protocol {
+                    Protocol::Nbd => "nbd".into(),
+                    Protocol::Nvmf => "nvmf".into(),
+                },
+                allowed_hosts: allow_hosts.clone(),
             };
             let exp = client.create_export(req).await.map_err(err)?.into_inner();
             if json {
@@ -261,6 +371,7 @@ pub async fn run(cli: &Cli) -> Result<String, CliError> {
                 table::exports(std::slice::from_ref(&exp))
             }
         }
+        Command::Nvmf(cmd) => return nvmf(&mut client, cmd, json, &cli.engine).await,
         Command::Export(ExportCommand::Destroy { name }) => {
             let req = DestroyExportRequest { name: name.clone() };
             client.destroy_export(req).await.map_err(err)?;

@@ -143,6 +143,7 @@ pub fn info(i: &EngineInfo) -> String {
     t.row(vec!["cores".into(), i.cores.to_string()]);
     t.row(vec!["poll mode".into(), or_dash(&i.poll_mode)]);
     t.row(vec!["nbd address".into(), or_dash(&i.nbd_address)]);
+    t.row(vec!["nvmf address".into(), or_dash(&i.nvmf_address)]);
     t.row(vec!["uptime".into(), human_uptime(i.uptime_ms)]);
     t.render("")
 }
@@ -197,6 +198,59 @@ pub fn exports(list: &[Export]) -> String {
         ]);
     }
     t.render("")
+}
+
+/// `ballast nvmf list` (and a subsystem just changed): one block per subsystem.
+pub fn subsystems(list: &[ballast_api::NvmfSubsystem]) -> String {
+    if list.is_empty() {
+        return "no NVMe subsystems\n".to_owned();
+    }
+    let mut out = String::new();
+    for s in list {
+        out.push_str(&format!("{}\n", s.nqn));
+        out.push_str(&format!("  uri    {}\n", or_dash(&s.uri)));
+        let hosts = if s.allowed_hosts.is_empty() {
+            "any".to_owned()
+        } else {
+            s.allowed_hosts.join(", ")
+        };
+        out.push_str(&format!("  hosts  {hosts}\n"));
+        if s.namespaces.is_empty() {
+            out.push_str("  no namespaces\n");
+        } else {
+            let mut t = Table::new(&[
+                ("NSID", Align::Right),
+                ("DEVICE", Align::Left),
+                ("RO", Align::Left),
+                ("NGUID", Align::Left),
+            ]);
+            for n in &s.namespaces {
+                t.row(vec![
+                    n.nsid.to_string(),
+                    n.device.clone(),
+                    yes_no(n.read_only),
+                    n.nguid.clone(),
+                ]);
+            }
+            out.push_str(&t.render("  "));
+        }
+        if !s.controllers.is_empty() {
+            let mut t = Table::new(&[
+                ("CNTLID", Align::Right),
+                ("QUEUES", Align::Right),
+                ("HOSTNQN", Align::Left),
+            ]);
+            for c in &s.controllers {
+                t.row(vec![
+                    c.cntlid.to_string(),
+                    c.queues.to_string(),
+                    c.hostnqn.clone(),
+                ]);
+            }
+            out.push_str(&t.render("  "));
+        }
+    }
+    out
 }
 
 /// A share of a total as a percentage: "12%", "<1%" for a small non-zero part.
@@ -575,6 +629,7 @@ mod tests {
             read_only: true,
             uri: "nbd://127.0.0.1:10809/vol0".into(),
             connections: 2,
+            protocol: "nbd".into(),
         };
         assert_eq!(
             exports(&[e]),
@@ -591,14 +646,16 @@ mod tests {
             poll_mode: "adaptive".into(),
             nbd_address: String::new(),
             uptime_ms: 61_000,
+            nvmf_address: "127.0.0.1:4420".into(),
         };
         assert_eq!(
             info(&i),
-            "version      0.1.0\n\
-             cores        2\n\
-             poll mode    adaptive\n\
-             nbd address  -\n\
-             uptime       1m 01s\n"
+            "version       0.1.0\n\
+             cores         2\n\
+             poll mode     adaptive\n\
+             nbd address   -\n\
+             nvmf address  127.0.0.1:4420\n\
+             uptime        1m 01s\n"
         );
     }
 

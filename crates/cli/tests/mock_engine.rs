@@ -35,6 +35,7 @@ impl EngineService for Mock {
             poll_mode: "adaptive".into(),
             nbd_address: "127.0.0.1:10809".into(),
             uptime_ms: 3_723_000,
+            nvmf_address: String::new(),
         }))
     }
 
@@ -87,6 +88,7 @@ impl EngineService for Mock {
             device: req.device,
             read_only: req.read_only,
             connections: 0,
+            protocol: "nbd".into(),
         }))
     }
 
@@ -172,8 +174,9 @@ fn cli_against_mock_engine() {
         ));
 
         let out = cli(&url, &["engine", "info"]).await.unwrap();
-        assert!(out.contains("version      9.9.9\n"), "{out}");
-        assert!(out.contains("uptime       1h 02m 03s\n"), "{out}");
+        assert!(out.contains("version       9.9.9\n"), "{out}");
+        assert!(out.contains("uptime        1h 02m 03s\n"), "{out}");
+        assert!(out.contains("nvmf address  -\n"), "{out}");
 
         let out = cli(&url, &["device", "create", "d0", "malloc:///d0?size=1GiB"])
             .await

@@ -78,8 +78,146 @@ fn op(t: (u64, u64, u64)) -> Option<pb::OpStats> {
     })
 }
 
+impl Service {
+    /// NVMe/TCP exports in the shape of `Export`.
+    fn nvmf_exports(&self) -> Vec<pb::Export> {
+        self.state
+            .nvmf_exports()
+            .into_iter()
+            .map(|(name, s)| {
+                let ns = s.namespaces.iter().find(|n| n.nsid == 1);
+                pb::Export {
+                    name,
+                    device: ns.map(|n| n.device.clone()).unwrap_or_default(),
+                    read_only: ns.is_some_and(|n| n.read_only),
+                    uri: self.state.nvmf_uri(&s.nqn),
+                    connections: s.controllers.len() as u32,
+                    protocol: "nvmf".into(),
+                }
+            })
+            .collect()
+    }
+
+    fn subsystem_pb(&self, s: target_nvme::SubsystemInfo) -> pb::NvmfSubsystem {
+        pb::NvmfSubsystem {
+            uri: self.state.nvmf_uri(&s.nqn),
+            nqn: s.nqn,
+            allowed_hosts: s.allowed_hosts,
+            namespaces: s
+                .namespaces
+                .into_iter()
+                .map(|n| pb::NvmfNamespace {
+                    nsid: n.nsid,
+                    device: n.device,
+                    read_only: n.read_only,
+                    nguid: n.nguid,
+                })
+                .collect(),
+            controllers: s
+                .controllers
+                .into_iter()
+                .map(|c| pb::NvmfController {
+                    cntlid: u32::from(c.cntlid),
+                    hostnqn: c.hostnqn,
+                    hostid: c.hostid,
+                    queues: c.queues,
+                })
+                .collect(),
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl EngineService for Service {
+    async fn create_nvmf_subsystem(
+        &self,
+        r: Request<pb::CreateNvmfSubsystemRequest>,
+    ) -> Result<Response<pb::NvmfSubsystem>, Status> {
+        let r = r.into_inner();
+        let s = self
+            .state
+            .create_nvmf_subsystem(&r.nqn, &r.allowed_hosts)
+            .map_err(status)?;
+        Ok(Response::new(self.subsystem_pb(s)))
+    }
+
+    async fn destroy_nvmf_subsystem(
+        &self,
+        r: Request<pb::DestroyNvmfSubsystemRequest>,
+    ) -> Result<Response<pb::DestroyNvmfSubsystemReply>, Status> {
+        self.state
+            .destroy_nvmf_subsystem(&r.into_inner().nqn)
+            .map_err(status)?;
+        Ok(Response::new(pb::DestroyNvmfSubsystemReply {}))
+    }
+
+    async fn add_nvmf_namespace(
+        &self,
+        r: Request<pb::AddNvmfNamespaceRequest>,
+    ) -> Result<Response<pb::NvmfSubsystem>, Status> {
+        let r = r.into_inner();
+        let s = self
+            .state
+            .add_nvmf_namespace(
+                &r.nqn,
+                &r.device,
+                (r.nsid != 0).then_some(r.nsid),
+                r.read_only,
+            )
+            .map_err(status)?;
+        Ok(Response::new(self.subsystem_pb(s)))
+    }
+
+    async fn remove_nvmf_namespace(
+        &self,
+        r: Request<pb::RemoveNvmfNamespaceRequest>,
+    ) -> Result<Response<pb::NvmfSubsystem>, Status> {
+        let r = r.into_inner();
+        let s = self
+            .state
+            .remove_nvmf_namespace(&r.nqn, r.nsid)
+            .map_err(status)?;
+        Ok(Response::new(self.subsystem_pb(s)))
+    }
+
+    async fn allow_nvmf_host(
+        &self,
+        r: Request<pb::NvmfHostRequest>,
+    ) -> Result<Response<pb::NvmfSubsystem>, Status> {
+        let r = r.into_inner();
+        let s = self
+            .state
+            .set_nvmf_host(&r.nqn, &r.host, true)
+            .map_err(status)?;
+        Ok(Response::new(self.subsystem_pb(s)))
+    }
+
+    async fn disallow_nvmf_host(
+        &self,
+        r: Request<pb::NvmfHostRequest>,
+    ) -> Result<Response<pb::NvmfSubsystem>, Status> {
+        let r = r.into_inner();
+        let s = self
+            .state
+            .set_nvmf_host(&r.nqn, &r.host, false)
+            .map_err(status)?;
+        Ok(Response::new(self.subsystem_pb(s)))
+    }
+
+    async fn list_nvmf_subsystems(
+        &self,
+        _: Request<pb::ListNvmfSubsystemsRequest>,
+    ) -> Result<Response<pb::ListNvmfSubsystemsReply>, Status> {
+        let subsystems = self
+            .state
+            .nvmf()
+            .subsystems()
+            .into_iter()
+            .map(|s| self.subsystem_pb(s))
+            .collect();
+        Ok(Response::new(pb::ListNvmfSubsystemsReply { subsystems }))
+    }
+
     async fn get_info(
         &self,
         _: Request<pb::GetInfoRequest>,
@@ -90,6 +228,11 @@ impl EngineService for Service {
             poll_mode: self.state.mode.to_string(),
             nbd_address: self.state.nbd_addr.to_string(),
             uptime_ms: self.state.started.elapsed().as_millis() as u64,
+            nvmf_address: self
+                .state
+                .nvmf_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
         }))
     }
 
@@ -131,6 +274,31 @@ impl EngineService for Service {
         r: Request<pb::CreateExportRequest>,
     ) -> Result<Response<pb::Export>, Status> {
         let r = r.into_inner();
+        match r.protocol.as_str() {
+            "" | "nbd" => {
+                if !r.allowed_hosts.is_empty() {
+                    return Err(Status::invalid_argument(
+                        "allowed hosts apply to NVMe/TCP exports only",
+                    ));
+                }
+            }
+            "nvmf" => {
+                self.state
+                    .create_nvmf_export(&r.name, &r.device, r.read_only, &r.allowed_hosts)
+                    .map_err(status)?;
+                let e = self
+                    .nvmf_exports()
+                    .into_iter()
+                    .find(|e| e.name == r.name)
+                    .ok_or_else(|| Status::internal("export vanished"))?;
+                return Ok(Response::new(e));
+            }
+            p => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown protocol {p:?}: nbd or nvmf"
+                )));
+            }
+        }
         self.state
             .create_export(&r.name, &r.device, r.read_only)
             .map_err(status)?;
@@ -142,6 +310,7 @@ impl EngineService for Service {
             device: r.device,
             read_only,
             connections: 0,
+            protocol: "nbd".into(),
         }))
     }
 
@@ -159,7 +328,7 @@ impl EngineService for Service {
         &self,
         _: Request<pb::ListExportsRequest>,
     ) -> Result<Response<pb::ListExportsReply>, Status> {
-        let exports = self
+        let mut exports: Vec<pb::Export> = self
             .state
             .exports()
             .into_iter()
@@ -169,8 +338,11 @@ impl EngineService for Service {
                 device: e.device,
                 read_only: e.read_only,
                 connections: e.connections,
+                protocol: "nbd".into(),
             })
             .collect();
+        exports.extend(self.nvmf_exports());
+        exports.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(Response::new(pb::ListExportsReply { exports }))
     }
 

@@ -254,11 +254,7 @@ impl EngineState {
         read_only: bool,
         allow_hosts: &[String],
     ) -> Result<String, MgmtError> {
-        if self.nvmf_addr.is_none() {
-            return Err(MgmtError::Invalid(
-                "the NVMe/TCP target is disabled (--nvmf-listen off)".into(),
-            ));
-        }
+        self.nvmf_target()?;
         if self.nbd.exports().iter().any(|e| e.name == name) {
             return Err(MgmtError::Exists(format!(
                 "export {name:?} already exists (NBD)"
@@ -274,6 +270,84 @@ impl EngineState {
             return Err(nvmf_err(e));
         }
         Ok(nqn)
+    }
+
+    /// The NVMe-oF target, or Busy when it is disabled.
+    fn nvmf_target(&self) -> Result<&Arc<NvmfTarget>, MgmtError> {
+        if self.nvmf_addr.is_none() {
+            return Err(MgmtError::Busy(
+                "the NVMe/TCP target is disabled (--nvmf-listen off)".into(),
+            ));
+        }
+        Ok(&self.nvmf)
+    }
+
+    /// One NVM subsystem's description.
+    pub fn nvmf_subsystem(&self, nqn: &str) -> Result<target_nvme::SubsystemInfo, MgmtError> {
+        self.nvmf
+            .subsystems()
+            .into_iter()
+            .find(|s| s.nqn == nqn)
+            .ok_or_else(|| MgmtError::NotFound(format!("subsystem {nqn:?} not found")))
+    }
+
+    /// Creates an empty NVM subsystem.
+    pub fn create_nvmf_subsystem(
+        &self,
+        nqn: &str,
+        allowed_hosts: &[String],
+    ) -> Result<target_nvme::SubsystemInfo, MgmtError> {
+        self.nvmf_target()?
+            .create_subsystem(nqn, allowed_hosts)
+            .map_err(nvmf_err)?;
+        self.nvmf_subsystem(nqn)
+    }
+
+    /// Removes an NVM subsystem (its controllers are torn down).
+    pub fn destroy_nvmf_subsystem(&self, nqn: &str) -> Result<(), MgmtError> {
+        self.nvmf.destroy_subsystem(nqn).map_err(nvmf_err)
+    }
+
+    /// Adds `device` as a namespace of `nqn` (at `nsid`, or the lowest free NSID).
+    pub fn add_nvmf_namespace(
+        &self,
+        nqn: &str,
+        device: &str,
+        nsid: Option<u32>,
+        read_only: bool,
+    ) -> Result<target_nvme::SubsystemInfo, MgmtError> {
+        let target = self.nvmf_target()?;
+        let dev = self.exportable(device)?;
+        target
+            .add_namespace(nqn, nsid, dev, read_only)
+            .map_err(nvmf_err)?;
+        self.nvmf_subsystem(nqn)
+    }
+
+    /// Removes namespace `nsid` of `nqn`.
+    pub fn remove_nvmf_namespace(
+        &self,
+        nqn: &str,
+        nsid: u32,
+    ) -> Result<target_nvme::SubsystemInfo, MgmtError> {
+        self.nvmf.remove_namespace(nqn, nsid).map_err(nvmf_err)?;
+        self.nvmf_subsystem(nqn)
+    }
+
+    /// Adds (`allow`) or removes a host NQN on a subsystem's allow-list.
+    pub fn set_nvmf_host(
+        &self,
+        nqn: &str,
+        host: &str,
+        allow: bool,
+    ) -> Result<target_nvme::SubsystemInfo, MgmtError> {
+        if allow {
+            self.nvmf.allow_host(nqn, host)
+        } else {
+            self.nvmf.disallow_host(nqn, host)
+        }
+        .map_err(nvmf_err)?;
+        self.nvmf_subsystem(nqn)
     }
 
     /// The NVMe/TCP exports: subsystems named `nqn.2024-01.io.ballast:NAME`, as (name, info).
