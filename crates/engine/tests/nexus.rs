@@ -180,3 +180,104 @@ fn fio_verify_through_a_nexus_while_children_fail_and_rebuild() {
         "c2 differs from c0 after its full rebuild"
     );
 }
+
+/// A free TCP port on 127.0.0.1 (bound, then released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+#[test]
+fn a_remote_replica_engine_killed_under_load_is_retired_and_partially_rebuilt() {
+    let dir = TempDir::new("nexus-remote");
+    // Engine B serves the remote replica over NBD on a fixed port (it restarts on it).
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let replica = file_device(&dir, "r", "64MiB");
+    let b_args = [
+        "--nbd-listen",
+        listen.as_str(),
+        "--device",
+        replica.as_str(),
+        "--export",
+        "r",
+    ];
+    let mut b = Engine::start(&b_args);
+
+    // Engine A: a local child, the remote one as an nbd:// device, the log; the nexus.
+    let local = file_device(&dir, "c0", "64MiB");
+    let log = file_device(&dir, "log", "1MiB");
+    let remote = format!("rb=nbd://{listen}/r?timeout=5000");
+    let mut a = Engine::start(&[
+        "--grpc-listen",
+        "127.0.0.1:0",
+        "--device",
+        &local,
+        "--device",
+        &remote,
+        "--device",
+        &log,
+    ]);
+    let api = a.grpc.clone().expect("management API address");
+    ok(
+        &api,
+        &["nexus", "create", "n0", "48MiB", "c0", "rb", "--log", "log"],
+    );
+    ok(&api, &["export", "create", "n0", "n0"]);
+    let uri = a.uri_for("n0");
+
+    let fio_dir = dir.path().to_path_buf();
+    let fio = std::thread::spawn(move || {
+        let mut c = tool("fio");
+        c.current_dir(&fio_dir).args([
+            "--name=remote",
+            "--ioengine=nbd",
+            &format!("--uri={uri}"),
+            "--rw=randwrite",
+            "--bs=4k",
+            "--size=40M",
+            "--iodepth=16",
+            "--rate_iops=2500",
+            "--verify=crc32c",
+            "--verify_fatal=1",
+            "--verify_state_save=0",
+        ]);
+        run(&mut c, Duration::from_secs(240))
+    });
+    // The replica's engine dies mid-run: its child is retired, fio sees nothing.
+    std::thread::sleep(Duration::from_millis(1500));
+    b.signal(libc::SIGKILL);
+    let _ = b.try_status();
+    wait_state(&api, "n0", "rb", "faulted", Duration::from_secs(30));
+    let list = ok(&api, &["nexus", "list"]);
+    assert!(list.contains("degraded"), "{list}");
+    std::thread::sleep(Duration::from_millis(800));
+    // It comes back on the same port; the returning replica copies only what it missed.
+    drop(b);
+    let _b2 = Engine::start(&b_args);
+    ok(&api, &["nexus", "rebuild", "n0", "rb"]);
+    wait_state(&api, "n0", "rb", "online", Duration::from_secs(60));
+
+    let out = fio.join().expect("fio thread");
+    out.assert_success();
+    let text = out.text();
+    assert!(text.contains("err= 0"), "fio failed: {}", out.describe());
+    for bad in ["verify failed", "bad magic", "bad header", "error="] {
+        assert!(!text.contains(bad), "fio: {bad:?}: {}", out.describe());
+    }
+    let json = ok(&api, &["-o", "json", "nexus", "list"]);
+    assert!(json.contains(r#""healthy":["c0","rb"]"#), "{json}");
+
+    ok(&api, &["export", "destroy", "n0"]);
+    let (status, stderr) = a.terminate(Duration::from_secs(20));
+    assert!(status.success(), "{stderr}");
+    drop(_b2);
+    assert_eq!(
+        sha256_prefix(&dir.join("c0.img"), 48 * MIB),
+        sha256_prefix(&dir.join("r.img"), 48 * MIB),
+        "the remote replica differs after its partial rebuild"
+    );
+}
