@@ -7,8 +7,9 @@
 //!
 //! # Opening
 //! [`NbdDevice::open`] resolves the host and negotiates once with blocking I/O on the calling
-//! thread (bounded by `connect_timeout`), to learn the export's size, flags and block sizes;
-//! that probe connection is then closed with `NBD_CMD_DISC`. Call it off the reactors (the
+//! thread (bounded by `connect_timeout`), to learn the export's size, flags and block sizes.
+//! That connection is kept, idle, for the first reactor that does I/O (so a server serving
+//! one session, like `qemu-nbd` without `--persistent`, works). Call it off the reactors (the
 //! engine opens devices from its management thread). The geometry is fixed from then on:
 //! block size = max(512, the server's minimum block size), `max_io` = the server's maximum
 //! (at most 32 MiB), `optimal_io` = its preferred size.
@@ -19,7 +20,8 @@
 //! (falling back to `NBD_OPT_EXPORT_NAME` for servers without `GO`).
 //!
 //! - If the server sets `NBD_FLAG_CAN_MULTI_CONN` (and `multi_conn=0` was not given), each
-//!   reactor opens its own connection, lazily, on its first I/O.
+//!   reactor opens its own connection, lazily, on its first I/O (the first one takes over the
+//!   connection made at open).
 //! - Otherwise there is one connection, on the reactor that does the first I/O (the *owner*);
 //!   other reactors hand their requests to it through its mailbox
 //!   ([`reactor::ReactorHandle::spawn`]) and get the result back through a one-shot channel.
@@ -275,6 +277,8 @@ pub(crate) struct Inner {
     epoch: AtomicU64,
     closed: AtomicBool,
     sockets: Mutex<Vec<ConnEntry>>,
+    /// The connection negotiated at open, until a reactor takes it over.
+    spare: Mutex<Option<OwnedFd>>,
     next_conn: AtomicU64,
     backoff: Mutex<Backoff>,
 }
@@ -466,6 +470,11 @@ impl Inner {
         if self.is_closed() {
             return Err("device closed".into());
         }
+        let epoch = self.epoch();
+        if let Some(fd) = self.spare.lock().expect("nbd spare lock").take() {
+            let sock = TcpStream::from_std(std::net::TcpStream::from(fd));
+            return Ok(self.install(slot, sock, self.info, epoch));
+        }
         {
             let b = self.backoff.lock().expect("nbd backoff lock");
             if let Some(next) = b.next {
@@ -480,7 +489,6 @@ impl Inner {
                 }
             }
         }
-        let epoch = self.epoch();
         let attempt = reactor::sync::timeout(self.spec.connect_timeout, self.connect()).await;
         let attempt = match attempt {
             Some(r) => r,
@@ -509,6 +517,26 @@ impl Inner {
             }
         };
         *self.backoff.lock().expect("nbd backoff lock") = Backoff::default();
+        let conn = self.install(slot, sock, info, epoch);
+        // Closed or reset while we negotiated: the sweep may have missed this connection.
+        if self.is_closed() || self.epoch() != epoch {
+            conn.fail(
+                ErrorKind::Gone,
+                "device closed or reset while connecting".into(),
+            );
+            return Err("device closed or reset while connecting".into());
+        }
+        Ok(conn)
+    }
+
+    /// Makes a negotiated socket this reactor's connection.
+    fn install(
+        self: &Arc<Self>,
+        slot: &Slot,
+        sock: TcpStream,
+        info: ExportInfo,
+        epoch: u64,
+    ) -> Rc<Conn> {
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         if let Ok(dup) = sock.try_clone() {
             self.sockets
@@ -521,16 +549,9 @@ impl Inner {
                 });
         }
         let conn = Conn::start(self.clone(), sock, info, id, epoch);
-        *slot.conn.borrow_mut() = Some(conn.clone());
-        // Closed or reset while we negotiated: the sweep may have missed this connection.
-        if self.is_closed() || self.epoch() != epoch {
-            conn.fail(
-                ErrorKind::Gone,
-                "device closed or reset while connecting".into(),
-            );
-            return Err("device closed or reset while connecting".into());
-        }
-        Ok(conn)
+        let old = slot.conn.borrow_mut().replace(conn.clone());
+        drop(old);
+        conn
     }
 
     /// Runs `cmd` on this reactor's connection.
@@ -580,6 +601,7 @@ impl Inner {
     /// Closes every connection (hard) and clears the back-off.
     fn invalidate(&self) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
+        drop(self.spare.lock().expect("nbd spare lock").take());
         *self.backoff.lock().expect("nbd backoff lock") = Backoff::default();
         let entries = std::mem::take(&mut *self.sockets.lock().expect("nbd sockets lock"));
         for e in entries {
@@ -590,6 +612,11 @@ impl Inner {
     /// The device is being dropped: soft-disconnect every connection on its reactor.
     fn close(&self) {
         self.closed.store(true, Ordering::Release);
+        if let Some(fd) = self.spare.lock().expect("nbd spare lock").take() {
+            // Never used: nothing else writes to it, and the request fits the empty buffer.
+            let mut s = std::net::TcpStream::from(fd);
+            let _ = std::io::Write::write_all(&mut s, &handshake::disconnect_request());
+        }
         let entries = std::mem::take(&mut *self.sockets.lock().expect("nbd sockets lock"));
         for e in entries {
             let (dev, id, sock) = (self.id, e.id, e.sock);
@@ -635,35 +662,34 @@ fn capabilities_of(info: &ExportInfo) -> Capabilities {
     }
 }
 
-/// The blocking probe made by [`NbdDevice::open`].
-fn probe(target: &Target, peer: &str, spec: &NbdSpec) -> std::result::Result<ExportInfo, String> {
-    fn run<S: std::io::Read + std::io::Write>(
-        s: S,
-        peer: &str,
-        export: &str,
-    ) -> std::result::Result<ExportInfo, String> {
-        let mut w = BlockingWire(s);
-        let info = run_blocking(negotiate(&mut w, export))
-            .map_err(|e| format!("negotiating with {peer}: {e}"))?;
-        // End the probe politely; the server owes no reply.
-        let _ = w.0.write_all(&handshake::disconnect_request());
-        Ok(info)
-    }
+/// The blocking negotiation made by [`NbdDevice::open`]: the export, and the connection
+/// (in the transmission phase, timeouts cleared) for the first reactor to take over.
+fn probe(
+    target: &Target,
+    peer: &str,
+    spec: &NbdSpec,
+) -> std::result::Result<(ExportInfo, OwnedFd), String> {
     let t = Some(spec.connect_timeout);
+    let fail = |e: std::io::Error| format!("connecting to {peer}: {e}");
+    let negotiated = |e| format!("negotiating with {peer}: {e}");
     match target {
         Target::Tcp(addrs) => {
             let mut last = None;
             for a in addrs {
                 match std::net::TcpStream::connect_timeout(a, spec.connect_timeout) {
                     Ok(s) => {
-                        let setup = s
-                            .set_read_timeout(t)
+                        s.set_read_timeout(t)
                             .and_then(|()| s.set_write_timeout(t))
-                            .and_then(|()| s.set_nodelay(true));
-                        if let Err(e) = setup {
-                            return Err(format!("connecting to {peer}: {e}"));
-                        }
-                        return run(s, peer, &spec.export);
+                            .and_then(|()| s.set_nodelay(true))
+                            .map_err(fail)?;
+                        let mut w = BlockingWire(s);
+                        let info =
+                            run_blocking(negotiate(&mut w, &spec.export)).map_err(negotiated)?;
+                        let s = w.0;
+                        s.set_read_timeout(None)
+                            .and_then(|()| s.set_write_timeout(None))
+                            .map_err(fail)?;
+                        return Ok((info, OwnedFd::from(s)));
                     }
                     Err(e) => last = Some(e),
                 }
@@ -674,12 +700,17 @@ fn probe(target: &Target, peer: &str, spec: &NbdSpec) -> std::result::Result<Exp
             ))
         }
         Target::Unix(path) => {
-            let s = std::os::unix::net::UnixStream::connect(path)
-                .map_err(|e| format!("connecting to {peer}: {e}"))?;
+            let s = std::os::unix::net::UnixStream::connect(path).map_err(fail)?;
             s.set_read_timeout(t)
                 .and_then(|()| s.set_write_timeout(t))
-                .map_err(|e| format!("connecting to {peer}: {e}"))?;
-            run(s, peer, &spec.export)
+                .map_err(fail)?;
+            let mut w = BlockingWire(s);
+            let info = run_blocking(negotiate(&mut w, &spec.export)).map_err(negotiated)?;
+            let s = w.0;
+            s.set_read_timeout(None)
+                .and_then(|()| s.set_write_timeout(None))
+                .map_err(fail)?;
+            Ok((info, OwnedFd::from(s)))
         }
     }
 }
@@ -707,7 +738,8 @@ impl NbdDevice {
             }
             NbdAddr::Unix(p) => (Target::Unix(p.clone()), format!("unix:{}", p.display())),
         };
-        let info = probe(&target, &peer, spec).map_err(|m| open_err(ErrorKind::Gone, m))?;
+        let (info, first) =
+            probe(&target, &peer, spec).map_err(|m| open_err(ErrorKind::Gone, m))?;
         let geometry = geometry_of(&info);
         let caps = capabilities_of(&info);
         let multi_conn = spec.multi_conn.unwrap_or(true) && info.has(FLAG_CAN_MULTI_CONN);
@@ -725,6 +757,7 @@ impl NbdDevice {
                 epoch: AtomicU64::new(0),
                 closed: AtomicBool::new(false),
                 sockets: Mutex::new(Vec::new()),
+                spare: Mutex::new(Some(first)),
                 next_conn: AtomicU64::new(1),
                 backoff: Mutex::new(Backoff::default()),
             }),

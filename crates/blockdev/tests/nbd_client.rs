@@ -308,6 +308,46 @@ fn qemu_storage_daemon_file_export() {
 }
 
 #[test]
+fn qemu_nbd_single_session() {
+    // qemu-nbd without --persistent serves one client session and exits when it ends: the
+    // connection negotiated at open must be the one the I/O uses, and dropping the device
+    // must end the session cleanly.
+    let dir = TempDir::new("qemu-nbd");
+    let img = dir.0.join("disk.img");
+    std::fs::File::create(&img)
+        .and_then(|f| f.set_len(16 * MIB))
+        .expect("image");
+    let mut srv = qemu_nbd(&img);
+    let dev = open(&format!("nbd://127.0.0.1:{}/x", srv.port));
+    assert!(!dev.multi_conn(), "qemu-nbd shares one connection");
+    let rt = runtime();
+    let model = pattern_io(&rt, &dev, vec![0; (16 * MIB) as usize], 6, 8);
+    let d = dev.clone();
+    on(&rt, 1, move || async move { d.flush().await }).expect("flush");
+    verify(&rt, &dev, &model);
+    assert_eq!(dev.connections(), 1);
+    drop(dev);
+    // The soft disconnect ends qemu-nbd's session, and qemu-nbd with it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(st) = srv.child.try_wait().expect("wait qemu-nbd") {
+            break st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "qemu-nbd still running after the disconnect"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "qemu-nbd exited with {status}");
+    assert!(
+        std::fs::read(&img).expect("image") == model,
+        "the image holds what was written"
+    );
+    rt.shutdown();
+}
+
+#[test]
 fn read_only_exports_refuse_writes() {
     let srv = nbdkit(&["-r", "memory", "16M"]);
     let dir = TempDir::new("ro");

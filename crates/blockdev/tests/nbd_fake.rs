@@ -288,8 +288,8 @@ fn first_read_fails(
     bad: impl Fn(&Request) -> Vec<u8> + Send + Sync + 'static,
 ) {
     let srv = fake(opts, move |conn, req| {
-        // Connection 0 is the probe made at open.
-        if conn == 1 && req.command == Command::Read {
+        // Connection 0 is the one negotiated at open, taken over by the first I/O.
+        if conn == 0 && req.command == Command::Read {
             Act::Send(bad(req))
         } else {
             Act::Normal
@@ -306,8 +306,8 @@ fn first_read_fails(
     second.expect("the next read reconnects and succeeds");
     assert_eq!(
         srv.conns.load(Ordering::SeqCst),
-        3,
-        "probe, broken, new connection"
+        2,
+        "the broken connection, then a new one"
     );
 }
 
@@ -432,7 +432,7 @@ fn malformed_chunks_close_the_connection() {
 #[test]
 fn a_huge_block_status_chunk_is_refused_unread() {
     let srv = fake(Opts::default(), |conn, req| {
-        if conn == 1 && req.command == Command::BlockStatus {
+        if conn == 0 && req.command == Command::BlockStatus {
             let mut v = nbd::chunk_header(
                 REPLY_FLAG_DONE,
                 REPLY_TYPE_BLOCK_STATUS,
@@ -462,13 +462,13 @@ fn a_huge_block_status_chunk_is_refused_unread() {
 #[test]
 fn error_chunks_fail_only_their_request() {
     let srv = fake(Opts::default(), |conn, req| match (conn, req.command) {
-        (1, Command::Write) => Act::Send(chunk(
+        (0, Command::Write) => Act::Send(chunk(
             REPLY_FLAG_DONE,
             REPLY_TYPE_ERROR,
             req.cookie,
             &error_payload(28, "pool is full"),
         )),
-        (1, Command::Read) if req.offset == 0 => {
+        (0, Command::Read) if req.offset == 0 => {
             let mut p = error_payload(5, "bad sector");
             p.extend_from_slice(&(req.offset + 1024).to_be_bytes());
             Act::Send(chunk(
@@ -479,13 +479,13 @@ fn error_chunks_fail_only_their_request() {
             ))
         }
         // An error type this client does not know: still an error for the request.
-        (1, Command::Trim) => Act::Send(chunk(
+        (0, Command::Trim) => Act::Send(chunk(
             REPLY_FLAG_DONE,
             REPLY_TYPE_FLAG_ERROR | 3,
             req.cookie,
             &error_payload(5, "new kind of error"),
         )),
-        (1, Command::WriteZeroes) => Act::Send(nbd::simple_reply(1, req.cookie).to_vec()),
+        (0, Command::WriteZeroes) => Act::Send(nbd::simple_reply(1, req.cookie).to_vec()),
         _ => Act::Normal,
     });
     let r = with_dev(&srv.uri(""), |d| async move {
@@ -510,13 +510,13 @@ fn error_chunks_fail_only_their_request() {
     assert_eq!(t.kind(), ErrorKind::Io, "{t}");
     assert_eq!(z.kind(), ErrorKind::ReadOnly, "{z}");
     ok.expect("the connection is still good");
-    assert_eq!(srv.conns.load(Ordering::SeqCst), 2, "no reconnection");
+    assert_eq!(srv.conns.load(Ordering::SeqCst), 1, "no reconnection");
 }
 
 #[test]
 fn a_silent_server_times_out_every_request_on_the_connection() {
     let srv = fake(Opts::default(), |conn, _| {
-        if conn == 1 { Act::Silent } else { Act::Normal }
+        if conn == 0 { Act::Silent } else { Act::Normal }
     });
     let (a, b, took, after) = with_dev(&srv.uri("?timeout=200"), |d| async move {
         let t = Instant::now();
@@ -542,13 +542,13 @@ fn a_silent_server_times_out_every_request_on_the_connection() {
         "{took:?}"
     );
     after.expect("a new connection answers");
-    assert_eq!(srv.conns.load(Ordering::SeqCst), 3);
+    assert_eq!(srv.conns.load(Ordering::SeqCst), 2);
 }
 
 #[test]
 fn a_connection_closed_mid_request_fails_it_as_gone() {
     let srv = fake(Opts::default(), |conn, req| {
-        if conn == 1 && req.command == Command::Write {
+        if conn == 0 && req.command == Command::Write {
             Act::Close
         } else {
             Act::Normal
@@ -569,7 +569,7 @@ fn a_connection_closed_mid_request_fails_it_as_gone() {
 #[test]
 fn eshutdown_retires_the_connection_with_a_soft_disconnect() {
     let srv = fake(Opts::default(), |conn, req| {
-        if conn == 1 && req.command == Command::Read {
+        if conn == 0 && req.command == Command::Read {
             Act::Send(nbd::simple_reply(108, req.cookie).to_vec())
         } else {
             Act::Normal
@@ -582,13 +582,13 @@ fn eshutdown_retires_the_connection_with_a_soft_disconnect() {
     assert_eq!(e.kind(), ErrorKind::Gone, "{e}");
     assert!(e.to_string().contains("ESHUTDOWN"), "{e}");
     after.expect("the next request uses a new connection");
-    assert_eq!(srv.conns.load(Ordering::SeqCst), 3);
-    // The probe's, the retired connection's, and (at drop) the last one's.
+    assert_eq!(srv.conns.load(Ordering::SeqCst), 2);
+    // The retired connection's, and (when the device is dropped) the new one's.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while srv.discs.load(Ordering::SeqCst) < 3 && Instant::now() < deadline {
+    while srv.discs.load(Ordering::SeqCst) < 2 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(srv.discs.load(Ordering::SeqCst), 3, "NBD_CMD_DISC on each");
+    assert_eq!(srv.discs.load(Ordering::SeqCst), 2, "NBD_CMD_DISC on each");
 }
 
 #[test]

@@ -185,6 +185,44 @@ pub fn qsd(image: &Path, port: u16, writable: bool) -> Server {
     Server { child, port }
 }
 
+/// Waits (bounded) until a socket listens on 127.0.0.1:`port`, without connecting to it
+/// (a server serving a single session would take a test connection for its client).
+pub fn wait_listen(port: u16, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let want = format!("0100007F:{port:04X}");
+    loop {
+        let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+        // Fields: sl, local_address, rem_address, st (0A = LISTEN), ...
+        let listening = table.lines().skip(1).any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[1] == want && f[3] == "0A"
+        });
+        if listening {
+            return;
+        }
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!("server exited before listening on {port}: {st}");
+        }
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `qemu-nbd` serving `image` (raw) as `x` for one session (it exits when the client leaves).
+pub fn qemu_nbd(image: &Path) -> Server {
+    let port = free_port();
+    let mut child = tool("qemu-nbd")
+        .args(["-f", "raw", "-b", "127.0.0.1", "-x", "x", "-p"])
+        .arg(port.to_string())
+        .arg(image)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn qemu-nbd");
+    wait_listen(port, &mut child);
+    Server { child, port }
+}
+
 /// A per-test directory, removed on drop.
 pub struct TempDir(pub PathBuf);
 
