@@ -47,6 +47,9 @@ pub struct FakeConfig {
     pub c2h_chunk: u32,
     /// Largest R2T (writes beyond the capsule are asked for in pieces of this size).
     pub r2t_chunk: u32,
+    /// Send the R2T for the next piece as soon as the first data of the current one
+    /// arrives (before its last PDU: the host must queue it).
+    pub eager_r2t: bool,
     /// I/O queues granted at most.
     pub max_queues: u16,
     /// CAP.MQES (0's based queue size limit).
@@ -70,6 +73,7 @@ impl Default for FakeConfig {
             allow_digests: true,
             c2h_chunk: 128 * 1024,
             r2t_chunk: 256 * 1024,
+            eager_r2t: false,
             max_queues: 8,
             mqes: 127,
             vwc: true,
@@ -410,6 +414,16 @@ impl Conn<'_> {
         Ok(())
     }
 
+    fn send_r2t(&mut self, cid: u16, ttag: u16, off: usize, len: usize) -> Io<()> {
+        let r = R2T {
+            cccid: cid,
+            ttag,
+            r2to: off as u32,
+            r2tl: len as u32,
+        };
+        self.s.write_all(&self.enc.r2t(&r))
+    }
+
     /// Receives a command's data: in the capsule, or asked for with R2Ts.
     fn receive_data(&mut self, sqe: &Sqe, capsule: Vec<u8>) -> Io<Vec<u8>> {
         let dp = sqe.data_pointer().map_err(|e| bad(&e.to_string()))?;
@@ -427,18 +441,17 @@ impl Conn<'_> {
         let len = dp.len() as usize;
         let mut out = vec![0u8; len];
         let step = self.inner.cfg.r2t_chunk.max(4096) as usize;
+        let eager = self.inner.cfg.eager_r2t;
         let mut off = 0;
         let mut ttag = 0u16;
+        let mut sent_next = false;
         while off < len {
             let n = step.min(len - off);
             ttag = ttag.wrapping_add(1);
-            let r = R2T {
-                cccid: sqe.cid,
-                ttag,
-                r2to: off as u32,
-                r2tl: n as u32,
-            };
-            self.s.write_all(&self.enc.r2t(&r))?;
+            if !sent_next {
+                self.send_r2t(sqe.cid, ttag, off, n)?;
+            }
+            sent_next = false;
             let mut got = 0;
             while got < n {
                 let raw = read_pdu(&mut self.s, &self.dec)?;
@@ -456,6 +469,16 @@ impl Conn<'_> {
                             got += pdu.data.len();
                             if h.last != (got == n) {
                                 return Err(bad("LAST_PDU misplaced"));
+                            }
+                            let next = off + n;
+                            if eager && !sent_next && got < n && next < len {
+                                self.send_r2t(
+                                    sqe.cid,
+                                    ttag.wrapping_add(1),
+                                    next,
+                                    step.min(len - next),
+                                )?;
+                                sent_next = true;
                             }
                         }
                         PduHeader::CapsuleCmd(other) => {

@@ -577,3 +577,27 @@ fn open_fails_cleanly_and_drop_disconnects() {
     });
     rt.shutdown();
 }
+
+#[test]
+fn an_early_r2t_is_answered_after_the_current_one() {
+    let rt = runtime(1);
+    let t = FakeTarget::start(FakeConfig {
+        eager_r2t: true,
+        r2t_chunk: 256 * 1024,
+        maxh2cdata: 4096,
+        ..FakeConfig::default()
+    });
+    let dev = open(&t, "ddgst=1");
+    let d = dev.clone();
+    on(&rt, 0, move || async move {
+        let data = pattern(77, 1 << 20);
+        d.write(4096, IoBuf::from_slice(&data), WriteFlags::default())
+            .await
+            .expect("write");
+        let b = d.read(4096, IoBuf::zeroed(1 << 20)).await.expect("read");
+        assert!(b[..] == data[..]);
+    });
+    assert_eq!(t.read_data(4096, 1 << 20), pattern(77, 1 << 20).to_vec());
+    assert_eq!(dev.stats().resets, 0);
+    rt.shutdown();
+}
