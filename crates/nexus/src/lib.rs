@@ -349,13 +349,22 @@ impl Nexus {
         // An out-of-sync child the loaded log covers copies only the dirty regions; one it
         // does not cover (never in this nexus, or the log was lost) needs a full copy, so it
         // must not be added now: the log would only know the writes from now on.
-        let covered = nexus.drl.absent();
-        for name in &covered {
-            if nexus.child(name).is_some_and(|c| c.online()) {
-                // Recorded healthy by the control plane after the log last saw it away: the
-                // control plane's record wins (it is written after a rebuild completes).
-                nexus.drl.remove_absent(name);
+        // The log is the durable record of who is out of sync: it is saved before any write
+        // that a retired child missed is acknowledged. A child it lists as away is never
+        // taken as healthy, whatever the caller says, so it is never a rebuild source.
+        for name in nexus.drl.absent() {
+            if let Some(c) = nexus.child(&name)
+                && c.online()
+            {
+                *c.state.lock().expect("child state") = ChildState::OutOfSync;
             }
+        }
+        if !nexus.snapshot().iter().any(|c| c.online()) {
+            return Err(NexusError::Invalid(
+                "the dirty-region log records every child given as healthy as out of sync: \
+                 none can be the source of the others"
+                    .into(),
+            ));
         }
         nexus.drl.save().await?;
         Ok(Arc::new(nexus))
