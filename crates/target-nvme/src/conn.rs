@@ -415,6 +415,13 @@ impl Conn {
                 .await;
             return Ok(Next::Continue);
         }
+        if self.tasks.available() == 0 {
+            // More commands in flight than any queue may hold: the host ignores SQSIZE.
+            // Waiting here could stall the H2CData the running commands wait for.
+            self.reply_now(&sqe, Reply::status(Status::COMMAND_INTERRUPTED))
+                .await;
+            return Ok(Next::Continue);
+        }
         let task = self.tasks.acquire().await;
         self.inflight.borrow_mut().insert(sqe.cid);
         let to_controller = matches!(
