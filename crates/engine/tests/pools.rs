@@ -594,6 +594,8 @@ fn pools_are_imported_on_restart_and_checked_offline() {
         "--no-pin",
         "--nbd-listen",
         "127.0.0.1:0",
+        "--nvmf-listen",
+        "127.0.0.1:0",
         "--grpc-listen",
         "127.0.0.1:0",
         "--device",
