@@ -471,9 +471,11 @@ impl Inner {
             return Err("device closed".into());
         }
         let epoch = self.epoch();
-        if let Some(fd) = self.spare.lock().expect("nbd spare lock").take() {
+        let spare = self.spare.lock().expect("nbd spare lock").take();
+        if let Some(fd) = spare {
             let sock = TcpStream::from_std(std::net::TcpStream::from(fd));
-            return Ok(self.install(slot, sock, self.info, epoch));
+            let conn = self.install(slot, sock, self.info, epoch);
+            return self.still_current(conn, epoch);
         }
         {
             let b = self.backoff.lock().expect("nbd backoff lock");
@@ -518,13 +520,16 @@ impl Inner {
         };
         *self.backoff.lock().expect("nbd backoff lock") = Backoff::default();
         let conn = self.install(slot, sock, info, epoch);
-        // Closed or reset while we negotiated: the sweep may have missed this connection.
+        self.still_current(conn, epoch)
+    }
+
+    /// A connection installed after the device was closed or reset (since `epoch` was read)
+    /// may have been missed by the sweep of sockets: it is failed instead of used.
+    fn still_current(&self, conn: Rc<Conn>, epoch: u64) -> std::result::Result<Rc<Conn>, String> {
         if self.is_closed() || self.epoch() != epoch {
-            conn.fail(
-                ErrorKind::Gone,
-                "device closed or reset while connecting".into(),
-            );
-            return Err("device closed or reset while connecting".into());
+            let why = "device closed or reset while connecting";
+            conn.fail(ErrorKind::Gone, why.into());
+            return Err(why.into());
         }
         Ok(conn)
     }

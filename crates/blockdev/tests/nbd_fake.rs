@@ -14,7 +14,7 @@ use blockdev::{BlockDevice, ErrorKind, IoBuf, WriteFlags, ZeroFlags};
 use nbd_support::*;
 use proto_nbd::{self as nbd, ClientOption, Command, OptionHeader, Request, consts::*};
 
-const SIZE: u64 = 1 << 20;
+const SIZE: u64 = 32 << 20;
 
 /// How the fake negotiates.
 #[derive(Clone)]
@@ -24,6 +24,8 @@ struct Opts {
     go: bool,
     /// Refuse the export with `NBD_REP_ERR_UNKNOWN`.
     unknown: bool,
+    /// Pause before reading each request (a slow server: the client's sends back up).
+    read_delay: Duration,
     flags: u16,
 }
 
@@ -33,6 +35,7 @@ impl Default for Opts {
             structured: true,
             go: true,
             unknown: false,
+            read_delay: Duration::ZERO,
             flags: FLAG_HAS_FLAGS
                 | FLAG_SEND_FLUSH
                 | FLAG_SEND_FUA
@@ -182,6 +185,7 @@ fn serve(
         s.write_all(&out)?;
     }
     loop {
+        std::thread::sleep(o.read_delay);
         let req = Request::parse(&read_n(&mut s, nbd::REQUEST_LEN)?).expect("request");
         let payload = if req.command == Command::Write {
             read_n(&mut s, req.length as usize)?
@@ -734,4 +738,47 @@ fn reconnection_backs_off_and_reset_reconnects() {
     .expect("read after reset");
     drop(dev);
     rt.shutdown();
+}
+
+#[test]
+fn a_request_abandoned_before_it_was_sent_is_forgotten() {
+    // The server reads slowly, so 32 MiB of concurrent writes fill the socket and hold the
+    // connection's send side; a read queued behind them is abandoned by its caller (a timeout
+    // of its own). It never reached the server, so it must not linger as in flight and time
+    // the connection out later.
+    let srv = fake(
+        Opts {
+            read_delay: Duration::from_millis(20),
+            ..Opts::default()
+        },
+        |_, _| Act::Normal,
+    );
+    let (abandoned, later, conns) = with_dev(&srv.uri("?timeout=2000"), |d| async move {
+        let writes: Vec<_> = (0..32u64)
+            .map(|i| {
+                let d = d.clone();
+                reactor::spawn_local(async move {
+                    d.write(i << 20, IoBuf::zeroed(1 << 20), WriteFlags::default())
+                        .await
+                        .map(drop)
+                })
+            })
+            .collect();
+        reactor::sleep(Duration::from_millis(50)).await;
+        let abandoned =
+            reactor::sync::timeout(Duration::from_millis(20), d.read(4096, IoBuf::zeroed(4096)))
+                .await
+                .is_none();
+        for w in writes {
+            w.await.expect("write");
+        }
+        // Past the abandoned read's deadline.
+        reactor::sleep(Duration::from_millis(2500)).await;
+        let later = d.read(0, IoBuf::zeroed(4096)).await.map(drop);
+        (abandoned, later, d.connections())
+    });
+    assert!(abandoned, "the read was still queued when abandoned");
+    later.expect("the connection is still good");
+    assert_eq!(conns, 1);
+    assert_eq!(srv.conns.load(Ordering::SeqCst), 1, "never reconnected");
 }

@@ -335,19 +335,35 @@ impl std::fmt::Debug for Conn {
     }
 }
 
-/// Fails the connection if a send is abandoned half-way (the stream's framing is lost).
+/// Where a request's future is between queueing and the end of its send, for when it is
+/// dropped there (a caller's own timeout or select).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Waiting for the send lock: the request is forgotten, the server never saw it.
+    Queued,
+    /// Half-sent: the stream's framing is lost, the connection must go.
+    Sending,
+    /// On the wire: its reply will come and be dropped.
+    Sent,
+}
+
 struct SendGuard<'a> {
     conn: &'a Conn,
-    armed: bool,
+    cookie: u64,
+    stage: Stage,
 }
 
 impl Drop for SendGuard<'_> {
     fn drop(&mut self) {
-        if self.armed {
-            self.conn.fail(
+        match self.stage {
+            Stage::Queued => {
+                self.conn.take_pending(self.cookie);
+            }
+            Stage::Sending => self.conn.fail(
                 ErrorKind::Gone,
                 "a request was abandoned while being sent; connection closed".into(),
-            );
+            ),
+            Stage::Sent => {}
         }
     }
 }
@@ -473,13 +489,15 @@ impl Conn {
         .encode()
         .to_vec();
         let mut written = None;
+        let mut guard = SendGuard {
+            conn: self,
+            cookie,
+            stage: Stage::Queued,
+        };
         {
             let _lock = self.send_lock.lock().await;
             if self.dead.borrow().is_none() {
-                let mut guard = SendGuard {
-                    conn: self,
-                    armed: true,
-                };
+                guard.stage = Stage::Sending;
                 let r = match payload {
                     Some(b) => {
                         let (r, _, b) = self.sock.send_all2(header, b).await;
@@ -488,7 +506,7 @@ impl Conn {
                     }
                     None => self.sock.send_all(header).await.0,
                 };
-                guard.armed = false;
+                guard.stage = Stage::Sent;
                 if let Err(e) = r {
                     self.fail(
                         ErrorKind::Gone,
@@ -497,6 +515,8 @@ impl Conn {
                 }
             }
         }
+        guard.stage = Stage::Sent;
+        drop(guard);
         let reply = match rx.await {
             Some(r) => r,
             None => Err(self
