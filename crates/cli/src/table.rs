@@ -660,6 +660,50 @@ mod tests {
     }
 
     #[test]
+    fn nexus_table_shows_states_and_rebuild_progress() {
+        let child = |name: &str, state: &str| ballast_api::NexusChild {
+            name: name.into(),
+            state: state.into(),
+            ..Default::default()
+        };
+        let n = ballast_api::Nexus {
+            name: "n0".into(),
+            size_bytes: 1 << 30,
+            state: "degraded".into(),
+            children: vec![
+                child("c0", "online"),
+                ballast_api::NexusChild {
+                    rebuild_done_bytes: 256 << 20,
+                    rebuild_total_bytes: 1 << 30,
+                    partial: true,
+                    ..child("c1", "rebuilding")
+                },
+                ballast_api::NexusChild {
+                    reason: "write failed: I/O error".into(),
+                    ..child("c2", "faulted")
+                },
+            ],
+            log_device: "log".into(),
+            dirty_regions: 3,
+            region_size_bytes: 1 << 20,
+            ..Default::default()
+        };
+        let t = nexuses(&[n]);
+        assert!(t.contains("n0     -      degraded"), "{t}");
+        assert!(t.contains("3 dirty region(s) of 1.0 MiB logged on log"), "{t}");
+        assert!(
+            t.contains("[#####...............]  25% 256.0 MiB of 1.0 GiB (dirty regions only)"),
+            "{t}"
+        );
+        assert!(
+            t.contains("n0     c2     faulted              write failed: I/O error"),
+            "{t}"
+        );
+        assert_eq!(nexuses(&[]), "no nexuses\n");
+        assert_eq!(progress(0, 0, 4), "[####] 100%");
+    }
+
+    #[test]
     fn pool_table() {
         let online = Pool {
             name: "p0".into(),
