@@ -516,6 +516,9 @@ fn unix_socket_export() {
     assert_eq!(dev.geometry().size(), 8 * MIB);
     let rt = runtime();
     let model = pattern_io(&rt, &dev, vec![0; (8 * MIB) as usize], 4, 4);
+    // New connections over the socket, on both reactors.
+    let d = dev.clone();
+    on(&rt, 0, move || async move { d.reset().await }).expect("reset");
     verify(&rt, &dev, &model);
     drop(dev);
     rt.shutdown();
@@ -638,49 +641,51 @@ fn server_killed_mid_io_then_restarted() {
 }
 
 /// Not a gate: 4 KiB random reads at queue depth 32 (16 per reactor) against nbdkit memory
-/// for 3 s, printed for comparison with fio (`ioengine=nbd`) on the same server. Run with
+/// for 3 s, with a connection per reactor and with one shared connection, printed for
+/// comparison with fio (`ioengine=nbd`, one connection) on the same server. Run with
 /// `cargo test --release -p blockdev --test nbd_client -- --ignored --nocapture`.
 #[test]
 #[ignore]
 fn throughput_4k_random_reads() {
     let srv = nbdkit(&["memory", "256M"]);
-    let dev = open(&format!("nbd://127.0.0.1:{}/", srv.port));
     let rt = runtime();
-    let secs = 3.0;
-    let mut calls = Vec::new();
-    for r in 0..2usize {
-        let dev = dev.clone();
-        calls.push(rt.handles()[r].call(move || async move {
-            let until = Instant::now() + Duration::from_secs_f64(secs);
-            let hs: Vec<_> = (0..16u64)
-                .map(|w| {
-                    let dev = dev.clone();
-                    reactor::spawn_local(async move {
-                        let mut rng = Rng::new(w * 31 + r as u64);
-                        let mut n = 0u64;
-                        let mut buf = IoBuf::zeroed(4096);
-                        while Instant::now() < until {
-                            let at = 4096 * rng.below(256 * 256);
-                            buf = dev.read(at, buf).await.expect("read");
-                            n += 1;
-                        }
-                        n
+    for query in ["", "?multi_conn=0"] {
+        let dev = open(&format!("nbd://127.0.0.1:{}/{query}", srv.port));
+        let secs = 3.0;
+        let mut calls = Vec::new();
+        for r in 0..2usize {
+            let dev = dev.clone();
+            calls.push(rt.handles()[r].call(move || async move {
+                let until = Instant::now() + Duration::from_secs_f64(secs);
+                let hs: Vec<_> = (0..16u64)
+                    .map(|w| {
+                        let dev = dev.clone();
+                        reactor::spawn_local(async move {
+                            let mut rng = Rng::new(w * 31 + r as u64);
+                            let mut n = 0u64;
+                            let mut buf = IoBuf::zeroed(4096);
+                            while Instant::now() < until {
+                                let at = 4096 * rng.below(256 * 256);
+                                buf = dev.read(at, buf).await.expect("read");
+                                n += 1;
+                            }
+                            n
+                        })
                     })
-                })
-                .collect();
-            let mut total = 0;
-            for h in hs {
-                total += h.await;
-            }
-            total
-        }));
+                    .collect();
+                let mut total = 0;
+                for h in hs {
+                    total += h.await;
+                }
+                total
+            }));
+        }
+        let total: u64 = calls.into_iter().map(block_on).sum();
+        println!(
+            "nbd initiator: {:.0} IOPS (4 KiB random read, QD32, {} connection(s))",
+            total as f64 / secs,
+            dev.connections()
+        );
     }
-    let total: u64 = calls.into_iter().map(block_on).sum();
-    println!(
-        "nbd initiator: {:.0} IOPS (4 KiB random read, QD32, {} connections)",
-        total as f64 / secs,
-        dev.connections()
-    );
-    drop(dev);
     rt.shutdown();
 }
