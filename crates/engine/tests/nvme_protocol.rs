@@ -452,3 +452,93 @@ fn keep_alive_timeout_tears_the_controller_down() {
     let mut q = Queue::io(addr, NQN, &host, a.cntlid, 1, false);
     ok(q.read(1, 0, 1, BS));
 }
+
+#[test]
+fn h2c_data_digest_errors_and_sq_flow_control_off() {
+    let e = engine();
+    let addr = e.nvmf_addr.expect("NVMe/TCP address");
+    let host = HostIdent::new(31);
+    let a = Queue::admin(addr, NQN, &host, true);
+    // A 64 KiB write by R2T whose H2CData carries a wrong data digest: that command fails
+    // with Transient Transport Error, nothing is written, the queue goes on.
+    let mut q = Queue::io(addr, NQN, &host, a.cntlid, 1, true);
+    let data = random(64 << 10, 4);
+    let rw = proto_nvme::ReadWrite {
+        slba: 256,
+        nlb: 127,
+        ..Default::default()
+    };
+    let sqe = Command::Write(rw).to_sqe(9, 1, proto_nvme::Sgl::transport(64 << 10));
+    let mut out = Vec::new();
+    q.enc.capsule_cmd_pdu(&sqe, &[], &mut out);
+    q.send_raw(&out);
+    let r2t = match q.recv_pdu() {
+        Some((proto_nvme::PduHeader::R2T(r), _)) => r,
+        other => panic!("expected an R2T, got {other:?}"),
+    };
+    assert_eq!((r2t.cccid, r2t.r2to, r2t.r2tl), (9, 0, 64 << 10));
+    let mut out = Vec::new();
+    q.enc.h2c_data_pdu(
+        &proto_nvme::H2CData {
+            cccid: 9,
+            ttag: r2t.ttag,
+            datao: 0,
+            datal: 64 << 10,
+            last: true,
+        },
+        &data,
+        &mut out,
+    );
+    let n = out.len();
+    out[n - 2] ^= 0x10;
+    q.send_raw(&out);
+    assert_eq!(status(q.wait(9, &[])), Status::TRANSIENT_TRANSPORT_ERROR);
+    assert_eq!(ok(q.read(1, 256, 128, BS)), vec![0u8; 64 << 10]);
+    ok(q.write(1, 256, &data, BS));
+    assert_eq!(ok(q.read(1, 256, 128, BS)), data);
+
+    // With SQ flow control disabled a read completes with the C2HData SUCCESS flag alone.
+    let mut q = Queue::open(addr, true, true);
+    let c = q.connect_with(
+        NQN,
+        &host,
+        2,
+        a.cntlid,
+        0,
+        proto_nvme::CATTR_DISABLE_SQ_FLOW_CONTROL,
+    );
+    assert!(c.status.is_success(), "{c:?}");
+    let cid = q.cid();
+    let rw = proto_nvme::ReadWrite {
+        slba: 256,
+        nlb: 127,
+        ..Default::default()
+    };
+    let sqe = Command::Read(rw).to_sqe(cid, 1, proto_nvme::Sgl::transport(64 << 10));
+    let mut out = Vec::new();
+    q.enc.capsule_cmd_pdu(&sqe, &[], &mut out);
+    q.send_raw(&out);
+    match q.recv_pdu() {
+        Some((proto_nvme::PduHeader::C2HData(h), d)) => {
+            assert!(h.success && h.last, "{h:?}");
+            assert_eq!(d, data);
+        }
+        other => panic!("expected C2HData, got {other:?}"),
+    }
+    // No CapsuleResp follows: the next PDU is the next command's completion.
+    ok(q.cmd(Command::Flush, 1, &[], 0));
+}
+
+#[test]
+fn sigterm_with_nvme_connections_open() {
+    let mut e = engine();
+    let addr = e.nvmf_addr.expect("NVMe/TCP address");
+    let host = HostIdent::new(41);
+    let mut a = Queue::admin(addr, NQN, &host, false);
+    let mut q = Queue::io(addr, NQN, &host, a.cntlid, 1, false);
+    ok(q.write(1, 0, &[9u8; 4096], BS));
+    let (st, err) = e.terminate(Duration::from_secs(20));
+    assert!(st.success(), "engine exit {st}\n{err}");
+    assert!(a.recv_pdu().is_none());
+    assert!(q.recv_pdu().is_none());
+}

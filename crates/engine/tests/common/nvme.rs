@@ -220,6 +220,19 @@ impl Queue {
         cntlid: u16,
         kato: u32,
     ) -> Cqe {
+        self.connect_with(subnqn, host, qid, cntlid, kato, 0)
+    }
+
+    /// Fabrics Connect with connect attributes `cattr`.
+    pub fn connect_with(
+        &mut self,
+        subnqn: &str,
+        host: &HostIdent,
+        qid: u16,
+        cntlid: u16,
+        kato: u32,
+        cattr: u8,
+    ) -> Cqe {
         let data = ConnectData {
             hostid: host.id,
             cntlid,
@@ -231,7 +244,7 @@ impl Queue {
             recfmt: 0,
             qid,
             sqsize: 31,
-            cattr: 0,
+            cattr,
             kato,
         });
         let (cqe, _) = self.cmd(c, 0, &data, 0).cqe();
