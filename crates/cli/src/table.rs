@@ -690,7 +690,10 @@ mod tests {
         };
         let t = nexuses(&[n]);
         assert!(t.contains("n0     -      degraded"), "{t}");
-        assert!(t.contains("3 dirty region(s) of 1.0 MiB logged on log"), "{t}");
+        assert!(
+            t.contains("3 dirty region(s) of 1.0 MiB logged on log"),
+            "{t}"
+        );
         assert!(
             t.contains("[#####...............]  25% 256.0 MiB of 1.0 GiB (dirty regions only)"),
             "{t}"
