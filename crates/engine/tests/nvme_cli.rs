@@ -7,7 +7,7 @@
 mod common;
 
 use common::nvme::{Answer, HostIdent, Queue};
-use common::{Engine, ballast, cli_bin};
+use common::{Engine, TempDir, ballast, cli_bin};
 use proto_nvme::{AsyncEvent, Command, GetLogPage, Identify, SetFeatures, Sgl, cns, log_id};
 
 const BS: u32 = 512;
@@ -147,6 +147,57 @@ fn cli_manages_nvmf_subsystems() {
     let list = ok(&["nvmf", "list"]);
     assert!(list.contains("no NVMe subsystems"), "{list}");
     drop(a);
+}
+
+#[test]
+fn pool_volume_over_nvmf() {
+    let dir = TempDir::new("nvme-pool");
+    let img = dir.join("p.img");
+    let dev = format!("pd=uring://{}?size=64MiB", img.display());
+    let e = Engine::start(&["--grpc-listen", "127.0.0.1:0", "--device", &dev]);
+    let api = e.grpc.clone().expect("management API address");
+    let addr = e.nvmf_addr.expect("NVMe/TCP address");
+    let ok = |args: &[&str]| {
+        let out = ballast(&api, args);
+        out.assert_success();
+        out.stdout
+    };
+    let fails = |args: &[&str]| {
+        let out = ballast(&api, args);
+        out.assert_failure();
+        out.stderr
+    };
+    ok(&["pool", "create", "p", "pd"]);
+    ok(&["volume", "create", "p", "v", "16MiB"]);
+    let out = ok(&["export", "create", "pv", "p/v", "--protocol", "nvmf"]);
+    assert!(out.contains("nqn.2024-01.io.ballast:pv"), "{out}");
+    let nqn = "nqn.2024-01.io.ballast:pv";
+    let h = HostIdent::new(7);
+    let a = Queue::admin(addr, nqn, &h, true);
+    let mut q = Queue::io(addr, nqn, &h, a.cntlid, 1, true);
+    let id = Identify {
+        cns: cns::NAMESPACE,
+        ..Identify::default()
+    };
+    let mut a = a;
+    let (_, page) = a.cmd(Command::Identify(id), 1, &[], 4096).cqe();
+    let ns = proto_nvme::IdentifyNamespace::parse(&page).unwrap();
+    let bs = 1u32 << ns.current_format().unwrap().lbads;
+    assert_eq!(ns.nsze * u64::from(bs), 16 << 20);
+    let data: Vec<u8> = (0..256 * 1024).map(|i| (i % 251) as u8).collect();
+    ok_io(q.write(1, 8, &data, bs));
+    let (c, back) = q.read(1, 8, (data.len() / bs as usize) as u16, bs).cqe();
+    assert!(c.status.is_success());
+    assert_eq!(back, data);
+    ok_io(q.cmd(Command::Flush, 1, &[], 0));
+    // The volume is in use while exported.
+    let err = fails(&["volume", "destroy", "p", "v"]);
+    assert!(err.contains("NVMe subsystem"), "{err}");
+    let err = fails(&["pool", "close", "p"]);
+    assert!(err.contains("NVMe subsystem"), "{err}");
+    ok(&["export", "destroy", "pv"]);
+    assert!(q.recv_pdu().is_none());
+    ok(&["volume", "destroy", "p", "v"]);
 }
 
 fn ok_io(a: Answer) {
