@@ -335,11 +335,18 @@ impl Conn {
         rd.fill(&self.stream, frame.len).await?;
         let (sqe, data, bad_digest, len) = match dec.decode(rd.avail()) {
             Ok(Decoded::Pdu { pdu, len }) => match pdu.header {
-                PduHeader::CapsuleCmd(sqe) => (sqe, pdu.data.to_vec(), false, len),
+                PduHeader::CapsuleCmd(sqe) => {
+                    let data = if pdu.data.is_empty() {
+                        IoBuf::empty()
+                    } else {
+                        IoBuf::from_slice(pdu.data)
+                    };
+                    (sqe, data, false, len)
+                }
                 _ => return Ok(Next::Close),
             },
             Ok(Decoded::BadDataDigest { pdu, len, .. }) => match pdu.header {
-                PduHeader::CapsuleCmd(sqe) => (sqe, Vec::new(), true, len),
+                PduHeader::CapsuleCmd(sqe) => (sqe, IoBuf::empty(), true, len),
                 _ => return Ok(Next::Close),
             },
             Ok(Decoded::Incomplete { .. }) => return Ok(Next::Close),
@@ -432,7 +439,12 @@ impl Conn {
             DataPointer::InCapsule { .. } if to_controller && !dp.is_empty() => {
                 match dp.in_capsule_slice(&data) {
                     Ok(s) => {
-                        let buf = IoBuf::from_slice(s);
+                        // The usual case (offset 0, the whole capsule) moves the buffer.
+                        let buf = if s.len() == data.len() {
+                            data
+                        } else {
+                            IoBuf::from_slice(s)
+                        };
                         self.start(ctrl, sqe, cmd, Some(buf), task, None);
                     }
                     Err(e) => {
