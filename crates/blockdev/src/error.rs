@@ -22,6 +22,8 @@ pub enum IoKind {
     Reset,
     /// Opening or probing the device.
     Open,
+    /// Fencing: claiming the device for one writer.
+    Fence,
 }
 
 /// The class of a block error, which protocol targets map to their wire status.

@@ -202,6 +202,14 @@ pub trait BlockDevice: Send + Sync {
     fn reset(&self) -> IoFuture<'_, ()> {
         unsupported(IoKind::Reset, 0, 0)
     }
+    /// Fences the device for this handle's writer under `key` (a nexus incarnation's epoch;
+    /// non-zero): afterwards writes through handles of any other writer fail with
+    /// [`ErrorKind::Conflict`], while this one's go on. A newer incarnation fencing with its
+    /// own key shuts this one out in turn. Devices that cannot fence return `Unsupported`.
+    fn fence(&self, key: u64) -> IoFuture<'_, ()> {
+        let _ = key;
+        unsupported(IoKind::Fence, 0, 0)
+    }
 }
 
 /// A shared device handle.

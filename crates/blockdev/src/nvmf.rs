@@ -76,10 +76,9 @@ use std::time::{Duration, Instant};
 
 use proto_nvme::{
     ADMIN_IN_CAPSULE_DATA, CNTLID_DYNAMIC, CNTRLTYPE_DISCOVERY, Cap, Cc, Command,
-    DatasetManagement, DsmRange, HostId, Identify, IdentifyController, IdentifyNamespace,
-    NQN_MAX_LEN, NumberOfQueues, ONCS_DSM, ONCS_WRITE_ZEROES, PropertyGet, PropertySet,
-    PropertySize, ReadWrite, Sct, SetFeatures, Sgl, Status, VWC_PRESENT, Version, WriteZeroes, cns,
-    feature_id, register,
+    DatasetManagement, DsmRange, Identify, IdentifyController, IdentifyNamespace, NQN_MAX_LEN,
+    NumberOfQueues, ONCS_DSM, ONCS_WRITE_ZEROES, PropertyGet, PropertySet, PropertySize, ReadWrite,
+    Sct, SetFeatures, Sgl, Status, VWC_PRESENT, Version, WriteZeroes, cns, feature_id, register,
 };
 use reactor::IoBuf;
 use reactor::sync::{LocalMutex, timeout};
@@ -367,6 +366,9 @@ fn percent_encode(s: &str) -> String {
     }
     out
 }
+
+/// A host identifier (a UUID), for [`set_host_identity`].
+pub use proto_nvme::HostId;
 
 static HOST_IDENTITY: OnceLock<(String, HostId)> = OnceLock::new();
 
@@ -1486,6 +1488,85 @@ impl NvmfDevice {
         Ok(())
     }
 
+    /// Fencing with NVMe reservations: this host registers `key` (replacing a key it held
+    /// before) and takes a Write Exclusive reservation, preempting the holder if another
+    /// host (an older nexus incarnation) holds it — which also removes that host's
+    /// registration, so its writes fail with Reservation Conflict from then on.
+    async fn do_fence(&self, key: u64) -> Result<()> {
+        use proto_nvme::{
+            ReservationAcquire, ReservationKeys, ReservationRegister, ReservationReport,
+            ReservationStatus, rtype,
+        };
+        let op = IoKind::Fence;
+        if key == 0 {
+            return Err(BlockError::with_message(
+                ErrorKind::InvalidArgument,
+                op,
+                0,
+                0,
+                "a fencing key must not be 0",
+            ));
+        }
+        let keys = |crkey, other| {
+            Xfer::FromHost(Window::whole(IoBuf::from_slice(
+                &ReservationKeys { crkey, other }.encode(),
+            )))
+        };
+        // Register, or replace the key this host registered before (IEKEY: whatever it was).
+        let reg = |rrega, iekey| {
+            Command::ReservationRegister(ReservationRegister {
+                rrega,
+                iekey,
+                cptpl: 0,
+            })
+        };
+        if self
+            .command(op, 0, 0, reg(0, false), keys(0, key))
+            .await
+            .is_err()
+        {
+            self.command(op, 0, 0, reg(2, true), keys(0, key)).await?;
+        }
+        // Who holds the reservation now (extended format: fabrics host IDs are 128-bit).
+        let len = 4096usize;
+        let report = Command::ReservationReport(ReservationReport {
+            numd: (len / 4 - 1) as u32,
+            eds: true,
+        });
+        let buf = self
+            .command(
+                op,
+                0,
+                0,
+                report,
+                Xfer::ToHost(Window::whole(IoBuf::zeroed(len))),
+            )
+            .await?
+            .ok_or_else(|| BlockError::with_message(ErrorKind::Io, op, 0, 0, "no report data"))?;
+        let st = ReservationStatus::parse(&buf, true).map_err(|e| {
+            BlockError::with_message(ErrorKind::Io, op, 0, 0, format!("reservation report: {e}"))
+        })?;
+        let holder = st.registrants.iter().find(|r| r.rcsts & 1 != 0);
+        let acquire = |racqa| {
+            Command::ReservationAcquire(ReservationAcquire {
+                racqa,
+                iekey: false,
+                rtype: rtype::WRITE_EXCLUSIVE,
+            })
+        };
+        match holder {
+            Some(h) if h.rkey == key && st.rtype == rtype::WRITE_EXCLUSIVE => Ok(()),
+            Some(h) => self
+                .command(op, 0, 0, acquire(1), keys(key, h.rkey))
+                .await
+                .map(drop),
+            None => self
+                .command(op, 0, 0, acquire(0), keys(key, 0))
+                .await
+                .map(drop),
+        }
+    }
+
     async fn do_unmap(&self, offset: u64, len: u64) -> Result<()> {
         let op = IoKind::Unmap;
         self.ro_check(op, offset, len)?;
@@ -1574,6 +1655,9 @@ impl BlockDevice for NvmfDevice {
     }
     fn reset(&self) -> IoFuture<'_, ()> {
         Box::pin(self.do_reset())
+    }
+    fn fence(&self, key: u64) -> IoFuture<'_, ()> {
+        Box::pin(self.do_fence(key))
     }
 }
 

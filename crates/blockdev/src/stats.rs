@@ -248,6 +248,9 @@ impl BlockDevice for Measured {
     fn reset(&self) -> IoFuture<'_, ()> {
         self.inner.reset()
     }
+    fn fence(&self, key: u64) -> IoFuture<'_, ()> {
+        self.inner.fence(key)
+    }
 }
 
 #[cfg(test)]

@@ -420,6 +420,10 @@ pub enum NexusCommand {
         /// after a restart copies only what it missed.
         #[arg(long, value_name = "DEVICE")]
         log: Option<String>,
+        /// This incarnation's epoch: nvmf:// children are fenced (NVMe
+        /// reservations) so older incarnations can no longer write them.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        epoch: u64,
     },
     /// Destroy a nexus that is not exported (its children stay).
     Destroy {

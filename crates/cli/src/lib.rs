@@ -672,6 +672,7 @@ async fn nexus_command(
             children,
             out_of_sync,
             log,
+            epoch,
         } => {
             let req = CreateNexusRequest {
                 name: name.clone(),
@@ -679,6 +680,7 @@ async fn nexus_command(
                 children: children.clone(),
                 out_of_sync: out_of_sync.clone(),
                 log_device: log.clone().unwrap_or_default(),
+                epoch: *epoch,
             };
             one(client.create_nexus(req).await?.into_inner())
         }

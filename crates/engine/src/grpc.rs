@@ -583,7 +583,14 @@ impl EngineService for Service {
         let log = (!r.log_device.is_empty()).then_some(r.log_device.as_str());
         let n = self
             .state
-            .create_nexus(&r.name, r.size_bytes, &r.children, &r.out_of_sync, log)
+            .create_nexus(
+                &r.name,
+                r.size_bytes,
+                &r.children,
+                &r.out_of_sync,
+                log,
+                (r.epoch != 0).then_some(r.epoch),
+            )
             .await
             .map_err(status)?;
         Ok(Response::new(nexus_pb(n)))

@@ -65,6 +65,12 @@ struct Args {
     /// allow-list, none admits any host).
     #[arg(long = "nvmf-export", value_name = "NAME[=DEVICE][,ro][,host=NQN]")]
     nvmf_exports: Vec<String>,
+    /// The NVMe host identifier (a UUID) this engine uses when it connects to NVMe/TCP
+    /// targets (`nvmf://` devices); its host NQN is the UUID form. It is who holds the
+    /// reservations a nexus fences its children with, so each engine needs its own
+    /// [default: derived from /etc/machine-id].
+    #[arg(long, value_name = "UUID")]
+    host_id: Option<String>,
     /// A TOML file with the same settings (`cores`, `poll_mode`, `pin`, `nbd_listen`,
     /// `grpc_listen`, `nvmf_listen`, `pool_import`, `[[device]]` name/uri, `[[export]]`
     /// name/device/read_only, `[[nvmf_export]]` name/device/read_only/allow_hosts); flags
@@ -148,6 +154,12 @@ fn main() -> anyhow::Result<()> {
         use std::io::Write;
         let _ = std::io::stdout().flush();
         std::process::exit(code);
+    }
+    if let Some(id) = &args.host_id {
+        let id: blockdev::nvmf::HostId = id
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--host-id {id:?}: {e}"))?;
+        blockdev::nvmf::set_host_identity(&id.to_nqn(), id).map_err(anyhow::Error::msg)?;
     }
     let cfg = build_config(args)?;
     let set = block_signals();

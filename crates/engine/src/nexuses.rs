@@ -56,7 +56,7 @@ pub struct NexusStatus {
     pub name: String,
     /// Size in bytes.
     pub size: u64,
-    /// `online`, `degraded` or `faulted`.
+    /// `online`, `degraded`, `faulted` or `fenced`.
     pub state: &'static str,
     /// Children in order.
     pub children: Vec<ChildStatus>,
@@ -84,6 +84,7 @@ fn status_of(name: &str, e: &NexusEntry) -> NexusStatus {
         name: name.to_string(),
         size: e.size,
         state: match n.state() {
+            _ if n.is_fenced() => "fenced",
             NexusState::Online => "online",
             NexusState::Degraded => "degraded",
             NexusState::Faulted => "faulted",
@@ -178,6 +179,7 @@ impl EngineState {
         children: &[String],
         out_of_sync: &[String],
         log_device: Option<&str>,
+        epoch: Option<u64>,
     ) -> Result<NexusStatus, MgmtError> {
         if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control() || c == '/') {
             return Err(MgmtError::Invalid(format!(
@@ -219,7 +221,11 @@ impl EngineState {
         let (n2, s2) = (name.to_string(), size);
         let nexus = self.reactors[0]
             .call(move || async move {
-                Nexus::create(&n2, s2, specs, log, NexusOptions::default()).await
+                let opts = NexusOptions {
+                    epoch,
+                    ..NexusOptions::default()
+                };
+                Nexus::create(&n2, s2, specs, log, opts).await
             })
             .await
             .map_err(|e| nexus_error(&format!("creating nexus {name:?}"), e))?;

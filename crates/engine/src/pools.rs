@@ -292,6 +292,9 @@ impl BlockDevice for Named {
     fn reset(&self) -> IoFuture<'_, ()> {
         self.inner.reset()
     }
+    fn fence(&self, key: u64) -> IoFuture<'_, ()> {
+        self.inner.fence(key)
+    }
 }
 
 /// Releases a device marked busy when dropped (also when the operation's future is dropped).

@@ -281,3 +281,71 @@ fn a_remote_replica_engine_killed_under_load_is_retired_and_partially_rebuilt() 
         "the remote replica differs after its partial rebuild"
     );
 }
+
+/// `qemu-io` on `uri`; returns whether it succeeded and its output.
+fn qemu_io_try(uri: &str, cmds: &[&str]) -> (bool, String) {
+    let mut c = tool("qemu-io");
+    c.args(["-f", "raw", uri]);
+    for cmd in cmds {
+        c.args(["-c", cmd]);
+    }
+    let out = run(&mut c, Duration::from_secs(60));
+    let text = out.text();
+    let ok = out.status.success() && !text.contains("failed") && !text.contains("error");
+    (ok, text)
+}
+
+#[test]
+fn a_newer_nexus_incarnation_fences_the_older_one_out() {
+    let dir = TempDir::new("nexus-fence");
+    // Engine B holds the replica and exports it over NVMe/TCP.
+    let replica = file_device(&dir, "r", "64MiB");
+    let b = Engine::start(&["--device", &replica, "--nvmf-export", "r"]);
+    let target = b.nvmf_uris[0].clone();
+    // Two engines, each with its own NVMe host identity, each running an incarnation of the
+    // same volume over that replica.
+    let incarnation = |host_id: &str, epoch: &str| {
+        let dev = format!("r={target}?timeout=5000");
+        let e = Engine::start(&[
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--host-id",
+            host_id,
+            "--device",
+            &dev,
+        ]);
+        let api = e.grpc.clone().expect("management API address");
+        ok(
+            &api,
+            &["nexus", "create", "n", "32MiB", "r", "--epoch", epoch],
+        );
+        ok(&api, &["export", "create", "n", "n"]);
+        (e, api)
+    };
+    let (old, old_api) = incarnation("7c9e6679-7425-40de-944b-e07fc1f90ae7", "1");
+    let (ok1, text) = qemu_io_try(&old.uri_for("n"), &["write -P 0x11 0 1M", "flush"]);
+    assert!(ok1, "the first incarnation cannot write: {text}");
+
+    let (new, new_api) = incarnation("9b2f6a0e-3c1d-4e8a-8f6b-2d7e5a4c3b1a", "2");
+    // The new incarnation writes; the old one is refused and says it was fenced.
+    let (ok2, text) = qemu_io_try(&new.uri_for("n"), &["write -P 0x22 1M 1M", "flush"]);
+    assert!(ok2, "the new incarnation cannot write: {text}");
+    let (ok3, text) = qemu_io_try(&old.uri_for("n"), &["write -P 0x33 0 64k"]);
+    assert!(!ok3, "the fenced incarnation could still write: {text}");
+    let list = ok(&old_api, &["nexus", "list"]);
+    assert!(list.contains("fenced"), "{list}");
+    // Its child was not retired for it: the replica is fine, only this incarnation is out.
+    assert!(!list.contains("faulted"), "{list}");
+    let list = ok(&new_api, &["nexus", "list"]);
+    assert!(
+        list.contains("online") && !list.contains("fenced"),
+        "{list}"
+    );
+    // What the new one reads is what was written before and by it, not the refused write.
+    let (ok4, text) = qemu_io_try(
+        &new.uri_for("n"),
+        &["read -P 0x11 0 1M", "read -P 0x22 1M 1M"],
+    );
+    assert!(ok4, "{text}");
+    drop((old, new, b));
+}

@@ -47,6 +47,10 @@ pub struct NexusOptions {
     pub rebuild_segment: u64,
     /// Rebuild rate limit in bytes per second (`None`: as fast as the children go).
     pub rebuild_rate: Option<u64>,
+    /// This incarnation's epoch: children that can fence (NVMe/TCP, with reservations) are
+    /// claimed under it when they join, so an older incarnation's writes to them fail from
+    /// then on. `None`: no fencing.
+    pub epoch: Option<u64>,
 }
 
 impl Default for NexusOptions {
@@ -57,6 +61,7 @@ impl Default for NexusOptions {
             region_size: 1 << 20,
             rebuild_segment: 1 << 20,
             rebuild_rate: None,
+            epoch: None,
         }
     }
 }
@@ -216,6 +221,8 @@ pub struct Nexus {
     /// The children that were online when the last online one was lost: they hold every
     /// acknowledged write, so one that answers again may come back online without a rebuild.
     last_online: Mutex<Vec<String>>,
+    /// A newer incarnation fenced this one out: every write fails.
+    fenced: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Nexus {
@@ -345,7 +352,24 @@ impl Nexus {
             locks: RangeLocks::default(),
             epoch: AtomicU64::new(0),
             last_online: Mutex::new(Vec::new()),
+            fenced: std::sync::atomic::AtomicBool::new(false),
         };
+        // Claim the children for this incarnation before anything is written.
+        for c in nexus.snapshot() {
+            if let Err(e) = nexus.fence_child(&c).await {
+                nexus.set_state(
+                    &c,
+                    ChildState::Faulted {
+                        reason: format!("fencing failed: {e}"),
+                    },
+                );
+            }
+        }
+        if !nexus.snapshot().iter().any(|c| c.online()) {
+            return Err(NexusError::Invalid(
+                "no child in sync could be fenced for this incarnation".into(),
+            ));
+        }
         // An out-of-sync child the loaded log covers copies only the dirty regions; one it
         // does not cover (never in this nexus, or the log was lost) needs a full copy, so it
         // must not be added now: the log would only know the writes from now on.
@@ -373,6 +397,23 @@ impl Nexus {
     /// The nexus's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Claims `c` under this incarnation's epoch (nothing to do without one, or for a
+    /// device that cannot fence).
+    async fn fence_child(&self, c: &Child) -> Result<(), BlockError> {
+        let Some(epoch) = self.opts.epoch else {
+            return Ok(());
+        };
+        match self.on_child(c, IoKind::Fence, c.dev.fence(epoch)).await {
+            Err(e) if e.kind() == ErrorKind::Unsupported => Ok(()),
+            r => r,
+        }
+    }
+
+    /// Whether a newer incarnation has fenced this one out.
+    pub fn is_fenced(&self) -> bool {
+        self.fenced.load(Ordering::SeqCst)
     }
 
     /// The dirty-region log.
@@ -467,15 +508,14 @@ impl Nexus {
                 self.block_size
             )));
         }
-        self.children
-            .lock()
-            .expect("children")
-            .push(Arc::new(Child {
-                name: name.to_string(),
-                dev,
-                state: Mutex::new(ChildState::OutOfSync),
-                inflight: AtomicUsize::new(0),
-            }));
+        let child = Arc::new(Child {
+            name: name.to_string(),
+            dev,
+            state: Mutex::new(ChildState::OutOfSync),
+            inflight: AtomicUsize::new(0),
+        });
+        self.fence_child(&child).await?;
+        self.children.lock().expect("children").push(child);
         self.epoch.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
@@ -584,6 +624,15 @@ impl Nexus {
         buf: Option<IoBuf>,
     ) -> Result<Option<IoBuf>, BlockError> {
         let kind = op.kind();
+        if self.is_fenced() {
+            return Err(BlockError::with_message(
+                ErrorKind::Conflict,
+                kind,
+                offset,
+                len,
+                "this nexus was fenced out by a newer incarnation",
+            ));
+        }
         let _range = if matches!(op, WriteOp::Flush) {
             None
         } else {
@@ -638,6 +687,18 @@ impl Nexus {
                         ) =>
                     {
                         return Err(BlockError::new(e.kind(), kind, offset, len));
+                    }
+                    // A newer incarnation holds the children: this one is fenced out. The
+                    // children are fine; they are not retired, the application's write fails.
+                    Err(e) if e.kind() == ErrorKind::Conflict => {
+                        self.fenced.store(true, Ordering::SeqCst);
+                        return Err(BlockError::with_message(
+                            ErrorKind::Conflict,
+                            kind,
+                            offset,
+                            len,
+                            "this nexus was fenced out by a newer incarnation",
+                        ));
                     }
                     Err(e) => failed.push((c.clone(), e)),
                 }
