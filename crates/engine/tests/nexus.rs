@@ -349,3 +349,148 @@ fn a_newer_nexus_incarnation_fences_the_older_one_out() {
     assert!(ok4, "{text}");
     drop((old, new, b));
 }
+
+/// An nbdkit server (a real third-party NBD server) serving `file` through `filters`, killed
+/// when dropped.
+struct Nbdkit(std::process::Child);
+
+impl Nbdkit {
+    fn start(port: u16, file: &std::path::Path, filter: &str, params: &[String]) -> Nbdkit {
+        let mut c = tool("nbdkit");
+        c.args(["--exit-with-parent", "-f", "-i", "127.0.0.1", "-p"])
+            .arg(port.to_string())
+            .arg(format!("--filter={filter}"))
+            .arg("file")
+            .arg(file)
+            .args(params)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let child = c.spawn().expect("start nbdkit");
+        let until = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < until, "nbdkit did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Nbdkit(child)
+    }
+}
+
+impl Drop for Nbdkit {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Sends one command character to nbdkit's pause filter and waits for its echo.
+fn pause_control(sock: &std::path::Path, cmd: u8) {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(sock).expect("pause socket");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(&[cmd]).expect("send");
+    let mut echo = [0u8; 1];
+    let _ = s.read(&mut echo);
+}
+
+#[test]
+fn injected_device_errors_and_timeouts_retire_children_without_application_errors() {
+    let dir = TempDir::new("nexus-inject");
+    for name in ["ke", "kp"] {
+        std::fs::File::create(dir.join(&format!("{name}.img")))
+            .and_then(|f| f.set_len(64 * MIB))
+            .expect("create image");
+    }
+    // Two replicas behind nbdkit: one fails every request while `inject` exists (error
+    // filter), one stops answering while paused (pause filter).
+    let inject = dir.join("inject");
+    let sock = dir.join("pause.sock");
+    let (pe, pp) = (free_port(), free_port());
+    let _ke = Nbdkit::start(
+        pe,
+        &dir.join("ke.img"),
+        "error",
+        &[
+            "error-rate=100%".into(),
+            format!("error-file={}", inject.display()),
+        ],
+    );
+    let _kp = Nbdkit::start(
+        pp,
+        &dir.join("kp.img"),
+        "pause",
+        &[format!("pause-control={}", sock.display())],
+    );
+    let local = file_device(&dir, "c0", "64MiB");
+    let (ke, kp) = (
+        format!("ke=nbd://127.0.0.1:{pe}/?timeout=2000"),
+        format!("kp=nbd://127.0.0.1:{pp}/?timeout=2000"),
+    );
+    let mut e = Engine::start(&[
+        "--grpc-listen",
+        "127.0.0.1:0",
+        "--device",
+        &local,
+        "--device",
+        &ke,
+        "--device",
+        &kp,
+    ]);
+    let api = e.grpc.clone().expect("management API address");
+    ok(&api, &["nexus", "create", "n0", "48MiB", "c0", "ke", "kp"]);
+    ok(&api, &["export", "create", "n0", "n0"]);
+    let uri = e.uri_for("n0");
+    let fio_dir = dir.path().to_path_buf();
+    let fio = std::thread::spawn(move || {
+        let mut c = tool("fio");
+        c.current_dir(&fio_dir).args([
+            "--name=inject",
+            "--ioengine=nbd",
+            &format!("--uri={uri}"),
+            "--rw=randwrite",
+            "--bs=4k",
+            "--size=40M",
+            "--iodepth=16",
+            "--rate_iops=2000",
+            "--verify=crc32c",
+            "--verify_fatal=1",
+            "--verify_state_save=0",
+        ]);
+        run(&mut c, Duration::from_secs(240))
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+    // Device errors on ke.
+    std::fs::write(&inject, b"").expect("inject");
+    wait_state(&api, "n0", "ke", "faulted", Duration::from_secs(20));
+    // kp stops answering: retired after the 2 s command timeout.
+    pause_control(&sock, b'p');
+    wait_state(&api, "n0", "kp", "faulted", Duration::from_secs(20));
+    let list = ok(&api, &["nexus", "list"]);
+    assert!(list.contains("degraded"), "{list}");
+    // Both recover and are rebuilt from what the log recorded.
+    std::fs::remove_file(&inject).expect("stop injecting");
+    pause_control(&sock, b'r');
+    ok(&api, &["nexus", "rebuild", "n0", "ke"]);
+    ok(&api, &["nexus", "rebuild", "n0", "kp"]);
+    wait_state(&api, "n0", "ke", "online", Duration::from_secs(60));
+    wait_state(&api, "n0", "kp", "online", Duration::from_secs(60));
+
+    let out = fio.join().expect("fio thread");
+    out.assert_success();
+    let text = out.text();
+    assert!(text.contains("err= 0"), "fio failed: {}", out.describe());
+    for bad in ["verify failed", "bad magic", "bad header", "error="] {
+        assert!(!text.contains(bad), "fio: {bad:?}: {}", out.describe());
+    }
+    ok(&api, &["export", "destroy", "n0"]);
+    let (status, stderr) = e.terminate(Duration::from_secs(20));
+    assert!(status.success(), "{stderr}");
+    let want = sha256_prefix(&dir.join("c0.img"), 48 * MIB);
+    for r in ["ke", "kp"] {
+        assert_eq!(
+            sha256_prefix(&dir.join(&format!("{r}.img")), 48 * MIB),
+            want,
+            "{r} differs after its rebuild"
+        );
+    }
+}
