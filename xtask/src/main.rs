@@ -132,7 +132,7 @@ fn python_has_nbd() -> bool {
 /// Installs the Debian packages the tests use, when their tools are missing.
 fn ensure_tools() -> Result<(), String> {
     let mut missing: Vec<&str> = Vec::new();
-    let checks: [(&str, &str, &str); 8] = [
+    let checks: [(&str, &str, &str); 10] = [
         ("fio", "--version", "fio"),
         ("nbdinfo", "--version", "libnbd-bin"),
         ("nbdcopy", "--version", "libnbd-bin"),
@@ -141,6 +141,9 @@ fn ensure_tools() -> Result<(), String> {
         ("qemu-img", "--version", "qemu-utils"),
         ("qemu-io", "--version", "qemu-utils"),
         ("qemu-storage-daemon", "--version", "qemu-utils"),
+        // Multi-node tests: namespaces and veth (ip), link cuts (iptables).
+        ("ip", "-V", "iproute2"),
+        ("iptables", "-V", "iptables"),
     ];
     for (tool, arg, pkg) in checks {
         if !have(tool, arg) && !missing.contains(&pkg) {
