@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod nbd;
+pub mod netns;
 pub mod nvme;
 
 use std::io::{BufRead, BufReader, Read};
