@@ -2,7 +2,9 @@
 //! `common::netns`), its remote replicas reached over NVMe/TCP, and a client (fio) on a
 //! fourth node writing through it over NBD with crc32c verification while the network to a
 //! replica is cut or a replica's engine is killed. Zero fio errors; the replica comes back by
-//! a partial rebuild; afterwards the three backing files are byte-identical. The nexus runs
+//! a partial rebuild; afterwards the three backing files are byte-identical. A third test
+//! adds latency to one replica (a relay: this kernel has no netem) and measures the effect.
+//! The nexus runs
 //! as epoch 1 with its own NVMe host identity, so its remote children are fenced with NVMe
 //! reservations held by that host throughout.
 //!
@@ -350,7 +352,7 @@ fn assert_all_healthy(c: &Cluster) {
 }
 
 /// The harness itself: nodes reach each other over the bridge, a cut node is silent (not
-/// refusing) until restored, a downed link likewise.
+/// refusing) until restored, a downed link likewise; a rate limit paces a transfer.
 #[test]
 fn namespaces_connect_cut_and_restore() {
     use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -382,6 +384,42 @@ fn namespaces_connect_cut_and_restore() {
     while let Err(e) = connect("link up") {
         assert!(Instant::now() < until, "{e}");
         std::thread::sleep(Duration::from_millis(100));
+    }
+    // 256 KiB at 8 Mbit/s (32 KiB burst) takes over 200 ms; the limit goes with the qdisc.
+    // (A fresh listener: the probes above wait unaccepted in the first one's backlog.)
+    drop(listener);
+    let listener = net.in_node(0, || TcpListener::bind("0.0.0.0:7001").expect("bind"));
+    let to: SocketAddr = (net.addr(0), 7001).into();
+    let transfer = || {
+        use std::io::{Read, Write};
+        let start = Instant::now();
+        let mut tx = net
+            .in_node(1, || {
+                TcpStream::connect_timeout(&to, Duration::from_secs(2))
+            })
+            .expect("connect");
+        let (mut rx, _) = listener.accept().expect("accept");
+        tx.write_all(&vec![7u8; 256 << 10]).expect("send");
+        drop(tx);
+        rx.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut got = Vec::new();
+        rx.read_to_end(&mut got).expect("receive");
+        assert_eq!(got.len(), 256 << 10);
+        start.elapsed()
+    };
+    net.rate_limit(1, "8mbit");
+    let slow = transfer();
+    net.clear_shaping(1);
+    let fast = transfer();
+    assert!(
+        slow >= Duration::from_millis(200) && fast < slow,
+        "rate limit: {slow:?} limited, {fast:?} not"
+    );
+    // netem where the kernel has it (not here: CONFIG_NET_SCH_NETEM is off).
+    match net.delay(1, 5) {
+        Ok(()) => net.clear_shaping(1),
+        Err(e) => eprintln!("no netem: {e}"),
     }
     drop(listener);
     let names: Vec<String> = (0..2).map(|i| net.ns(i).to_string()).collect();
