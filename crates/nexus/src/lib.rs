@@ -586,6 +586,7 @@ impl Nexus {
                         .await
                         .is_ok()
                         && matches!(c.state(), ChildState::Faulted { .. })
+                        && self.fence_child(&c).await.is_ok()
                     {
                         self.set_state(&c, ChildState::Online);
                         self.drl.remove_absent(&name);

@@ -59,6 +59,9 @@ impl Nexus {
                 )));
             }
         }
+        // A returning child may have lost its reservation (its target restarted): claim it
+        // for this incarnation again before writing to it.
+        self.fence_child(&c).await.map_err(NexusError::Device)?;
         let partial = self.drl.absent().iter().any(|a| a == name);
         let region = self.drl.region_size();
         let total = if partial {
