@@ -9,7 +9,15 @@
 //! A command occupies a slot from submission until the controller completes it, even when
 //! the caller stops waiting (its future dropped): the command identifier is reused only once
 //! the controller has answered, so a late completion can never complete somebody else's
-//! command. The identifier carries the slot index and a per-slot generation.
+//! command. The identifier carries the slot index and a per-slot generation. A caller that
+//! stops waiting before its capsule went out frees the slot at once (the controller never saw
+//! the command); one that stops in the middle of sending it leaves the stream without framing,
+//! so the queue is killed.
+//!
+//! Command timeouts are kept by a watchdog task per queue rather than a timer per command:
+//! every command has a deadline; the watchdog parks while no command is outstanding and
+//! otherwise checks every tenth of the timeout (10 ms to 1 s). Commands past their deadline
+//! fail with `Timeout` and the queue is killed.
 //!
 //! Anything the controller sends that breaks the protocol (a malformed PDU, a header digest
 //! error, a completion or data for an unknown command, data outside a command's transfer)
@@ -24,7 +32,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Weak;
 use std::task::{Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use proto_nvme::{
     C2HData, CONNECT_DATA_LEN, CommonHeader, Connect, ConnectData, ConnectResponse, Cqe, Decoded,
@@ -132,6 +140,10 @@ enum Dir {
 
 struct Cmd {
     cid: u16,
+    /// The command as sent, for messages.
+    sqe: Sqe,
+    /// When the watchdog fails it.
+    deadline: Instant,
     dir: Dir,
     /// A write whose data went in the capsule (an R2T for it is a protocol error).
     in_capsule: bool,
@@ -226,6 +238,8 @@ pub(crate) struct Queue {
     free: RefCell<Vec<u16>>,
     depth: LocalSemaphore,
     dead: RefCell<Option<Failure>>,
+    /// The watchdog, parked while no command is outstanding.
+    watchdog: RefCell<Option<Waker>>,
 }
 
 impl std::fmt::Debug for Queue {
@@ -239,10 +253,22 @@ impl std::fmt::Debug for Queue {
     }
 }
 
+/// Where a command's caller is, for when its future is dropped there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    /// Waiting for the socket: the controller never sees the command, its slot is freed.
+    Queued,
+    /// Its capsule is partly sent: the stream has lost its framing, the queue must go.
+    Sending,
+    /// On the wire: the slot stays until the controller answers.
+    Sent,
+}
+
 /// Frees the slot of a command whose caller stopped waiting before it completed.
 struct SlotGuard<'a> {
     q: &'a Queue,
     cid: u16,
+    stage: &'a Cell<Stage>,
     armed: bool,
 }
 
@@ -252,20 +278,29 @@ impl Drop for SlotGuard<'_> {
             return;
         }
         let idx = slot_of(self.cid);
-        let mut slots = self.q.slots.borrow_mut();
-        let Some(Some(cmd)) = slots.get_mut(idx) else {
-            return;
-        };
-        if cmd.cid != self.cid {
-            return;
-        }
-        if cmd.done.is_some() {
-            slots[idx] = None;
-            drop(slots);
-            self.q.free.borrow_mut().push(idx as u16);
-        } else {
+        let sending = {
+            let mut slots = self.q.slots.borrow_mut();
+            let Some(Some(cmd)) = slots.get_mut(idx) else {
+                return;
+            };
+            if cmd.cid != self.cid {
+                return;
+            }
+            if cmd.done.is_some() || self.stage.get() == Stage::Queued {
+                slots[idx] = None;
+                drop(slots);
+                self.q.free.borrow_mut().push(idx as u16);
+                return;
+            }
             cmd.abandoned = true;
             cmd.waker = None;
+            self.stage.get() == Stage::Sending
+        };
+        if sending {
+            self.q.kill(Failure::gone(format!(
+                "queue {} to {}: a command was abandoned while its capsule was being sent",
+                self.q.qid, self.q.peer
+            )));
         }
     }
 }
@@ -320,7 +355,9 @@ impl Queue {
             free: RefCell::new((0..depth as u16).rev().collect()),
             depth: LocalSemaphore::new(depth),
             dead: RefCell::new(None),
+            watchdog: RefCell::new(None),
         });
+        spawn_local(watchdog(Rc::downgrade(&q)));
         let rq = q.clone();
         spawn_local(async move {
             let why = match rq.recv_loop().await {
@@ -409,32 +446,12 @@ impl Queue {
     }
 
     /// Sends `sqe` (its CID and data pointer are filled in here) with `xfer` and waits for
-    /// the completion, at most the queue's command timeout. A timeout fails this command
-    /// with [`ErrorKind::Timeout`] and kills the queue (every other command fails with
-    /// [`ErrorKind::Gone`]). The completion may carry an error status: callers check it.
+    /// the completion. A command without a completion within the queue's command timeout
+    /// fails with [`ErrorKind::Timeout`] and the queue is killed (every other command fails
+    /// with [`ErrorKind::Gone`]); see [`watchdog`]. The completion may carry an error status:
+    /// callers check it.
     pub async fn submit(self: &Rc<Self>, sqe: Sqe, xfer: Xfer) -> Result<Completion, Failure> {
-        let what = describe(&sqe, self.qid == 0);
-        match timeout(self.timeout, self.submit_inner(sqe, xfer)).await {
-            Some(r) => r,
-            None => {
-                if let Some(s) = self.shared.upgrade() {
-                    s.stats
-                        .timeouts
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-                self.kill(Failure::gone(format!(
-                    "queue {} to {} reset: a {what} command timed out",
-                    self.qid, self.peer
-                )));
-                Err(Failure::new(
-                    ErrorKind::Timeout,
-                    format!(
-                        "{what} on queue {} to {}: no completion within {:?}",
-                        self.qid, self.peer, self.timeout
-                    ),
-                ))
-            }
-        }
+        self.submit_inner(sqe, xfer).await
     }
 
     async fn submit_inner(
@@ -476,6 +493,8 @@ impl Queue {
         };
         self.slots.borrow_mut()[idx] = Some(Cmd {
             cid,
+            sqe,
+            deadline: Instant::now() + self.timeout,
             dir,
             in_capsule,
             buf: slot_buf,
@@ -490,15 +509,21 @@ impl Queue {
             abandoned: false,
             _permit: permit,
         });
+        if let Some(w) = self.watchdog.borrow_mut().take() {
+            w.wake();
+        }
+        let stage = Cell::new(Stage::Queued);
         let mut guard = SlotGuard {
             q: self,
             cid,
+            stage: &stage,
             armed: true,
         };
         let hdr = self
             .enc
             .capsule_cmd_header(&sqe, capsule_data.as_ref().map_or(0, |w| w.len));
-        let (r, back) = self.send_pdu(&hdr, capsule_data).await;
+        let (r, back) = self.send_pdu(&hdr, capsule_data, Some(&stage)).await;
+        stage.set(Stage::Sent);
         if let Some(buf) = back {
             self.with_cmd(cid, |c| c.buf = Some(buf));
         }
@@ -561,15 +586,20 @@ impl Queue {
     }
 
     /// Sends one PDU: `hdr` and optionally data from a window (with its digest when data
-    /// digests are on). Returns the window's buffer.
+    /// digests are on). Returns the window's buffer. `stage` becomes `Sending` once the
+    /// socket is ours.
     async fn send_pdu(
         &self,
         hdr: &[u8],
         data: Option<Window>,
+        stage: Option<&Cell<Stage>>,
     ) -> (Result<(), Failure>, Option<IoBuf>) {
         let mut g = self.send.lock().await;
         if let Err(f) = self.check_alive() {
             return (Err(f), data.map(|w| w.buf));
+        }
+        if let Some(st) = stage {
+            st.set(Stage::Sending);
         }
         let mut v = std::mem::take(&mut *g);
         v.clear();
@@ -624,6 +654,7 @@ impl Queue {
             }
         }
         self.free.borrow_mut().extend(freed);
+        wakers.extend(self.watchdog.borrow_mut().take());
         for w in wakers {
             w.wake();
         }
@@ -792,7 +823,7 @@ impl Queue {
                 };
                 let hdr = self.enc.h2c_data_header(&h);
                 let w = Window::new(buf, base + off as usize, n as usize);
-                let (res, back) = self.send_pdu(&hdr, Some(w)).await;
+                let (res, back) = self.send_pdu(&hdr, Some(w), None).await;
                 buf = back.expect("send_pdu gives the window back");
                 if let Err(f) = res {
                     self.kill(f);
@@ -934,6 +965,80 @@ impl Queue {
             let _ = timeout(TERM_REQ_WAIT, send).await;
         }
         f
+    }
+}
+
+impl Queue {
+    /// Whether a command occupies a slot.
+    fn busy(&self) -> bool {
+        self.free.borrow().len() < self.slots.borrow().len()
+    }
+
+    /// Fails the commands past their deadline with `Timeout`, then kills the queue (the
+    /// others fail with `Gone`). Returns whether any was late.
+    fn expire(&self, now: Instant) -> bool {
+        let late: Vec<(u16, String)> = self
+            .slots
+            .borrow()
+            .iter()
+            .flatten()
+            .filter(|c| c.done.is_none() && c.deadline <= now)
+            .map(|c| (c.cid, describe(&c.sqe, self.qid == 0)))
+            .collect();
+        let Some((_, first)) = late.first() else {
+            return false;
+        };
+        let why = format!(
+            "queue {} to {} reset: a {first} command timed out",
+            self.qid, self.peer
+        );
+        if let Some(s) = self.shared.upgrade() {
+            s.stats
+                .timeouts
+                .fetch_add(late.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        for (cid, what) in late {
+            self.complete(
+                cid,
+                Err(Failure::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "{what} on queue {} to {}: no completion within {:?}",
+                        self.qid, self.peer, self.timeout
+                    ),
+                )),
+            );
+        }
+        self.kill(Failure::gone(why));
+        true
+    }
+}
+
+/// Fails the queue's commands that outlive the command timeout. Parks while no command is
+/// outstanding (an idle queue costs no wake-ups) and checks every tenth of the timeout
+/// (10 ms to 1 s) otherwise; ends with the queue.
+async fn watchdog(q: std::rc::Weak<Queue>) {
+    loop {
+        let busy = poll_fn(|cx| {
+            let Some(q) = q.upgrade() else {
+                return Poll::Ready(None);
+            };
+            if q.dead.borrow().is_some() {
+                return Poll::Ready(None);
+            }
+            if q.busy() {
+                return Poll::Ready(Some(q.timeout));
+            }
+            *q.watchdog.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await;
+        let Some(t) = busy else { return };
+        reactor::sleep((t / 10).clamp(Duration::from_millis(10), Duration::from_secs(1))).await;
+        let Some(q) = q.upgrade() else { return };
+        if q.expire(Instant::now()) {
+            return;
+        }
     }
 }
 

@@ -601,3 +601,89 @@ fn an_early_r2t_is_answered_after_the_current_one() {
     assert_eq!(dev.stats().resets, 0);
     rt.shutdown();
 }
+
+/// Polls each future once (they must all be pending), in order.
+async fn poll_once(futs: &mut [Fut<'_, crate::Result<()>>]) {
+    std::future::poll_fn(|cx| {
+        for f in futs.iter_mut() {
+            assert!(f.as_mut().poll(cx).is_pending(), "expected to wait");
+        }
+        std::task::Poll::Ready(())
+    })
+    .await
+}
+
+#[test]
+fn a_command_dropped_before_it_is_sent_frees_its_slot() {
+    let rt = runtime(1);
+    let t = FakeTarget::start(FakeConfig::default());
+    // Two commands at a time (queue size 3).
+    let dev = open(&t, "qsize=3&timeout=2000");
+    let d = dev.clone();
+    on(&rt, 0, move || async move {
+        d.read(0, IoBuf::zeroed(4096)).await.expect("connect");
+        // The write takes the socket (its send is under way); the read takes the second slot
+        // and waits for the socket. The read's caller then gives up.
+        let mut futs: Vec<Fut<'_, _>> = vec![
+            Box::pin(unit(d.write(0, pattern(3, 4096), WriteFlags::default()))),
+            Box::pin(unit(d.read(4096, IoBuf::zeroed(4096)))),
+        ];
+        poll_once(&mut futs).await;
+        let read = futs.pop().expect("read");
+        drop(read);
+        let write = futs.pop().expect("write");
+        write.await.expect("write");
+    });
+    assert_eq!(t.counts().io_commands, 2, "the dropped read was never sent");
+    // Both slots are free: two commands the controller does not answer are both sent (a
+    // slot kept for the dropped read would hold the second back).
+    t.set_fault(Fault::Stall);
+    let d = dev.clone();
+    let pending = rt.handles()[0].call(move || async move {
+        join_all(vec![
+            Box::pin(unit(d.read(0, IoBuf::zeroed(4096)))) as Fut<'_, _>,
+            Box::pin(unit(d.read(4096, IoBuf::zeroed(4096)))),
+        ])
+        .await
+        .into_iter()
+        .map(|r| r.map_err(|e| e.kind()))
+        .collect::<Vec<_>>()
+    });
+    wait_until("both commands on the wire", Duration::from_secs(1), || {
+        t.counts().io_commands == 4
+    });
+    let r = block_on(pending);
+    assert_eq!(r, [Err(ErrorKind::Timeout), Err(ErrorKind::Timeout)]);
+    rt.shutdown();
+}
+
+#[test]
+fn a_command_dropped_while_it_is_sent_resets_the_queue() {
+    let rt = runtime(1);
+    let t = FakeTarget::start(FakeConfig::default());
+    let dev = open(&t, "timeout=2000");
+    let d = dev.clone();
+    on(&rt, 0, move || async move {
+        d.read(0, IoBuf::zeroed(4096)).await.expect("connect");
+        let mut futs: Vec<Fut<'_, _>> = vec![Box::pin(unit(d.write(
+            0,
+            pattern(4, 8192),
+            WriteFlags::default(),
+        )))];
+        poll_once(&mut futs).await;
+        // Part of the capsule may be on the wire: the stream cannot go on.
+        drop(futs);
+        d.read(0, IoBuf::zeroed(4096))
+            .await
+            .expect("read on a new association");
+    });
+    let s = dev.stats();
+    assert_eq!(s.resets, 1, "{s:?}");
+    assert_eq!(s.associations, 3, "probe, first, after the reset: {s:?}");
+    rt.shutdown();
+}
+
+/// `Result<T>` to `Result<()>`, to join futures of different outputs.
+async fn unit<T>(f: impl Future<Output = crate::Result<T>>) -> crate::Result<()> {
+    f.await.map(drop)
+}
