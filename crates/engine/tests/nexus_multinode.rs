@@ -493,15 +493,9 @@ fn a_replica_engine_killed_and_restarted_is_rebuilt_partially() {
     let out = fio.join().expect("fio thread");
     assert_fio_clean(&out);
     assert_all_healthy(&c);
-    // Known gap (reported to the nexus's owner): reservations live in the target's memory,
-    // so the restarted replica lost the nexus's, and a rebuild does not claim the child
-    // again (only create and add-child fence). r2 is back online unfenced: an older
-    // incarnation could write to it. When rebuilds fence, this becomes an assert_eq with
-    // fenced_by_nexus().
-    let after = reservation(&c.net, 2);
-    if after != fenced_by_nexus() {
-        eprintln!("r2 is unfenced after its engine restarted and it was rebuilt: {after:?}");
-    }
+    // The restarted target lost the reservation (it keeps them in memory); the rebuild
+    // claimed the child again before using it.
+    assert_eq!(reservation(&c.net, 2), fenced_by_nexus());
     c.stop_and_compare();
 }
 
