@@ -190,6 +190,10 @@ impl Net {
             panic!("{e}");
         }
         sweep_stale();
+        // Safety net: the nodes' subnet is unreachable from the machine's own namespace, so
+        // a process that failed to enter a node cannot send a packet off the machine.
+        // (Idempotent; the route stays, harmlessly, after the tests.)
+        must(&["ip", "route", "replace", "blackhole", "10.99.0.0/24"]);
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let base = format!(
             "{PREFIX}{}-{}",
