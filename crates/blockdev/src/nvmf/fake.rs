@@ -58,6 +58,9 @@ pub struct FakeConfig {
     pub vwc: bool,
     /// Report Write Zeroes and Dataset Management.
     pub oncs: bool,
+    /// End successful reads with a C2HData PDU carrying SUCCESS (no CapsuleResp) on queues
+    /// whose Connect disabled SQ flow control, as the Linux and Ballast targets do.
+    pub c2h_success: bool,
 }
 
 impl Default for FakeConfig {
@@ -78,6 +81,7 @@ impl Default for FakeConfig {
             mqes: 127,
             vwc: true,
             oncs: true,
+            c2h_success: true,
         }
     }
 }
@@ -314,6 +318,8 @@ struct Conn<'a> {
     dec: PduDecoder,
     enc: PduEncoder,
     qid: Option<u16>,
+    /// The queue's Connect disabled SQ flow control.
+    sqflow_off: bool,
     /// Commands that arrived while a write's data was awaited.
     backlog: std::collections::VecDeque<(Sqe, Vec<u8>)>,
 }
@@ -350,6 +356,7 @@ fn serve(inner: &Inner, mut s: TcpStream) -> Io<()> {
         dec,
         enc: PduEncoder::with(resp.hdgst, resp.ddgst, req.hpda),
         qid: None,
+        sqflow_off: false,
         backlog: std::collections::VecDeque::new(),
     };
     loop {
@@ -390,7 +397,8 @@ impl Conn<'_> {
         self.reply(Cqe::new(sqe.cid, st))
     }
 
-    fn send_data(&mut self, cid: u16, data: &[u8], corrupt: bool) -> Io<()> {
+    /// Sends read data; with `success` the last PDU completes the command.
+    fn send_data(&mut self, cid: u16, data: &[u8], corrupt: bool, success: bool) -> Io<()> {
         let chunk = self.inner.cfg.c2h_chunk.max(1) as usize;
         let mut off = 0;
         while off < data.len() {
@@ -400,7 +408,7 @@ impl Conn<'_> {
                 datao: off as u32,
                 datal: n as u32,
                 last: off + n == data.len(),
-                success: false,
+                success: success && off + n == data.len(),
             };
             let mut out = Vec::new();
             self.enc.c2h_data_pdu(&h, &data[off..off + n], &mut out);
@@ -524,6 +532,7 @@ impl Conn<'_> {
                 cd.cntlid
             };
             self.qid = Some(conn.qid);
+            self.sqflow_off = conn.sq_flow_control_disabled();
             return self.ok(&sqe, connect_success_dw0(cntlid, 0));
         }
         if self.qid.is_none() {
@@ -556,7 +565,14 @@ impl Conn<'_> {
             Command::Read(rw) => match range(rw.slba, u64::from(rw.nlb) + 1) {
                 Some((off, len)) => {
                     let d = self.inner.data.lock().expect("data")[off..off + len].to_vec();
-                    self.send_data(sqe.cid, &d, fault == Fault::BadDataDigest)?;
+                    let success = self.sqflow_off
+                        && self.inner.cfg.c2h_success
+                        && fault != Fault::UnknownCid
+                        && !d.is_empty();
+                    self.send_data(sqe.cid, &d, fault == Fault::BadDataDigest, success)?;
+                    if success {
+                        return Ok(());
+                    }
                     Status::SUCCESS
                 }
                 None => Status::LBA_OUT_OF_RANGE,
@@ -678,7 +694,7 @@ impl Conn<'_> {
                     cns::NAMESPACE => vec![0; 4096],
                     _ => return self.status(&sqe, Status::INVALID_FIELD),
                 };
-                self.send_data(sqe.cid, &data, false)?;
+                self.send_data(sqe.cid, &data, false, false)?;
                 self.ok(&sqe, 0)
             }
             Command::SetFeatures(f) if f.fid == feature_id::NUMBER_OF_QUEUES => {

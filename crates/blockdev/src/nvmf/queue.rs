@@ -14,6 +14,10 @@
 //! the command); one that stops in the middle of sending it leaves the stream without framing,
 //! so the queue is killed.
 //!
+//! I/O queues are connected with SQ flow control disabled, so a controller may end a
+//! successful read with its last C2HData PDU (SUCCESS flag) instead of a CapsuleResp: one
+//! PDU per read instead of two. The admin queue keeps flow control.
+//!
 //! Command timeouts are kept by a watchdog task per queue rather than a timer per command:
 //! every command has a deadline; the watchdog parks while no command is outstanding and
 //! otherwise checks every tenth of the timeout (10 ms to 1 s). Commands past their deadline
@@ -35,9 +39,9 @@ use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use proto_nvme::{
-    C2HData, CONNECT_DATA_LEN, CommonHeader, Connect, ConnectData, ConnectResponse, Cqe, Decoded,
-    Fes, Frame, H2CData, HeaderDecoded, IcReq, Pdu, PduDecoder, PduEncoder, PduHeader, R2T, Role,
-    Sgl, Sqe, Status, check_data_range, crc32c, digest_bytes,
+    C2HData, CATTR_DISABLE_SQ_FLOW_CONTROL, CONNECT_DATA_LEN, CommonHeader, Connect, ConnectData,
+    ConnectResponse, Cqe, Decoded, Fes, Frame, H2CData, HeaderDecoded, IcReq, Pdu, PduDecoder,
+    PduEncoder, PduHeader, R2T, Role, Sgl, Sqe, Status, check_data_range, crc32c, digest_bytes,
 };
 use reactor::sync::{LocalMutex, LocalSemaphore, Permit, timeout};
 use reactor::{IoBuf, StableBuf, TcpStream, spawn_local};
@@ -229,6 +233,8 @@ pub(crate) struct Queue {
     dec: PduDecoder,
     maxh2cdata: u32,
     in_capsule: Cell<u32>,
+    /// SQ flow control is disabled (I/O queues): C2HData may carry SUCCESS.
+    sqflow_off: bool,
     timeout: Duration,
     /// Serialises PDUs on the socket; holds a reusable header buffer.
     send: LocalMutex<Vec<u8>>,
@@ -347,6 +353,7 @@ impl Queue {
             dec,
             maxh2cdata: ic.maxh2cdata,
             in_capsule: Cell::new(CONNECT_DATA_LEN as u32),
+            sqflow_off: setup.qid > 0,
             timeout: setup.timeout,
             send: LocalMutex::new(Vec::with_capacity(256)),
             sending: Cell::new(false),
@@ -378,7 +385,11 @@ impl Queue {
             recfmt: 0,
             qid: setup.qid,
             sqsize: qsize - 1,
-            cattr: 0,
+            cattr: if setup.qid > 0 {
+                CATTR_DISABLE_SQ_FLOW_CONTROL
+            } else {
+                0
+            },
             kato: if setup.qid == 0 { setup.kato } else { 0 },
         });
         let c = q
@@ -886,9 +897,8 @@ impl Queue {
                 return Err(self.protocol_error(&e, &quoted).await);
             }
         };
-        if h.success {
-            // Only allowed when SQ flow control was disabled in Connect, which this host
-            // never asks for.
+        if h.success && !self.sqflow_off {
+            // Only allowed when SQ flow control was disabled in Connect (I/O queues).
             let e = proto_nvme::Error::InvalidHeaderField {
                 offset: 1,
                 reason: "C2HData SUCCESS without SQ flow control disabled",
@@ -946,6 +956,17 @@ impl Queue {
                 .borrow()
                 .clone()
                 .unwrap_or_else(|| Failure::gone("command vanished while receiving its data")));
+        }
+        if h.success {
+            // The last data PDU stands for a successful completion (checked above: it ends
+            // the transfer).
+            let cqe = Cqe {
+                sqid: self.qid,
+                ..Cqe::new(h.cccid, Status::SUCCESS)
+            };
+            if let Err(e) = self.on_completion(cqe) {
+                return Err(self.protocol_error(&e, &[]).await);
+            }
         }
         Ok(())
     }

@@ -687,3 +687,32 @@ fn a_command_dropped_while_it_is_sent_resets_the_queue() {
 async fn unit<T>(f: impl Future<Output = crate::Result<T>>) -> crate::Result<()> {
     f.await.map(drop)
 }
+
+#[test]
+fn reads_end_with_a_capsule_response_or_a_success_flag() {
+    let rt = runtime(1);
+    for c2h_success in [false, true] {
+        let t = FakeTarget::start(FakeConfig {
+            c2h_success,
+            c2h_chunk: 64 * 1024,
+            ..FakeConfig::default()
+        });
+        let dev = open(&t, "ddgst=1&hdgst=1");
+        let d = dev.clone();
+        on(&rt, 0, move || async move {
+            let data = pattern(9, 1 << 20);
+            d.write(0, IoBuf::from_slice(&data), WriteFlags::default())
+                .await
+                .expect("write");
+            // One C2HData PDU, and sixteen.
+            for len in [4096usize, 1 << 20] {
+                let b = d.read(0, IoBuf::zeroed(len)).await.expect("read");
+                assert!(b[..] == data[..len], "{len} bytes read back");
+            }
+        });
+        let s = dev.stats();
+        assert_eq!((s.resets, s.digest_errors), (0, 0), "{s:?}");
+        drop(dev);
+    }
+    rt.shutdown();
+}
