@@ -928,7 +928,7 @@ fn section_idle(env: &Env, r: &mut Results) {
 // ---------------------------------------------------------------------------------------
 // Report
 
-fn sh(cmd: &str, args: &[&str]) -> String {
+pub(crate) fn sh(cmd: &str, args: &[&str]) -> String {
     Command::new(cmd)
         .args(args)
         .output()
@@ -941,13 +941,13 @@ fn sh(cmd: &str, args: &[&str]) -> String {
         .unwrap_or_else(|| "?".into())
 }
 
-fn loadavg() -> String {
+pub(crate) fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "?".into())
 }
 
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()
@@ -1198,7 +1198,9 @@ fn report(env: &Env, r: &Results, load_before: &str, took: Duration) -> String {
          All numbers below come from one run on one machine, so compare rows with each other, \
          not with other machines. Pool volumes against the raw device (in-process and over \
          NBD), metadata size, import time and memory are in \
-         [benchmarks-pool.md](benchmarks-pool.md) (`cargo xtask bench-pool`).\n"
+         [benchmarks-pool.md](benchmarks-pool.md) (`cargo xtask bench-pool`); Ballast's NVMe/TCP \
+         initiator and target against NBD and the raw file in \
+         [benchmarks-nvmf.md](benchmarks-nvmf.md) (`cargo xtask bench-nvmf`).\n"
     );
     let _ = writeln!(s, "- Command: `{}`", o.cmdline);
     let _ = writeln!(s, "- Date: {}", sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]));

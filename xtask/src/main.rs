@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 mod bench;
+mod bench_nvmf;
 mod json;
 mod procs;
 mod vm;
@@ -37,7 +38,7 @@ fn run(mut c: Command, what: &str) -> Result<(), String> {
     }
 }
 
-const USAGE: &str = "usage: cargo xtask <demo | test [--lint] [NEXTEST ARGS...] | bench [--quick] [--runtime SECS] [--idle SECS] [--rounds N] | bench-pool [SECS [ROUNDS]] | bench-nexus [SECS [ROUNDS]] | vm build | vm run SCRIPT [--timeout SECS] [--hostfwd HOST:GUEST]... [--disk PATH]... [--cpus N] [--quiet] | vm shell [same flags]>";
+const USAGE: &str = "usage: cargo xtask <demo | test [--lint] [NEXTEST ARGS...] | bench [--quick] [--runtime SECS] [--idle SECS] [--rounds N] | bench-pool [SECS [ROUNDS]] | bench-nexus [SECS [ROUNDS]] | bench-nvmf [SECS [ROUNDS]] | vm build | vm run SCRIPT [--timeout SECS] [--hostfwd HOST:GUEST]... [--disk PATH]... [--cpus N] [--quiet] | vm shell [same flags]>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -47,6 +48,7 @@ fn main() -> ExitCode {
         Some("bench") => bench::bench(&args[1..]),
         Some("bench-pool") => bench_pool(&args[1..]),
         Some("bench-nexus") => bench_nexus(&args[1..]),
+        Some("bench-nvmf") => bench_nvmf::bench_nvmf(&args[1..]),
         Some("vm") => vm::vm(&args[1..]),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");

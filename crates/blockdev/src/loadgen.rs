@@ -1,7 +1,7 @@
 //! A small load generator for in-process benchmarks: `qd` tasks on the calling reactor issue
 //! reads or writes of `bs` bytes, random or sequential, for a fixed time.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -41,6 +41,17 @@ impl Rng {
     }
 }
 
+/// What a run measured.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Sample {
+    /// Completed requests per second.
+    pub iops: f64,
+    /// Mean latency (submission to completion, as the caller sees it), µs.
+    pub mean_us: f64,
+    /// 99th percentile latency, µs (exact: every latency is kept).
+    pub p99_us: f64,
+}
+
 /// Runs `load` against `dev` over `[base, base+span)` for `secs` seconds; returns IOPS and
 /// mean latency in µs. Panics on an I/O error (a benchmark must not hide one).
 pub async fn run(
@@ -51,16 +62,29 @@ pub async fn run(
     secs: f64,
     fresh: Option<Fresh>,
 ) -> (f64, f64) {
+    let s = run_sampled(dev, base, span, load, secs, fresh).await;
+    (s.iops, s.mean_us)
+}
+
+/// As [`run`], also keeping every latency for the 99th percentile.
+pub async fn run_sampled(
+    dev: Device,
+    base: u64,
+    span: u64,
+    load: Load,
+    secs: f64,
+    fresh: Option<Fresh>,
+) -> Sample {
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
-    let ops = Rc::new(Cell::new(0u64));
-    let lat = Rc::new(Cell::new(0u64));
+    let lats: Rc<RefCell<Vec<u32>>> = Rc::new(RefCell::new(Vec::new()));
     let mut handles = Vec::new();
     for q in 0..load.qd {
-        let (dev, ops, lat, fresh) = (dev.clone(), ops.clone(), lat.clone(), fresh.clone());
+        let (dev, lats, fresh) = (dev.clone(), lats.clone(), fresh.clone());
         handles.push(reactor::spawn_local(async move {
             let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((q as u64 + 1) * 7919));
             let blocks = span / load.bs as u64;
             let mut seq = q as u64 * blocks / load.qd as u64;
+            let mut mine = Vec::new();
             while Instant::now() < deadline {
                 let block = match (&fresh, load.random) {
                     (Some(f), _) => {
@@ -86,20 +110,30 @@ pub async fn run(
                     dev.read(off, buf).await.map(drop)
                 };
                 r.expect("benchmark I/O");
-                lat.set(lat.get() + t.elapsed().as_nanos() as u64);
-                ops.set(ops.get() + 1);
+                // Nanoseconds, saturating at ~4.3 s.
+                mine.push(u32::try_from(t.elapsed().as_nanos()).unwrap_or(u32::MAX));
             }
+            lats.borrow_mut().extend_from_slice(&mine);
         }));
     }
     let t0 = Instant::now();
     for h in handles {
         h.await;
     }
-    let n = ops.get().max(1);
-    (
-        n as f64 / t0.elapsed().as_secs_f64(),
-        lat.get() as f64 / n as f64 / 1000.0,
-    )
+    let elapsed = t0.elapsed().as_secs_f64();
+    let mut lats = lats.take();
+    let n = lats.len().max(1);
+    let sum: u64 = lats.iter().map(|&l| u64::from(l)).sum();
+    lats.sort_unstable();
+    let p99 = lats
+        .get((lats.len() * 99).div_ceil(100).saturating_sub(1))
+        .copied()
+        .unwrap_or(0);
+    Sample {
+        iops: lats.len() as f64 / elapsed,
+        mean_us: sum as f64 / n as f64 / 1000.0,
+        p99_us: f64::from(p99) / 1000.0,
+    }
 }
 
 /// The median of `v` (the mean of the middle two for an even count; 0 when empty).

@@ -1,0 +1,130 @@
+//! `cargo xtask bench-nvmf [SECS [ROUNDS]]`: Ballast's NVMe/TCP initiator against Ballast's
+//! NVMe/TCP target, compared with NBD (Ballast's initiator and fio) and the raw file, all on
+//! one file on the machine's disk. The measuring is done by the example
+//! `crates/engine/examples/nvmf_bench.rs`; this builds it and the engine, pins the engine
+//! and the client to different CPUs, and writes docs/benchmarks-nvmf.md.
+
+use std::process::{Command, Stdio};
+
+use crate::bench::{loadavg, machine, sh};
+
+/// Runs the benchmark and writes docs/benchmarks-nvmf.md.
+pub fn bench_nvmf(args: &[String]) -> Result<(), String> {
+    let secs = args.first().cloned().unwrap_or_else(|| "3".into());
+    let rounds = args.get(1).cloned().unwrap_or_else(|| "3".into());
+    if secs.parse::<f64>().map_or(true, |s| s <= 0.0)
+        || rounds.parse::<usize>().map_or(true, |r| r == 0)
+    {
+        return Err(format!(
+            "bench-nvmf: SECS and ROUNDS must be positive numbers (got {secs:?}, {rounds:?})"
+        ));
+    }
+    if Command::new("fio")
+        .arg("--enghelp=nbd")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_or(true, |s| !s.success())
+    {
+        return Err("bench-nvmf needs fio with its nbd engine (`apt-get install fio`)".into());
+    }
+    crate::build_release()?;
+    let mut b = crate::cargo();
+    b.args([
+        "build",
+        "--release",
+        "-p",
+        "ballast-engine",
+        "--example",
+        "nvmf_bench",
+    ]);
+    crate::run(b, "cargo build --release --example nvmf_bench")?;
+    let root = crate::root();
+    let dir = root.join("target/bench");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let ncpu = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let taskset = Command::new("taskset")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    // The engine on CPU 0, this side (the initiators, fio) on the last CPU.
+    let cpus = (ncpu >= 2 && taskset).then(|| ("0".to_string(), (ncpu - 1).to_string()));
+    let example = root.join("target/release/examples/nvmf_bench");
+    let engine = root.join("target/release/ballast-engine");
+    let mut c = match &cpus {
+        Some((_, client)) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", client]).arg(&example);
+            c
+        }
+        None => Command::new(&example),
+    };
+    c.arg(&engine).arg(&dir).arg(&secs).arg(&rounds);
+    if let Some((server, client)) = &cpus {
+        c.arg(server).arg(client);
+    }
+    let load_before = loadavg();
+    let rev = sh(
+        "git",
+        &[
+            "-C",
+            &root.display().to_string(),
+            "rev-parse",
+            "--short",
+            "HEAD",
+        ],
+    );
+    let out = c
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("nvmf_bench: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "nvmf_bench failed ({}); the engine's log is {}",
+            out.status,
+            dir.join("nvmf-engine.log").display()
+        ));
+    }
+    let pinning = match &cpus {
+        Some((s, c)) => format!(
+            "The engine runs on CPU {s} (`taskset`, `--cores 1`, adaptive polling), the initiators \
+             and fio on CPU {c}."
+        ),
+        None => "No CPU pinning (needs 2+ CPUs and `taskset`).".to_string(),
+    };
+    let doc = format!(
+        "# NVMe/TCP benchmarks\n\n\
+         Written by `cargo xtask bench-nvmf {secs} {rounds}` (xtask/src/bench_nvmf.rs, \
+         crates/engine/examples/nvmf_bench.rs); every run overwrites this file. Other benchmarks: \
+         [benchmarks.md](benchmarks.md) (NBD against other servers), \
+         [benchmarks-pool.md](benchmarks-pool.md), [benchmarks-nexus.md](benchmarks-nexus.md).\n\n\
+         One `ballast-engine` exports one 1 GiB file (`target/bench/nvmf.img`, io_uring, \
+         O_DIRECT, fully written first) over NVMe/TCP and over NBD. The same workloads run \
+         through Ballast's NVMe/TCP initiator (`nvmf://`) and Ballast's NBD initiator \
+         (`nbd://`), both in the benchmark's process driven by `blockdev::loadgen` (one reactor, \
+         one connection/queue), through fio `ioengine=nbd` (libnbd) against the same export, \
+         and straight on the file: `uring://` in-process with the same load generator, and fio \
+         `ioengine=io_uring, direct=1`. fio has no NVMe/TCP engine that works without the \
+         kernel's nvme-tcp module (absent here), so the NVMe/TCP side is measured in-process \
+         and compared like for like with the in-process NBD initiator; fio through NBD is the \
+         third-party reference. {pinning} The configurations alternate within each round, \
+         their order rotating, so drift of the shared disk and other work on the machine hit \
+         them alike; figures are medians over the rounds, ratios medians of the per-round \
+         ratios. Latency is from submission to completion as the caller sees it (fio: `lat`).\n\n\
+         - Date: {}\n- Machine: {}\n- Software: {}, ballast-engine at {rev}\n\
+         - Load average (1/5/15 min) before: {load_before}, after: {} (other work on the \
+         machine skews results)\n\n{}",
+        sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        machine(),
+        sh("fio", &["--version"]),
+        loadavg(),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let path = root.join("docs/benchmarks-nvmf.md");
+    std::fs::write(&path, &doc).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    print!("{doc}");
+    eprintln!("xtask bench-nvmf: wrote {}", path.display());
+    Ok(())
+}
