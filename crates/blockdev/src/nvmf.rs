@@ -1106,20 +1106,26 @@ impl Shared {
         })
     }
 
-    /// This reactor's I/O queue, connecting it (and the association) when needed.
+    /// This reactor's I/O queue if it is connected and belongs to the current association.
+    fn ready_queue(&self) -> Option<Rc<Queue>> {
+        local_queue(self.id)
+            .filter(|q| q.is_alive() && q.epoch == self.up_epoch.load(Ordering::Acquire))
+    }
+
+    /// This reactor's I/O queue, connecting it (and the association) when needed. Connecting
+    /// is boxed: its future is large (~15 KiB), and every I/O would otherwise carry and copy
+    /// it.
     async fn io_queue(self: &Arc<Self>) -> std::result::Result<Rc<Queue>, Failure> {
-        if let Some(q) = local_queue(self.id)
-            && q.is_alive()
-            && q.epoch == self.up_epoch.load(Ordering::Acquire)
-        {
-            return Ok(q);
+        match self.ready_queue() {
+            Some(q) => Ok(q),
+            None => Box::pin(self.connect_io_queue()).await,
         }
+    }
+
+    async fn connect_io_queue(self: &Arc<Self>) -> std::result::Result<Rc<Queue>, Failure> {
         let gate = local_gate(self.id);
         let _g = gate.lock().await;
-        if let Some(q) = local_queue(self.id)
-            && q.is_alive()
-            && q.epoch == self.up_epoch.load(Ordering::Acquire)
-        {
+        if let Some(q) = self.ready_queue() {
             return Ok(q);
         }
         let setup = self.reserve_io_queue().await?;
