@@ -89,10 +89,10 @@ pub enum Command {
     #[command(subcommand)]
     Nvmf(NvmfCommand),
 
-    /// Storage pools: create, import, close, list, check.
+    /// Storage pools: create, import, close, destroy, grow, label, list, check.
     ///
-    /// A pool is a device formatted with Ballast's pool format; it holds thin
-    /// or thick volumes, their snapshots and clones. Each volume or snapshot
+    /// A pool is one device or several (concatenated) formatted with Ballast's
+    /// pool format; it holds thin or thick volumes, their snapshots and clones. Each volume or snapshot
     /// is also an engine device named POOL/VOLUME, exported with
     /// `ballast export create NAME POOL/VOLUME`.
     #[command(subcommand)]
