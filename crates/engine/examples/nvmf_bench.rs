@@ -262,7 +262,11 @@ fn main() {
     rt.shutdown();
     engine.stop();
     let _ = std::fs::remove_file(&img);
-    let mut notes = format!("The client reactor runs in {client_mode} mode.");
+    let mut notes = format!(
+        "The client reactor runs in {client_mode} mode. Reactors in adaptive (or poll) mode \
+         spin while there is work, so their CPU % is near 100 under load and CPU µs/IO (CPU \
+         time ÷ requests) is an upper bound, not the cost of a request."
+    );
     if let Some(o) = &only {
         notes.push_str(&format!(" Only the workloads matching {o:?} were run."));
     }
