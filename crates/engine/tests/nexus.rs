@@ -24,6 +24,44 @@ fn file_device(dir: &TempDir, name: &str, size: &str) -> String {
     )
 }
 
+/// fio writing 40 MiB of 4k random blocks to `uri` at `rate` IOPS (so events land mid-run),
+/// then verifying every block (crc32c), in a thread.
+fn fio_in_background(
+    dir: &TempDir,
+    uri: &str,
+    name: &str,
+    rate: u32,
+) -> std::thread::JoinHandle<common::Output> {
+    let (dir, uri, name) = (dir.path().to_path_buf(), uri.to_string(), name.to_string());
+    std::thread::spawn(move || {
+        let mut c = tool("fio");
+        c.current_dir(&dir).args([
+            format!("--name={name}"),
+            "--ioengine=nbd".into(),
+            format!("--uri={uri}"),
+            "--rw=randwrite".into(),
+            "--bs=4k".into(),
+            "--size=40M".into(),
+            "--iodepth=16".into(),
+            format!("--rate_iops={rate}"),
+            "--verify=crc32c".into(),
+            "--verify_fatal=1".into(),
+            "--verify_state_save=0".into(),
+        ]);
+        run(&mut c, Duration::from_secs(240))
+    })
+}
+
+/// fio finished without an error or a verification failure.
+fn assert_fio_clean(out: &common::Output) {
+    out.assert_success();
+    let text = out.text();
+    assert!(text.contains("err= 0"), "fio failed: {}", out.describe());
+    for bad in ["verify failed", "bad magic", "bad header", "error="] {
+        assert!(!text.contains(bad), "fio: {bad:?}: {}", out.describe());
+    }
+}
+
 /// The state column of child `child` in `ballast nexus list`.
 fn child_state(api: &str, nexus: &str, child: &str) -> String {
     let out = ok(api, &["nexus", "list"]);
@@ -101,24 +139,7 @@ fn fio_verify_through_a_nexus_while_children_fail_and_rebuild() {
     let uri = e.uri_for("n0");
 
     // fio writes (rate-limited so the changes below land mid-run), then verifies all.
-    let fio_dir = dir.path().to_path_buf();
-    let fio = std::thread::spawn(move || {
-        let mut c = tool("fio");
-        c.current_dir(&fio_dir).args([
-            "--name=nexus",
-            "--ioengine=nbd",
-            &format!("--uri={uri}"),
-            "--rw=randwrite",
-            "--bs=4k",
-            "--size=40M",
-            "--iodepth=16",
-            "--rate_iops=2500",
-            "--verify=crc32c",
-            "--verify_fatal=1",
-            "--verify_state_save=0",
-        ]);
-        run(&mut c, Duration::from_secs(240))
-    });
+    let fio = fio_in_background(&dir, &uri, "nexus", 2500);
     std::thread::sleep(Duration::from_millis(1500));
     let out = ok(
         &api,
@@ -144,13 +165,7 @@ fn fio_verify_through_a_nexus_while_children_fail_and_rebuild() {
     ok(&api, &["nexus", "add-child", "n0", "c2"]);
     wait_state(&api, "n0", "c2", "online", Duration::from_secs(120));
 
-    let out = fio.join().expect("fio thread");
-    out.assert_success();
-    let text = out.text();
-    assert!(text.contains("err= 0"), "fio failed: {}", out.describe());
-    for bad in ["verify failed", "bad magic", "bad header", "error="] {
-        assert!(!text.contains(bad), "fio: {bad:?}: {}", out.describe());
-    }
+    assert_fio_clean(&fio.join().expect("fio thread"));
     let list = ok(&api, &["nexus", "list"]);
     assert!(
         list.lines().next_back().is_some() && !list.contains("faulted"),
@@ -229,24 +244,7 @@ fn a_remote_replica_engine_killed_under_load_is_retired_and_partially_rebuilt() 
     ok(&api, &["export", "create", "n0", "n0"]);
     let uri = a.uri_for("n0");
 
-    let fio_dir = dir.path().to_path_buf();
-    let fio = std::thread::spawn(move || {
-        let mut c = tool("fio");
-        c.current_dir(&fio_dir).args([
-            "--name=remote",
-            "--ioengine=nbd",
-            &format!("--uri={uri}"),
-            "--rw=randwrite",
-            "--bs=4k",
-            "--size=40M",
-            "--iodepth=16",
-            "--rate_iops=2500",
-            "--verify=crc32c",
-            "--verify_fatal=1",
-            "--verify_state_save=0",
-        ]);
-        run(&mut c, Duration::from_secs(240))
-    });
+    let fio = fio_in_background(&dir, &uri, "remote", 2500);
     // The replica's engine dies mid-run: its child is retired, fio sees nothing.
     std::thread::sleep(Duration::from_millis(1500));
     b.signal(libc::SIGKILL);
@@ -261,13 +259,7 @@ fn a_remote_replica_engine_killed_under_load_is_retired_and_partially_rebuilt() 
     ok(&api, &["nexus", "rebuild", "n0", "rb"]);
     wait_state(&api, "n0", "rb", "online", Duration::from_secs(60));
 
-    let out = fio.join().expect("fio thread");
-    out.assert_success();
-    let text = out.text();
-    assert!(text.contains("err= 0"), "fio failed: {}", out.describe());
-    for bad in ["verify failed", "bad magic", "bad header", "error="] {
-        assert!(!text.contains(bad), "fio: {bad:?}: {}", out.describe());
-    }
+    assert_fio_clean(&fio.join().expect("fio thread"));
     let json = ok(&api, &["-o", "json", "nexus", "list"]);
     assert!(json.contains(r#""healthy":["c0","rb"]"#), "{json}");
 
@@ -440,24 +432,7 @@ fn injected_device_errors_and_timeouts_retire_children_without_application_error
     ok(&api, &["nexus", "create", "n0", "48MiB", "c0", "ke", "kp"]);
     ok(&api, &["export", "create", "n0", "n0"]);
     let uri = e.uri_for("n0");
-    let fio_dir = dir.path().to_path_buf();
-    let fio = std::thread::spawn(move || {
-        let mut c = tool("fio");
-        c.current_dir(&fio_dir).args([
-            "--name=inject",
-            "--ioengine=nbd",
-            &format!("--uri={uri}"),
-            "--rw=randwrite",
-            "--bs=4k",
-            "--size=40M",
-            "--iodepth=16",
-            "--rate_iops=2000",
-            "--verify=crc32c",
-            "--verify_fatal=1",
-            "--verify_state_save=0",
-        ]);
-        run(&mut c, Duration::from_secs(240))
-    });
+    let fio = fio_in_background(&dir, &uri, "inject", 2000);
     std::thread::sleep(Duration::from_millis(1000));
     // Device errors on ke.
     std::fs::write(&inject, b"").expect("inject");
@@ -475,13 +450,7 @@ fn injected_device_errors_and_timeouts_retire_children_without_application_error
     wait_state(&api, "n0", "ke", "online", Duration::from_secs(60));
     wait_state(&api, "n0", "kp", "online", Duration::from_secs(60));
 
-    let out = fio.join().expect("fio thread");
-    out.assert_success();
-    let text = out.text();
-    assert!(text.contains("err= 0"), "fio failed: {}", out.describe());
-    for bad in ["verify failed", "bad magic", "bad header", "error="] {
-        assert!(!text.contains(bad), "fio: {bad:?}: {}", out.describe());
-    }
+    assert_fio_clean(&fio.join().expect("fio thread"));
     ok(&api, &["export", "destroy", "n0"]);
     let (status, stderr) = e.terminate(Duration::from_secs(20));
     assert!(status.success(), "{stderr}");

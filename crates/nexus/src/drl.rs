@@ -13,6 +13,7 @@ use std::sync::Mutex;
 use std::task::{Poll, Waker};
 
 use blockdev::{BlockError, Device, IoBuf, WriteFlags};
+use crc32c::crc32c;
 
 const MAGIC: &[u8; 8] = b"BALLASTD";
 const VERSION: u32 = 1;
@@ -20,22 +21,6 @@ const HEADER: usize = 4096;
 /// Most children the log can record as absent.
 pub const MAX_ABSENT: usize = 16;
 const NAME: usize = 64;
-
-/// CRC32C (Castagnoli), bitwise; the log is small and saved rarely.
-fn crc32c(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in data {
-        crc ^= b as u32;
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0x82F6_3B78
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
 
 #[derive(Debug, Default)]
 struct State {
@@ -297,15 +282,5 @@ impl Drl {
         let crc = crc32c(&b[..HEADER]);
         b[12..16].copy_from_slice(&crc.to_le_bytes());
         b
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::crc32c;
-
-    #[test]
-    fn crc32c_check_value() {
-        assert_eq!(crc32c(b"123456789"), 0xE306_9283);
     }
 }
