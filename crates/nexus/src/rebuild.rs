@@ -59,9 +59,6 @@ impl Nexus {
                 )));
             }
         }
-        // A returning child may have lost its reservation (its target restarted): claim it
-        // for this incarnation again before writing to it.
-        self.fence_child(&c).await.map_err(NexusError::Device)?;
         let partial = self.drl.absent().iter().any(|a| a == name);
         let region = self.drl.region_size();
         let total = if partial {
@@ -106,6 +103,20 @@ impl Nexus {
         total: u64,
     ) -> Result<RebuildReport, NexusError> {
         let start = Instant::now();
+        // A returning child may have lost its reservation (its target restarted): claim it
+        // for this incarnation again before copying. Its connection may still be backing
+        // off from the outage, so transient errors are retried for a few seconds.
+        let mut tries = 0;
+        loop {
+            match self.fence_child(c).await {
+                Ok(()) => break,
+                Err(e) if e.kind() != blockdev::ErrorKind::Conflict && tries < 50 => {
+                    tries += 1;
+                    reactor::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(NexusError::Device(e)),
+            }
+        }
         let seg = if partial {
             self.drl.region_size()
         } else {
