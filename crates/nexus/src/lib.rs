@@ -671,7 +671,7 @@ impl Nexus {
                 };
                 futs.push(Box::pin(self.on_child(c, kind, fut)));
             }
-            let results = join(futs).await;
+            let results = reactor::sync::join_all(futs).await;
             let mut failed = Vec::new();
             for (c, r) in targets.iter().zip(results) {
                 match r {
@@ -773,29 +773,6 @@ impl Nexus {
         self.on_child(&c, IoKind::BlockStatus, c.dev.block_status(offset, len))
             .await
     }
-}
-
-/// Runs futures concurrently; their results in order.
-async fn join<'a, T>(mut futs: Vec<IoFuture<'a, T>>) -> Vec<Result<T, BlockError>> {
-    let mut out: Vec<Option<Result<T, BlockError>>> = (0..futs.len()).map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (f, slot) in futs.iter_mut().zip(out.iter_mut()) {
-            if slot.is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(r) => *slot = Some(r),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    out.into_iter().map(|r| r.expect("completed")).collect()
 }
 
 impl BlockDevice for Nexus {

@@ -1430,64 +1430,11 @@ async fn write_superblocks(
     Ok(())
 }
 
-type PieceFuture<'a> =
-    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), BlockError>> + 'a>>;
+type PieceFuture<'a> = reactor::sync::BoxFuture<'a, Result<(), BlockError>>;
 
 /// Runs every future to completion concurrently; the first error, if any.
-async fn join_all(mut futs: Vec<PieceFuture<'_>>) -> Result<(), BlockError> {
-    let mut done = vec![false; futs.len()];
-    let mut first_err = None;
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (i, f) in futs.iter_mut().enumerate() {
-            if done[i] {
-                continue;
-            }
-            match f.as_mut().poll(cx) {
-                Poll::Ready(r) => {
-                    done[i] = true;
-                    if let Err(e) = r {
-                        first_err.get_or_insert(e);
-                    }
-                }
-                Poll::Pending => pending = true,
-            }
-        }
-        if pending {
-            Poll::Pending
-        } else {
-            Poll::Ready(())
-        }
-    })
-    .await;
-    first_err.map_or(Ok(()), Err)
-}
-
-type ReadFuture<'a> = blockdev::IoFuture<'a, IoBuf>;
-
-/// Runs every read to completion concurrently; the buffers in order, or the first error.
-async fn join_reads(mut futs: Vec<ReadFuture<'_>>) -> Result<Vec<IoBuf>, BlockError> {
-    let mut out: Vec<Option<Result<IoBuf, BlockError>>> = (0..futs.len()).map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (f, slot) in futs.iter_mut().zip(out.iter_mut()) {
-            if slot.is_none() {
-                match f.as_mut().poll(cx) {
-                    Poll::Ready(r) => *slot = Some(r),
-                    Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            Poll::Pending
-        } else {
-            Poll::Ready(())
-        }
-    })
-    .await;
-    out.into_iter()
-        .map(|r| r.expect("every read completed"))
-        .collect()
+async fn join_all(futs: Vec<PieceFuture<'_>>) -> Result<(), BlockError> {
+    reactor::sync::join_all(futs).await.into_iter().collect()
 }
 
 /// A volume or snapshot of a pool, as a block device.
@@ -1638,11 +1585,15 @@ impl PoolVolume {
         {
             return layout.devs[r.member].read(r.dev_off, buf).await;
         }
-        let parts: Vec<ReadFuture<'_>> = runs
+        let parts: Vec<blockdev::IoFuture<'_, IoBuf>> = runs
             .iter()
             .map(|r| layout.devs[r.member].read(r.dev_off, IoBuf::recycled(r.len)))
             .collect();
-        for (r, part) in runs.iter().zip(join_reads(parts).await?) {
+        let parts: Vec<IoBuf> = reactor::sync::join_all(parts)
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()?;
+        for (r, part) in runs.iter().zip(parts) {
             buf[r.at..r.at + r.len].copy_from_slice(&part);
         }
         Ok(buf)

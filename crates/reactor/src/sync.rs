@@ -323,6 +323,38 @@ impl Drop for Permit {
     }
 }
 
+/// A boxed future, for [`join_all`].
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + 'a>>;
+
+/// Runs every future to completion concurrently; their outputs in order.
+pub async fn join_all<T>(futs: Vec<BoxFuture<'_, T>>) -> Vec<T> {
+    let mut futs: Vec<_> = futs.into_iter().map(Some).collect();
+    let mut out: Vec<Option<T>> = futs.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, o) in futs.iter_mut().zip(out.iter_mut()) {
+            if let Some(fut) = f {
+                match fut.as_mut().poll(cx) {
+                    Poll::Ready(v) => {
+                        *o = Some(v);
+                        *f = None;
+                    }
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter()
+        .map(|o| o.expect("every future completed"))
+        .collect()
+}
+
 /// Resolves to the output of whichever future finishes first.
 pub async fn select<A, B, T>(a: A, b: B) -> T
 where

@@ -39,29 +39,7 @@ where
 
 /// Polls every future until all are done; outputs in order.
 async fn join_all<T>(futs: Vec<Fut<'_, T>>) -> Vec<T> {
-    let mut futs: Vec<_> = futs.into_iter().map(Some).collect();
-    let mut out: Vec<Option<T>> = futs.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (f, o) in futs.iter_mut().zip(out.iter_mut()) {
-            if let Some(fut) = f {
-                match fut.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => {
-                        *o = Some(v);
-                        *f = None;
-                    }
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    out.into_iter().map(|o| o.expect("done")).collect()
+    reactor::sync::join_all(futs).await
 }
 
 fn pattern(seed: u64, len: usize) -> IoBuf {
