@@ -15,14 +15,19 @@
 //!
 //! Rebuilds copy in segments under range locks ([`locks`]): a segment being copied excludes
 //! application writes to it, which otherwise go to the rebuilding child as well.
+//!
+//! With [`NexusOptions::health`] the healthy set is published as [`health::HealthRecord`]s
+//! for the control plane to store, and a write a retired child missed is not acknowledged
+//! before the record without that child is stored ([`health`]).
 
 #![forbid(unsafe_code)]
 
 pub mod drl;
+pub mod health;
 pub mod locks;
 pub mod rebuild;
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,10 +37,11 @@ use blockdev::{
 };
 
 use crate::drl::Drl;
+use crate::health::{Health, HealthRecord, HealthSink, HealthState, HealthStatus};
 use crate::locks::RangeLocks;
 
 /// Tunables of a nexus.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct NexusOptions {
     /// A child I/O not completed within this time retires the child.
     pub io_timeout: Duration,
@@ -51,6 +57,20 @@ pub struct NexusOptions {
     /// claimed under it when they join, so an older incarnation's writes to them fail from
     /// then on. `None`: no fencing.
     pub epoch: Option<u64>,
+    /// Health persistence: every change of the healthy set is published to this sink as a
+    /// [`HealthRecord`], and a write that a retired child missed is acknowledged only once
+    /// the sink confirms the record without that child stored (held up to
+    /// [`NexusOptions::hold_timeout`], then EIO). `None` (the default): off.
+    pub health: Option<Arc<dyn HealthSink>>,
+    /// Generation of the previous incarnation's last stored record (0: none): this
+    /// incarnation's records continue after it.
+    pub health_generation: u64,
+    /// The previous incarnation did not close cleanly (its last record says `clean: false`,
+    /// or there is none): the children given healthy may differ in the writes that were in
+    /// flight at the crash. The first of them that is in sync becomes the only online child
+    /// and the others are rebuilt from it — fully, or only the dirty regions when the log
+    /// covers them.
+    pub unclean_shutdown: bool,
 }
 
 impl Default for NexusOptions {
@@ -62,7 +82,26 @@ impl Default for NexusOptions {
             rebuild_segment: 1 << 20,
             rebuild_rate: None,
             epoch: None,
+            health: None,
+            health_generation: 0,
+            unclean_shutdown: false,
         }
+    }
+}
+
+impl std::fmt::Debug for NexusOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NexusOptions")
+            .field("io_timeout", &self.io_timeout)
+            .field("hold_timeout", &self.hold_timeout)
+            .field("region_size", &self.region_size)
+            .field("rebuild_segment", &self.rebuild_segment)
+            .field("rebuild_rate", &self.rebuild_rate)
+            .field("epoch", &self.epoch)
+            .field("health", &self.health.is_some())
+            .field("health_generation", &self.health_generation)
+            .field("unclean_shutdown", &self.unclean_shutdown)
+            .finish()
     }
 }
 
@@ -171,6 +210,14 @@ impl Child {
     }
 }
 
+/// Counts an application I/O in the nexus while it lives.
+struct Active<'a>(&'a AtomicUsize);
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// Counts an I/O outstanding on a child while it lives.
 struct Inflight<'a>(&'a Child);
 impl<'a> Inflight<'a> {
@@ -222,7 +269,13 @@ pub struct Nexus {
     /// acknowledged write, so one that answers again may come back online without a rebuild.
     last_online: Mutex<Vec<String>>,
     /// A newer incarnation fenced this one out: every write fails.
-    fenced: std::sync::atomic::AtomicBool,
+    fenced: AtomicBool,
+    /// Health persistence, when on.
+    health: Option<Health>,
+    /// Closed ([`Nexus::close`]): new I/O fails.
+    closed: AtomicBool,
+    /// Application I/Os in the nexus.
+    active: AtomicUsize,
 }
 
 impl std::fmt::Debug for Nexus {
@@ -324,6 +377,15 @@ impl Nexus {
             .max(block_size);
         let drl = Drl::new(size, opts.region_size, drl_store);
         drl.load().await?;
+        let health = opts.health.clone().map(|sink| Health {
+            sink,
+            st: Mutex::new(HealthState {
+                generation: opts.health_generation,
+                ..HealthState::default()
+            }),
+            required: AtomicU64::new(0),
+            confirmed: AtomicU64::new(opts.health_generation),
+        });
         let nexus = Nexus {
             name: name.to_string(),
             size,
@@ -352,17 +414,17 @@ impl Nexus {
             locks: RangeLocks::default(),
             epoch: AtomicU64::new(0),
             last_online: Mutex::new(Vec::new()),
-            fenced: std::sync::atomic::AtomicBool::new(false),
+            fenced: AtomicBool::new(false),
+            health,
+            closed: AtomicBool::new(false),
+            active: AtomicUsize::new(0),
         };
         // Claim the children for this incarnation before anything is written.
         for c in nexus.snapshot() {
             if let Err(e) = nexus.fence_child(&c).await {
-                nexus.set_state(
-                    &c,
-                    ChildState::Faulted {
-                        reason: format!("fencing failed: {e}"),
-                    },
-                );
+                *c.state.lock().expect("child state") = ChildState::Faulted {
+                    reason: format!("fencing failed: {e}"),
+                };
             }
         }
         if !nexus.snapshot().iter().any(|c| c.online()) {
@@ -390,7 +452,30 @@ impl Nexus {
                     .into(),
             ));
         }
+        // After an unclean shutdown the healthy children may differ where writes were in
+        // flight (never acknowledged, landed on some only): the first is the source, the
+        // others are rebuilt from it before they serve reads.
+        if nexus.opts.unclean_shutdown {
+            for c in nexus.snapshot().iter().filter(|c| c.online()).skip(1) {
+                *c.state.lock().expect("child state") = ChildState::OutOfSync;
+            }
+        }
         nexus.drl.save().await?;
+        // The first record: the store learns that this incarnation runs (a crash from now on
+        // is unclean) and which children it uses, before any write is acknowledged.
+        if let Some(h) = &nexus.health {
+            let mut st = h.st.lock().expect("health");
+            let healthy = nexus.online_names();
+            st.generation += 1;
+            st.recorded = healthy.clone();
+            h.required.store(st.generation, Ordering::SeqCst);
+            h.sink.publish(HealthRecord {
+                nexus: nexus.name.clone(),
+                generation: st.generation,
+                healthy,
+                clean: false,
+            });
+        }
         Ok(Arc::new(nexus))
     }
 
@@ -429,9 +514,179 @@ impl Nexus {
         self.snapshot().into_iter().find(|c| c.name == name)
     }
 
-    fn set_state(&self, c: &Child, s: ChildState) {
-        *c.state.lock().expect("child state") = s;
+    /// Changes children's states (or the child list) in `f` under the health lock, then
+    /// publishes a record if that changed the healthy set. A write that finds a child's new
+    /// state therefore also finds the generation it must wait for.
+    fn change(&self, f: impl FnOnce()) {
+        let guard = self
+            .health
+            .as_ref()
+            .map(|h| (h, h.st.lock().expect("health")));
+        f();
         self.epoch.fetch_add(1, Ordering::SeqCst);
+        if let Some((h, mut st)) = guard {
+            self.publish_locked(h, &mut st);
+        }
+    }
+
+    fn set_state(&self, c: &Child, s: ChildState) {
+        self.change(|| *c.state.lock().expect("child state") = s);
+    }
+
+    fn online_names(&self) -> Vec<String> {
+        self.snapshot()
+            .iter()
+            .filter(|c| c.online())
+            .map(|c| c.name.clone())
+            .collect()
+    }
+
+    /// Publishes a record when the online set differs from the last one recorded; one that
+    /// drops a child must be stored before writes are acknowledged again.
+    fn publish_locked(&self, h: &Health, st: &mut HealthState) {
+        // A closed nexus published its last record; a fenced one is no longer the volume's
+        // incarnation and must not overwrite the newer one's records.
+        if st.closed || self.is_fenced() {
+            return;
+        }
+        let now = self.online_names();
+        // With no child online nothing is acknowledged: the last record stands (its children
+        // hold every acknowledged write) until one comes back.
+        if now.is_empty() {
+            return;
+        }
+        if now.len() == st.recorded.len() && now.iter().all(|n| st.recorded.contains(n)) {
+            return;
+        }
+        st.generation += 1;
+        if st.recorded.iter().any(|r| !now.contains(r)) {
+            h.required.store(st.generation, Ordering::SeqCst);
+        }
+        st.recorded = now.clone();
+        h.sink.publish(HealthRecord {
+            nexus: self.name.clone(),
+            generation: st.generation,
+            healthy: now,
+            clean: false,
+        });
+    }
+
+    /// Health persistence as it stands (`None`: off).
+    pub fn health_status(&self) -> Option<HealthStatus> {
+        let h = self.health.as_ref()?;
+        let st = h.st.lock().expect("health");
+        Some(HealthStatus {
+            generation: st.generation,
+            required: h.required.load(Ordering::SeqCst),
+            confirmed: h.confirmed.load(Ordering::SeqCst),
+            healthy: st.recorded.clone(),
+            closed: st.closed,
+        })
+    }
+
+    /// Waits until the sink confirms the record this write depends on stored: the newest
+    /// that dropped a child (which missed the write). Up to the hold timeout, then EIO.
+    async fn await_stored(&self, kind: IoKind, offset: u64, len: u64) -> Result<(), BlockError> {
+        let Some(h) = &self.health else {
+            return Ok(());
+        };
+        // Under the lock: a child retired before this write's targets were chosen has its
+        // record's generation in `required` by now.
+        let required = {
+            let _st = h.st.lock().expect("health");
+            h.required.load(Ordering::SeqCst)
+        };
+        if h.confirmed.load(Ordering::SeqCst) >= required {
+            return Ok(());
+        }
+        let until = Instant::now() + self.opts.hold_timeout;
+        loop {
+            if h.confirmed.load(Ordering::SeqCst) >= required {
+                return Ok(());
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() || self.closed.load(Ordering::SeqCst) {
+                return Err(BlockError::with_message(
+                    ErrorKind::Io,
+                    kind,
+                    offset,
+                    len,
+                    format!(
+                        "health record {required} of nexus {:?} (without a retired child) was \
+                         not confirmed stored",
+                        self.name
+                    ),
+                ));
+            }
+            // Asked in slices, so a close ends the wait and a failing store is asked again.
+            let slice = left.min(Duration::from_millis(100));
+            match reactor::sync::timeout(slice, h.sink.stored(&self.name, required)).await {
+                Some(Ok(())) => {
+                    h.confirmed.fetch_max(required, Ordering::SeqCst);
+                    return Ok(());
+                }
+                Some(Err(_)) => reactor::sleep(slice).await,
+                None => {}
+            }
+        }
+    }
+
+    /// Enters an application I/O: fails once the nexus is closed.
+    fn enter(&self, kind: IoKind, offset: u64, len: u64) -> Result<Active<'_>, BlockError> {
+        self.active.fetch_add(1, Ordering::SeqCst);
+        let a = Active(&self.active);
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(BlockError::with_message(
+                ErrorKind::Io,
+                kind,
+                offset,
+                len,
+                "the nexus is closed",
+            ));
+        }
+        Ok(a)
+    }
+
+    /// Whether the nexus is closed.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    /// Closes the nexus (destroy, engine shutdown): new I/O fails, the I/O in flight is
+    /// waited for (up to the I/O plus the hold timeout), rebuilds stop, every child in use
+    /// is flushed, and the last health record is published — `clean: true` when nothing was
+    /// in flight any more and the flush succeeded on every online child, which then hold the
+    /// same data. Returns whether it was clean. No record follows it.
+    pub async fn close(&self) -> bool {
+        self.closed.store(true, Ordering::SeqCst);
+        let until = Instant::now() + self.opts.io_timeout + self.opts.hold_timeout;
+        while self.active.load(Ordering::SeqCst) > 0 && Instant::now() < until {
+            reactor::sleep(Duration::from_millis(1)).await;
+        }
+        let drained = self.active.load(Ordering::SeqCst) == 0;
+        // With no child online there is nothing to flush (and the flush would be held).
+        let flushed = !self.is_fenced()
+            && self.snapshot().iter().any(|c| c.online())
+            && self.fan_out(WriteOp::Flush, 0, 0, None).await.is_ok();
+        let clean = drained && flushed && !self.is_fenced();
+        if let Some(h) = &self.health {
+            let mut st = h.st.lock().expect("health");
+            if !st.closed && !self.is_fenced() {
+                let now = self.online_names();
+                if !now.is_empty() {
+                    st.recorded = now;
+                }
+                st.generation += 1;
+                st.closed = true;
+                h.sink.publish(HealthRecord {
+                    nexus: self.name.clone(),
+                    generation: st.generation,
+                    healthy: st.recorded.clone(),
+                    clean,
+                });
+            }
+        }
+        clean
     }
 
     /// The children and their states.
@@ -475,6 +730,12 @@ impl Nexus {
             return;
         }
         self.set_state(c, ChildState::Faulted { reason });
+        // Writes in flight may land on some children and not on others if the engine
+        // crashes now: their regions are logged, so a partial rebuild after an unclean
+        // shutdown covers them too.
+        for (start, end) in self.locks.held() {
+            self.drl.mark(start, end - start);
+        }
         self.drl.add_absent(&c.name);
         // Best effort: a log that cannot be saved means a full rebuild later.
         let _ = self.drl.save().await;
@@ -515,8 +776,7 @@ impl Nexus {
             inflight: AtomicUsize::new(0),
         });
         self.fence_child(&child).await?;
-        self.children.lock().expect("children").push(child);
-        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.change(|| self.children.lock().expect("children").push(child));
         Ok(())
     }
 
@@ -531,16 +791,15 @@ impl Nexus {
                 "{name:?} is the last online child"
             )));
         }
-        self.children
-            .lock()
-            .expect("children")
-            .retain(|x| x.name != name);
-        self.set_state(
-            &c,
-            ChildState::Faulted {
+        self.change(|| {
+            self.children
+                .lock()
+                .expect("children")
+                .retain(|x| x.name != name);
+            *c.state.lock().expect("child state") = ChildState::Faulted {
                 reason: "removed".into(),
-            },
-        );
+            };
+        });
         self.drl.add_absent(name);
         self.drl.save().await?;
         Ok(())
@@ -719,6 +978,11 @@ impl Nexus {
                 if !failed.is_empty() {
                     self.drl.save().await?;
                 }
+                // A write a retired child missed is acknowledged only once the store no
+                // longer calls that child healthy. (A flush acknowledges no data.)
+                if !matches!(op, WriteOp::Flush) {
+                    self.await_stored(kind, offset, len).await?;
+                }
                 return Ok(buf);
             }
             if failed.iter().any(|(_, e)| e.kind() == ErrorKind::NoSpace) {
@@ -794,11 +1058,15 @@ impl BlockDevice for Nexus {
         self.caps
     }
     fn read(&self, offset: u64, buf: IoBuf) -> IoFuture<'_, IoBuf> {
-        Box::pin(self.do_read(offset, buf))
+        Box::pin(async move {
+            let _a = self.enter(IoKind::Read, offset, buf.len() as u64)?;
+            self.do_read(offset, buf).await
+        })
     }
     fn write(&self, offset: u64, buf: IoBuf, flags: WriteFlags) -> IoFuture<'_, IoBuf> {
         Box::pin(async move {
             let len = buf.len() as u64;
+            let _a = self.enter(IoKind::Write, offset, len)?;
             check_range(&self.geometry(), IoKind::Write, offset, len)?;
             self.fan_out(WriteOp::Write(flags), offset, len, Some(buf))
                 .await
@@ -806,10 +1074,14 @@ impl BlockDevice for Nexus {
         })
     }
     fn flush(&self) -> IoFuture<'_, ()> {
-        Box::pin(async move { self.fan_out(WriteOp::Flush, 0, 0, None).await.map(drop) })
+        Box::pin(async move {
+            let _a = self.enter(IoKind::Flush, 0, 0)?;
+            self.fan_out(WriteOp::Flush, 0, 0, None).await.map(drop)
+        })
     }
     fn unmap(&self, offset: u64, len: u64) -> IoFuture<'_, ()> {
         Box::pin(async move {
+            let _a = self.enter(IoKind::Unmap, offset, len)?;
             check_range(&self.geometry(), IoKind::Unmap, offset, len)?;
             self.fan_out(WriteOp::Unmap, offset, len, None)
                 .await
@@ -818,6 +1090,7 @@ impl BlockDevice for Nexus {
     }
     fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> IoFuture<'_, ()> {
         Box::pin(async move {
+            let _a = self.enter(IoKind::WriteZeroes, offset, len)?;
             check_range(&self.geometry(), IoKind::WriteZeroes, offset, len)?;
             self.fan_out(WriteOp::Zeroes(flags), offset, len, None)
                 .await

@@ -49,6 +49,14 @@ impl RangeLocks {
     }
 }
 
+impl RangeLocks {
+    /// The ranges held now, shared or exclusive.
+    pub fn held(&self) -> Vec<(u64, u64)> {
+        let g = self.inner.lock().expect("range locks");
+        g.held.iter().map(|&(s, e, _, _)| (s, e)).collect()
+    }
+}
+
 impl Drop for RangeGuard<'_> {
     fn drop(&mut self) {
         let waiters = {

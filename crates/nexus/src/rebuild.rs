@@ -137,6 +137,12 @@ impl Nexus {
                 off += len;
                 continue;
             }
+            if self.is_closed() {
+                return Err(NexusError::Invalid(format!(
+                    "nexus {:?} closed during the rebuild of {:?}",
+                    self.name, c.name
+                )));
+            }
             if !matches!(c.state(), ChildState::Rebuilding { .. }) || self.child(&c.name).is_none()
             {
                 return Err(NexusError::Invalid(format!(

@@ -3,123 +3,16 @@
 //! child is online, full rebuild skipping holes, partial rebuild from the dirty-region log
 //! (also after a restart), rebuild under concurrent writes, rate limit.
 
+mod common;
+
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use blockdev::malloc::MallocDevice;
-use blockdev::{
-    BlockDevice, BlockError, Capabilities, Device, ErrorKind, Extent, Geometry, IoBuf, IoFuture,
-    IoKind, WriteFlags, ZeroFlags,
-};
+use blockdev::{BlockDevice, Device, ErrorKind, IoBuf, WriteFlags};
+use common::{Faulty, MIB, SIZE, pattern, run};
 use nexus::{ChildSpec, ChildState, Nexus, NexusOptions, NexusState};
-
-const MIB: u64 = 1 << 20;
-const SIZE: u64 = 16 * MIB;
-
-fn run<T: Send + 'static, F: std::future::Future<Output = T> + 'static>(
-    f: impl FnOnce() -> F + Send + 'static,
-) -> T {
-    reactor::testing::run_on_reactor(Duration::from_secs(300), f)
-}
-
-/// A child whose I/O fails (`fail`) or never completes (`hang`) on demand.
-struct Faulty {
-    inner: Arc<MallocDevice>,
-    fail: AtomicBool,
-    hang: AtomicBool,
-    reads: AtomicU64,
-    /// Each I/O takes 2 ms (so several are outstanding at once).
-    slow: AtomicBool,
-}
-
-impl std::fmt::Debug for Faulty {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Faulty")
-    }
-}
-
-impl Faulty {
-    fn new() -> Arc<Faulty> {
-        Arc::new(Faulty {
-            inner: Arc::new(MallocDevice::new("m", SIZE, 512)),
-            fail: AtomicBool::new(false),
-            hang: AtomicBool::new(false),
-            reads: AtomicU64::new(0),
-            slow: AtomicBool::new(false),
-        })
-    }
-    fn gate<'a, T: 'a>(&'a self, op: IoKind, f: IoFuture<'a, T>) -> IoFuture<'a, T> {
-        Box::pin(async move {
-            while self.hang.load(Ordering::SeqCst) {
-                reactor::sleep(Duration::from_millis(5)).await;
-            }
-            if self.slow.load(Ordering::SeqCst) {
-                reactor::sleep(Duration::from_millis(2)).await;
-            }
-            if self.fail.load(Ordering::SeqCst) {
-                return Err(BlockError::new(ErrorKind::Io, op, 0, 0));
-            }
-            f.await
-        })
-    }
-    async fn content(&self) -> Vec<u8> {
-        self.inner
-            .read(0, IoBuf::zeroed(SIZE as usize))
-            .await
-            .unwrap()
-            .to_vec()
-    }
-}
-
-impl BlockDevice for Faulty {
-    fn name(&self) -> &str {
-        "faulty"
-    }
-    fn kind(&self) -> &'static str {
-        "test"
-    }
-    fn geometry(&self) -> Geometry {
-        self.inner.geometry()
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-    fn read(&self, offset: u64, buf: IoBuf) -> IoFuture<'_, IoBuf> {
-        self.reads.fetch_add(1, Ordering::SeqCst);
-        self.gate(IoKind::Read, self.inner.read(offset, buf))
-    }
-    fn write(&self, offset: u64, buf: IoBuf, flags: WriteFlags) -> IoFuture<'_, IoBuf> {
-        self.gate(IoKind::Write, self.inner.write(offset, buf, flags))
-    }
-    fn flush(&self) -> IoFuture<'_, ()> {
-        self.gate(IoKind::Flush, self.inner.flush())
-    }
-    fn unmap(&self, offset: u64, len: u64) -> IoFuture<'_, ()> {
-        self.gate(IoKind::Unmap, self.inner.unmap(offset, len))
-    }
-    fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> IoFuture<'_, ()> {
-        self.gate(
-            IoKind::WriteZeroes,
-            self.inner.write_zeroes(offset, len, flags),
-        )
-    }
-    fn block_status(&self, offset: u64, len: u64) -> IoFuture<'_, Vec<Extent>> {
-        self.gate(IoKind::BlockStatus, self.inner.block_status(offset, len))
-    }
-}
-
-fn pattern(seed: u64, len: usize) -> IoBuf {
-    let mut b = IoBuf::zeroed(len);
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    for chunk in b.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
-    }
-    b
-}
 
 fn opts() -> NexusOptions {
     NexusOptions {
