@@ -27,6 +27,7 @@ mod core;
 pub mod mode;
 mod net;
 pub mod op;
+mod outbox;
 pub mod sync;
 pub mod testing;
 
@@ -38,3 +39,4 @@ pub use core::{
 pub use mode::PollMode;
 pub use net::{TcpListener, TcpStream};
 pub use op::sleep;
+pub use outbox::{Chunk, Outbox, SMALL_CHUNK};

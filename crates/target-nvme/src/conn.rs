@@ -15,8 +15,8 @@ use proto_nvme::{
     HeaderDecoded, IcResp, PduDecoder, PduEncoder, PduHeader, QueueType, R2T, Role, Sqe, Status,
     check_data_range, connect_invalid_parameter_dw0, connect_success_dw0, crc32c, fctype,
 };
-use reactor::sync::{LocalMutex, LocalSemaphore, Permit};
-use reactor::{IoBuf, TcpStream, spawn_local};
+use reactor::sync::{LocalSemaphore, Permit};
+use reactor::{Chunk, IoBuf, Outbox, TcpStream, spawn_local};
 
 use crate::subsys::{Controller, Namespace, Subsystem};
 use crate::{IO_IN_CAPSULE, MAX_IN_FLIGHT_BYTES, MAX_IO_QUEUES, MAX_QUEUE_SIZE, MAXH2CDATA};
@@ -85,7 +85,8 @@ pub(crate) struct Conn {
     stream: TcpStream,
     pub(crate) local: Option<SocketAddr>,
     enc: Cell<PduEncoder>,
-    send_lock: LocalMutex<()>,
+    /// Everything sent goes through here: completions ready together leave in one send.
+    outbox: Outbox,
     broken: Cell<bool>,
     pub(crate) qid: Cell<u16>,
     ctrl: RefCell<Option<Arc<Controller>>>,
@@ -189,7 +190,7 @@ pub(crate) async fn serve_connection(target: Arc<NvmfTarget>, stream: TcpStream,
         stream,
         local,
         enc: Cell::new(PduEncoder::new()),
-        send_lock: LocalMutex::new(()),
+        outbox: Outbox::new(),
         broken: Cell::new(false),
         qid: Cell::new(0),
         ctrl: RefCell::new(None),
@@ -266,7 +267,7 @@ impl Conn {
         rd.fill(&self.stream, frame.len).await?;
         rd.consume(frame.len);
         let resp = IcResp::answer(&req, true, true, 0, MAXH2CDATA);
-        self.send(resp.encode().to_vec()).await?;
+        self.send(&resp.encode()).await?;
         dec.establish(resp.hdgst, resp.ddgst);
         dec.set_max_data(MAXH2CDATA);
         self.enc
@@ -310,14 +311,13 @@ impl Conn {
     /// Sends the C2HTermReq for a transport error and marks the connection for closing.
     async fn fatal(&self, e: &proto_nvme::Error, offending: &[u8]) {
         if let Some(t) = PduEncoder::term_req_for(false, e, offending) {
-            let _ = self.send(t.to_vec()).await;
+            let _ = self.send(&t).await;
         }
         self.broken.set(true);
     }
 
-    async fn send(&self, bytes: Vec<u8>) -> io::Result<()> {
-        let _g = self.send_lock.lock().await;
-        self.stream.send_all(bytes).await.0
+    async fn send(&self, bytes: &[u8]) -> io::Result<()> {
+        self.outbox.send(&self.stream, [Chunk::copy(bytes)]).await
     }
 
     fn fail_send(&self) {
@@ -339,7 +339,7 @@ impl Conn {
                     let data = if pdu.data.is_empty() {
                         IoBuf::empty()
                     } else {
-                        IoBuf::from_slice(pdu.data)
+                        copy_to_buf(pdu.data)
                     };
                     (sqe, data, false, len)
                 }
@@ -443,7 +443,7 @@ impl Conn {
                         let buf = if s.len() == data.len() {
                             data
                         } else {
-                            IoBuf::from_slice(s)
+                            copy_to_buf(s)
                         };
                         self.start(ctrl, sqe, cmd, Some(buf), task, None);
                     }
@@ -484,7 +484,7 @@ impl Conn {
                         r2to: 0,
                         r2tl: len,
                     });
-                    if c.send(r2t.to_vec()).await.is_err() {
+                    if c.send(&r2t).await.is_err() {
                         c.fail_send();
                     }
                 });
@@ -623,44 +623,35 @@ impl Conn {
             status: r.status,
         };
         let enc = self.enc.get();
-        let _g = self.send_lock.lock().await;
         if self.broken.get() {
             return;
         }
-        let res = async {
-            match r.data {
-                Some(data) if r.status.is_success() && !data.is_empty() => {
-                    let success = self.sqflow_off.get();
-                    let hdr = enc.c2h_data_header(&proto_nvme::C2HData {
-                        cccid: cid,
-                        datao: 0,
-                        datal: data.len() as u32,
-                        last: true,
-                        success,
-                    });
-                    let digest = enc.data_digest_for(&data);
-                    let (r, _, _) = self.stream.send_all2(hdr.to_vec(), data).await;
-                    r?;
-                    if let Some(d) = digest {
-                        self.stream.send_all(d.to_vec()).await.0?;
-                    }
-                    if success {
-                        return Ok(());
-                    }
-                    self.stream
-                        .send_all(enc.capsule_resp(&cqe).to_vec())
-                        .await
-                        .0
-                }
-                _ => {
-                    self.stream
-                        .send_all(enc.capsule_resp(&cqe).to_vec())
-                        .await
-                        .0
+        // Header, data and digest (C2HData), then the response unless the data PDU carries
+        // the success: one message, gathered with whatever else is ready to go.
+        let mut out: [Option<Chunk>; 4] = [None, None, None, None];
+        match r.data {
+            Some(data) if r.status.is_success() && !data.is_empty() => {
+                let success = self.sqflow_off.get();
+                let hdr = enc.c2h_data_header(&proto_nvme::C2HData {
+                    cccid: cid,
+                    datao: 0,
+                    datal: data.len() as u32,
+                    last: true,
+                    success,
+                });
+                out[0] = Some(Chunk::copy(&hdr));
+                out[2] = enc.data_digest_for(&data).map(|d| Chunk::copy(&d));
+                out[1] = Some(Chunk::Buf(data));
+                if !success {
+                    out[3] = Some(Chunk::copy(&enc.capsule_resp(&cqe)));
                 }
             }
+            _ => out[0] = Some(Chunk::copy(&enc.capsule_resp(&cqe))),
         }
-        .await;
+        let res = self
+            .outbox
+            .send(&self.stream, out.into_iter().flatten())
+            .await;
         if res.is_err() {
             self.fail_send();
         }
@@ -848,4 +839,13 @@ impl Conn {
 
 fn units(len: u32) -> usize {
     (len as usize).div_ceil(BYTE_UNIT)
+}
+
+/// `s` in a buffer from the reactor's registered pool when one is free (the device then
+/// writes it with `WRITE_FIXED`), without zeroing it first.
+fn copy_to_buf(s: &[u8]) -> IoBuf {
+    let mut b = reactor::alloc_buf(s.len());
+    b.set_len(s.len());
+    b.copy_from_slice(s);
+    b
 }

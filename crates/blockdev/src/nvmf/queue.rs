@@ -2,17 +2,20 @@
 //! its receive task and the R2T answers.
 //!
 //! A queue lives on one reactor: the receive task, the senders and every caller poll on that
-//! thread, so the state is `Rc`/`RefCell` without locks. Commands are sent as capsules under
-//! a send lock (a PDU is never interleaved with another); the receive task reads PDUs through
-//! a staging buffer and moves read data straight into the caller's buffer.
+//! thread, so the state is `Rc`/`RefCell` without locks. PDUs are sent whole, in order,
+//! through the queue's [`Outbox`]: capsules issued while a send is in flight leave together
+//! in the next `sendmsg` (one system call and segment for many commands under load); the
+//! receive task reads PDUs through a staging buffer and moves read data straight into the
+//! caller's buffer.
 //!
 //! A command occupies a slot from submission until the controller completes it, even when
 //! the caller stops waiting (its future dropped): the command identifier is reused only once
 //! the controller has answered, so a late completion can never complete somebody else's
 //! command. The identifier carries the slot index and a per-slot generation. A caller that
-//! stops waiting before its capsule went out frees the slot at once (the controller never saw
-//! the command); one that stops in the middle of sending it leaves the stream without framing,
-//! so the queue is killed.
+//! stops waiting before its capsule was queued frees the slot at once (the controller never
+//! saw the command); once queued the capsule goes out whole, and the slot waits for the
+//! answer. Only a caller dropped while it was itself sending (the outbox's flusher) can leave
+//! the stream without framing: the outbox is then failed and the queue killed.
 //!
 //! I/O queues are connected with SQ flow control disabled, so a controller may end a
 //! successful read with its last C2HData PDU (SUCCESS flag) instead of a CapsuleResp: one
@@ -43,8 +46,8 @@ use proto_nvme::{
     ConnectResponse, Cqe, Decoded, Fes, Frame, H2CData, HeaderDecoded, IcReq, Pdu, PduDecoder,
     PduEncoder, PduHeader, R2T, Role, Sgl, Sqe, Status, check_data_range, crc32c, digest_bytes,
 };
-use reactor::sync::{LocalMutex, LocalSemaphore, Permit, timeout};
-use reactor::{IoBuf, StableBuf, TcpStream, spawn_local};
+use reactor::sync::{LocalSemaphore, Permit, timeout};
+use reactor::{Chunk, IoBuf, Outbox, StableBuf, TcpStream, spawn_local};
 
 use super::{Failure, Shared};
 use crate::ErrorKind;
@@ -237,8 +240,8 @@ pub(crate) struct Queue {
     sqflow_off: bool,
     timeout: Duration,
     /// Serialises PDUs on the socket; holds a reusable header buffer.
-    send: LocalMutex<Vec<u8>>,
-    sending: Cell<bool>,
+    /// Everything sent goes through here: capsules ready together leave in one send.
+    outbox: Outbox,
     slots: RefCell<Vec<Option<Cmd>>>,
     generations: RefCell<Vec<u16>>,
     free: RefCell<Vec<u16>>,
@@ -262,9 +265,10 @@ impl std::fmt::Debug for Queue {
 /// Where a command's caller is, for when its future is dropped there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Stage {
-    /// Waiting for the socket: the controller never sees the command, its slot is freed.
+    /// Not queued for sending yet: the controller never sees the command, its slot is freed.
     Queued,
-    /// Its capsule is partly sent: the stream has lost its framing, the queue must go.
+    /// In the outbox: it goes out whole (unless its caller was the one sending and stopped
+    /// midway: the outbox then fails and the queue must go); the slot stays.
     Sending,
     /// On the wire: the slot stays until the controller answers.
     Sent,
@@ -302,7 +306,7 @@ impl Drop for SlotGuard<'_> {
             cmd.waker = None;
             self.stage.get() == Stage::Sending
         };
-        if sending {
+        if sending && self.q.outbox.failed() {
             self.q.kill(Failure::gone(format!(
                 "queue {} to {}: a command was abandoned while its capsule was being sent",
                 self.q.qid, self.q.peer
@@ -355,8 +359,7 @@ impl Queue {
             in_capsule: Cell::new(CONNECT_DATA_LEN as u32),
             sqflow_off: setup.qid > 0,
             timeout: setup.timeout,
-            send: LocalMutex::new(Vec::with_capacity(256)),
-            sending: Cell::new(false),
+            outbox: Outbox::new(),
             slots: RefCell::new((0..depth).map(|_| None).collect()),
             generations: RefCell::new(vec![0; depth]),
             free: RefCell::new((0..depth as u16).rev().collect()),
@@ -548,6 +551,13 @@ impl Queue {
                 return Poll::Ready(Err(Failure::gone("command slot vanished")));
             };
             match cmd.done.take() {
+                // Completed, but the task that sent its data has not given the buffer back
+                // yet: it wakes us when it does.
+                Some(res) if cmd.r2t_active => {
+                    cmd.done = Some(res);
+                    cmd.waker = Some(cx.waker().clone());
+                    Poll::Pending
+                }
                 Some(res) => {
                     let buf = cmd.buf.take();
                     slots[idx] = None;
@@ -605,34 +615,28 @@ impl Queue {
         data: Option<Window>,
         stage: Option<&Cell<Stage>>,
     ) -> (Result<(), Failure>, Option<IoBuf>) {
-        let mut g = self.send.lock().await;
         if let Err(f) = self.check_alive() {
             return (Err(f), data.map(|w| w.buf));
         }
         if let Some(st) = stage {
             st.set(Stage::Sending);
         }
-        let mut v = std::mem::take(&mut *g);
-        v.clear();
-        v.extend_from_slice(hdr);
-        self.sending.set(true);
-        let (r, v, buf) = match data {
-            None => {
-                let (r, v) = self.stream.send_all(v).await;
-                (r, v, None)
-            }
-            Some(w) => {
-                let digest = self.enc.data_digest().then(|| digest_bytes(w.bytes()));
-                let (r, v, w) = self.stream.send_all2(v, w).await;
-                let r = match (r, digest) {
-                    (Ok(()), Some(d)) => self.stream.send_all(d.to_vec()).await.0,
-                    (r, _) => r,
-                };
-                (r, v, Some(w.buf))
-            }
-        };
-        self.sending.set(false);
-        *g = v;
+        let mut out: [Option<Chunk>; 3] = [Some(Chunk::copy(hdr)), None, None];
+        if let Some(w) = data {
+            out[2] = self
+                .enc
+                .data_digest()
+                .then(|| Chunk::copy(&digest_bytes(w.bytes())));
+            out[1] = Some(Chunk::Kept {
+                buf: w.buf,
+                start: w.start,
+                len: w.len,
+            });
+        }
+        let (r, buf) = self
+            .outbox
+            .send_keep(&self.stream, out.into_iter().flatten())
+            .await;
         (
             r.map_err(|e| Failure::gone(format!("sending to {}: {e}", self.peer))),
             buf,
@@ -838,6 +842,7 @@ impl Queue {
                 buf = back.expect("send_pdu gives the window back");
                 if let Err(f) = res {
                     self.kill(f);
+                    self.r2t_done(r.cccid, buf);
                     return;
                 }
                 off += n;
@@ -848,10 +853,27 @@ impl Queue {
                 None => break,
             }
         }
-        self.with_cmd(r.cccid, |c| {
-            c.buf = Some(buf);
-            c.r2t_active = false;
-        });
+        self.r2t_done(r.cccid, buf);
+    }
+
+    /// Gives the command its buffer back after answering R2Ts. The controller may have
+    /// completed the command already (it had all the data before this task resumed): its
+    /// caller waits for the buffer, so it is woken now.
+    fn r2t_done(&self, cid: u16, buf: IoBuf) {
+        let waker = self
+            .with_cmd(cid, |c| {
+                c.buf = Some(buf);
+                c.r2t_active = false;
+                if c.done.is_some() {
+                    c.waker.take()
+                } else {
+                    None
+                }
+            })
+            .flatten();
+        if let Some(w) = waker {
+            w.wake();
+        }
     }
 
     /// A C2HData PDU: its data goes into the command's buffer, from the staging buffer as
@@ -978,11 +1000,8 @@ impl Queue {
         let fes = e.fes().unwrap_or(Fes::InvalidHeaderField);
         let term = PduEncoder::term_req_for(true, e, offending)
             .unwrap_or_else(|| PduEncoder::term_req(true, fes as u16, e.fei(), offending));
-        if !self.sending.get() {
-            let send = async {
-                let _g = self.send.lock().await;
-                let _ = self.stream.send_all(term.to_vec()).await;
-            };
+        if !self.outbox.busy() {
+            let send = self.outbox.send(&self.stream, [Chunk::copy(&term)]);
             let _ = timeout(TERM_REQ_WAIT, send).await;
         }
         f

@@ -592,7 +592,7 @@ async fn poll_once(futs: &mut [Fut<'_, crate::Result<()>>]) {
 }
 
 #[test]
-fn a_command_dropped_before_it_is_sent_frees_its_slot() {
+fn a_command_dropped_after_it_was_queued_goes_out_and_frees_its_slot_when_answered() {
     let rt = runtime(1);
     let t = FakeTarget::start(FakeConfig::default());
     // Two commands at a time (queue size 3).
@@ -600,8 +600,9 @@ fn a_command_dropped_before_it_is_sent_frees_its_slot() {
     let d = dev.clone();
     on(&rt, 0, move || async move {
         d.read(0, IoBuf::zeroed(4096)).await.expect("connect");
-        // The write takes the socket (its send is under way); the read takes the second slot
-        // and waits for the socket. The read's caller then gives up.
+        // The write takes the socket (its send is under way); the read is queued behind it
+        // in the outbox. The read's caller then gives up: its capsule still goes out whole
+        // (the framing stays intact) and the queue lives on.
         let mut futs: Vec<Fut<'_, _>> = vec![
             Box::pin(unit(d.write(0, pattern(3, 4096), WriteFlags::default()))),
             Box::pin(unit(d.read(4096, IoBuf::zeroed(4096)))),
@@ -611,10 +612,14 @@ fn a_command_dropped_before_it_is_sent_frees_its_slot() {
         drop(read);
         let write = futs.pop().expect("write");
         write.await.expect("write");
+        d.read(0, IoBuf::zeroed(4096))
+            .await
+            .expect("the queue lives on");
     });
-    assert_eq!(t.counts().io_commands, 2, "the dropped read was never sent");
-    // Both slots are free: two commands the controller does not answer are both sent (a
-    // slot kept for the dropped read would hold the second back).
+    assert_eq!(t.counts().io_commands, 4, "the dropped read was sent");
+    // Both slots are free again once the controller answered the dropped read: two
+    // commands the controller does not answer are both sent (a slot still held for the
+    // dropped read would hold the second back).
     t.set_fault(Fault::Stall);
     let d = dev.clone();
     let pending = rt.handles()[0].call(move || async move {
@@ -628,7 +633,7 @@ fn a_command_dropped_before_it_is_sent_frees_its_slot() {
         .collect::<Vec<_>>()
     });
     wait_until("both commands on the wire", Duration::from_secs(1), || {
-        t.counts().io_commands == 4
+        t.counts().io_commands == 6
     });
     let r = block_on(pending);
     assert_eq!(r, [Err(ErrorKind::Timeout), Err(ErrorKind::Timeout)]);
