@@ -22,6 +22,11 @@ pub mod engine {
 pub use engine::v1::engine_client::EngineClient;
 pub use engine::v1::engine_server::{Engine as EngineService, EngineServer};
 pub use engine::v1::{
+    AckNexusHealthReply, AckNexusHealthRequest, CreateNexusRequest, DestroyNexusReply,
+    DestroyNexusRequest, ListNexusesReply, ListNexusesRequest, Nexus, NexusChild,
+    NexusChildRequest, NexusHealthRecord, WatchNexusHealthRequest,
+};
+pub use engine::v1::{
     AddNvmfNamespaceRequest, CreateNvmfSubsystemRequest, DestroyNvmfSubsystemReply,
     DestroyNvmfSubsystemRequest, ListNvmfSubsystemsReply, ListNvmfSubsystemsRequest,
     NvmfController, NvmfHostRequest, NvmfNamespace, NvmfSubsystem, RemoveNvmfNamespaceRequest,
@@ -36,10 +41,6 @@ pub use engine::v1::{
     ListExportsReply, ListExportsRequest, ListPoolsReply, ListPoolsRequest, ListVolumesReply,
     ListVolumesRequest, OpStats, Pool, ResizeVolumeRequest, RevertVolumeRequest,
     SetPoolLabelsRequest, SnapshotVolumeRequest, Volume,
-};
-pub use engine::v1::{
-    CreateNexusRequest, DestroyNexusReply, DestroyNexusRequest, ListNexusesReply,
-    ListNexusesRequest, Nexus, NexusChild, NexusChildRequest,
 };
 
 /// TCP port the engine's management gRPC server listens on by default.

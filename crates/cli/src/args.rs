@@ -424,6 +424,28 @@ pub enum NexusCommand {
         /// reservations) so older incarnations can no longer write them.
         #[arg(long, value_name = "N", default_value_t = 0)]
         epoch: u64,
+        /// Persist the healthy set: the nexus makes a health record whenever
+        /// its healthy children change, and acknowledges no write a retired
+        /// child missed before a store (`ballast nexus health-store`, later the
+        /// control plane) has acknowledged the record without that child.
+        /// Without a store running, such writes fail after 30 s.
+        #[arg(long)]
+        persist_health: bool,
+        /// The previous incarnation did not shut down cleanly (its last
+        /// record says clean = false): the first child in sync serves alone and
+        /// the other children in sync are rebuilt from it in full.
+        #[arg(long)]
+        unclean: bool,
+        /// Generation of the previous incarnation's last health record: this
+        /// one's records continue after it.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        health_generation: u64,
+        /// Recreate from the record stored for NAME in FILE (written by
+        /// `ballast nexus health-store`): children not in its healthy set are
+        /// out of sync, --unclean unless the record is clean, generations
+        /// continue after it; implies --persist-health.
+        #[arg(long, value_name = "FILE")]
+        from_health: Option<std::path::PathBuf>,
     },
     /// Destroy a nexus that is not exported (its children stay).
     Destroy {
@@ -475,6 +497,26 @@ pub enum NexusCommand {
         /// Engine device.
         #[arg(value_name = "CHILD")]
         child: String,
+    },
+    /// Store the health records of the engine's nexuses in FILE, until stopped.
+    ///
+    /// A minimal single-node stand-in for the control plane's store: it
+    /// watches the engine's health records (nexuses created with
+    /// --persist-health), writes each to FILE durably (a temporary file,
+    /// fsync, rename, fsync of the directory), then acknowledges it — which
+    /// releases the writes the nexus held for it. FILE is TOML, one table per
+    /// nexus: [nexus."NAME"] with generation, healthy (the children in sync)
+    /// and clean. Records of other nexuses already in FILE are kept. When the
+    /// engine goes away it reconnects every second. Each record stored is
+    /// printed on stdout.
+    ///
+    /// After an engine restart, recreate a nexus from its record:
+    ///   ballast nexus create NAME SIZE CHILD... --from-health FILE
+    #[command(verbatim_doc_comment)]
+    HealthStore {
+        /// The store file (created if missing).
+        #[arg(value_name = "FILE")]
+        file: std::path::PathBuf,
     },
 }
 

@@ -213,6 +213,9 @@ pub fn nexus(n: &ballast_api::Nexus) -> String {
         .num("dirty_regions", n.dirty_regions)
         .num("region_size_bytes", n.region_size_bytes)
         .raw("healthy", array(n.healthy.iter().map(|h| string(h))))
+        .bool("persist_health", n.persist_health)
+        .num("health_generation", n.health_generation)
+        .num("health_acked", n.health_acked)
         .build()
 }
 

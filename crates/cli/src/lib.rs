@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod args;
+pub mod health;
 pub mod json;
 pub mod table;
 
@@ -297,6 +298,18 @@ pub async fn run(cli: &Cli) -> Result<String, CliError> {
     {
         return offline_check(uri);
     }
+    if let Command::Nexus(NexusCommand::HealthStore { file }) = &cli.command {
+        return health::run_store(&cli.engine, file).await;
+    }
+    // `nexus create --from-health FILE`: the stored record, read before anything is asked.
+    let stored = match &cli.command {
+        Command::Nexus(NexusCommand::Create {
+            name,
+            from_health: Some(file),
+            ..
+        }) => Some(health::record(file, name)?),
+        _ => None,
+    };
     let mut client = connect(&cli.engine).await?;
     let err = |s| call_error(&cli.engine, s);
     let json = cli.output == OutputFormat::Json;
@@ -624,7 +637,9 @@ pub async fn run(cli: &Cli) -> Result<String, CliError> {
                 table::volumes(&list)
             }
         }
-        Command::Nexus(cmd) => nexus_command(&mut client, cmd, json).await.map_err(err)?,
+        Command::Nexus(cmd) => nexus_command(&mut client, cmd, json, stored.as_ref())
+            .await
+            .map_err(err)?,
         Command::Stats(args) => {
             let req = GetStatsRequest {
                 device: args.device.clone().unwrap_or_default(),
@@ -649,6 +664,7 @@ async fn nexus_command(
     client: &mut EngineClient<Channel>,
     cmd: &NexusCommand,
     json: bool,
+    stored: Option<&health::Stored>,
 ) -> Result<String, tonic::Status> {
     use ballast_api::{
         CreateNexusRequest, DestroyNexusRequest, ListNexusesRequest, NexusChildRequest,
@@ -673,15 +689,33 @@ async fn nexus_command(
             out_of_sync,
             log,
             epoch,
+            persist_health,
+            unclean,
+            health_generation,
+            from_health: _,
         } => {
-            let req = CreateNexusRequest {
+            let mut req = CreateNexusRequest {
                 name: name.clone(),
                 size_bytes: *size,
                 children: children.clone(),
                 out_of_sync: out_of_sync.clone(),
                 log_device: log.clone().unwrap_or_default(),
                 epoch: *epoch,
+                persist_health: *persist_health,
+                unclean: *unclean,
+                health_generation: *health_generation,
             };
+            // From the stored record: only its healthy children are in sync.
+            if let Some(r) = stored {
+                for c in children {
+                    if !r.healthy.contains(c) && !req.out_of_sync.contains(c) {
+                        req.out_of_sync.push(c.clone());
+                    }
+                }
+                req.unclean |= !r.clean;
+                req.health_generation = req.health_generation.max(r.generation);
+                req.persist_health = true;
+            }
             one(client.create_nexus(req).await?.into_inner())
         }
         NexusCommand::Destroy { name } => {
@@ -742,6 +776,8 @@ async fn nexus_command(
             .rebuild_nexus_child(child(name, c, ""))
             .await?
             .into_inner()),
+        // Handled before connecting (it keeps reconnecting).
+        NexusCommand::HealthStore { .. } => unreachable!("health-store runs on its own"),
     })
 }
 

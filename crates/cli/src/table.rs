@@ -355,6 +355,23 @@ pub fn nexuses(list: &[ballast_api::Nexus]) -> String {
         } else {
             format!("log on {}", n.log_device)
         };
+        let detail = if !n.persist_health {
+            detail
+        } else {
+            let health = if n.health_acked >= n.health_generation {
+                format!("health gen {} stored", n.health_generation)
+            } else {
+                format!(
+                    "health gen {} (stored: {})",
+                    n.health_generation, n.health_acked
+                )
+            };
+            if detail == "-" {
+                health
+            } else {
+                format!("{detail}; {health}")
+            }
+        };
         t.row(vec![
             n.name.clone(),
             "-".to_owned(),
@@ -703,6 +720,22 @@ mod tests {
             "{t}"
         );
         assert_eq!(nexuses(&[]), "no nexuses\n");
+        let h = ballast_api::Nexus {
+            name: "n1".into(),
+            state: "online".into(),
+            persist_health: true,
+            health_generation: 5,
+            health_acked: 4,
+            ..Default::default()
+        };
+        let t = nexuses(std::slice::from_ref(&h));
+        assert!(t.contains("health gen 5 (stored: 4)"), "{t}");
+        let t = nexuses(&[ballast_api::Nexus {
+            health_acked: 5,
+            log_device: "log".into(),
+            ..h
+        }]);
+        assert!(t.contains("log on log; health gen 5 stored"), "{t}");
         assert_eq!(progress(0, 0, 4), "[####] 100%");
     }
 

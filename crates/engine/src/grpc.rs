@@ -1,13 +1,19 @@
 //! The management API: gRPC over tonic, on a control thread with its own small tokio runtime
 //! (the data path never touches tokio).
 
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 
 use ballast_api::engine::v1 as pb;
 use ballast_api::{EngineServer, EngineService};
+use nexus::health::HealthRecord;
+use tokio::sync::{broadcast, mpsc};
+use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::health::{HealthHub, WatcherGuard};
 use crate::{EngineState, MgmtError};
 
 struct Service {
@@ -127,8 +133,88 @@ impl Service {
     }
 }
 
+fn record_pb(r: HealthRecord) -> pb::NexusHealthRecord {
+    pb::NexusHealthRecord {
+        nexus: r.nexus,
+        generation: r.generation,
+        healthy: r.healthy,
+        clean: r.clean,
+    }
+}
+
+/// The `WatchNexusHealth` stream (the generated trait's `BoxStream`).
+type RecordStream = tonic::codegen::BoxStream<pb::NexusHealthRecord>;
+
+/// Feeds one `WatchNexusHealth` stream: the pending records, then each new one (a record
+/// already sent for a nexus, or an older one, is skipped), until the watcher goes away or
+/// the engine shuts down. A watcher that fell behind gets the pending records again.
+async fn forward_health(
+    hub: Arc<HealthHub>,
+    pending: Vec<HealthRecord>,
+    mut rx: broadcast::Receiver<HealthRecord>,
+    guard: WatcherGuard,
+    tx: mpsc::Sender<Result<pb::NexusHealthRecord, Status>>,
+) {
+    let _guard = guard;
+    let mut sent: HashMap<String, u64> = HashMap::new();
+    let mut queue: VecDeque<HealthRecord> = pending.into();
+    loop {
+        while let Some(r) = queue.pop_front() {
+            if sent.get(&r.nexus).is_some_and(|&g| g >= r.generation) {
+                continue;
+            }
+            sent.insert(r.nexus.clone(), r.generation);
+            if tx.send(Ok(record_pb(r))).await.is_err() {
+                return;
+            }
+        }
+        // The next record, or the watcher hung up.
+        let next = {
+            let mut recv = std::pin::pin!(rx.recv());
+            let mut gone = std::pin::pin!(tx.closed());
+            std::future::poll_fn(|cx| {
+                if gone.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(None);
+                }
+                recv.as_mut().poll(cx).map(Some)
+            })
+            .await
+        };
+        match next {
+            None | Some(Err(broadcast::error::RecvError::Closed)) => return,
+            Some(Ok(r)) => queue.push_back(r),
+            Some(Err(broadcast::error::RecvError::Lagged(_))) => queue.extend(hub.pending()),
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl EngineService for Service {
+    async fn watch_nexus_health(
+        &self,
+        _: Request<pb::WatchNexusHealthRequest>,
+    ) -> Result<Response<RecordStream>, Status> {
+        let hub = self.state.health.clone();
+        let (pending, rx, guard) = hub
+            .subscribe()
+            .ok_or_else(|| Status::unavailable("the engine is shutting down"))?;
+        let (tx, out) = mpsc::channel(64);
+        tokio::spawn(forward_health(hub, pending, rx, guard, tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(out))))
+    }
+
+    async fn ack_nexus_health(
+        &self,
+        r: Request<pb::AckNexusHealthRequest>,
+    ) -> Result<Response<pb::AckNexusHealthReply>, Status> {
+        let r = r.into_inner();
+        self.state
+            .health
+            .ack(&r.nexus, r.generation)
+            .map_err(status)?;
+        Ok(Response::new(pb::AckNexusHealthReply {}))
+    }
+
     async fn create_nvmf_subsystem(
         &self,
         r: Request<pb::CreateNvmfSubsystemRequest>,
@@ -589,7 +675,12 @@ impl EngineService for Service {
                 &r.children,
                 &r.out_of_sync,
                 log,
-                (r.epoch != 0).then_some(r.epoch),
+                crate::nexuses::CreateOptions {
+                    epoch: (r.epoch != 0).then_some(r.epoch),
+                    persist_health: r.persist_health,
+                    unclean: r.unclean,
+                    previous_generation: r.health_generation,
+                },
             )
             .await
             .map_err(status)?;
@@ -699,6 +790,9 @@ fn nexus_pb(n: crate::nexuses::NexusStatus) -> pb::Nexus {
         dirty_regions: n.dirty_regions,
         region_size_bytes: n.region_size,
         healthy: n.healthy,
+        persist_health: n.persist_health,
+        health_generation: n.health_generation,
+        health_acked: n.health_acked,
     }
 }
 

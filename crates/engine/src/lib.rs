@@ -11,6 +11,7 @@
 
 pub mod config;
 mod grpc;
+pub mod health;
 pub mod nexuses;
 pub mod pools;
 
@@ -42,6 +43,8 @@ pub struct EngineState {
     devices: Mutex<BTreeMap<String, DeviceEntry>>,
     pools: Mutex<pools::Pools>,
     nexuses: Mutex<nexuses::Nexuses>,
+    /// Health records of the nexuses with health persistence, for the control plane.
+    health: Arc<health::HealthHub>,
     /// Serialises pool management operations (they await device I/O).
     pool_ops: tokio::sync::Mutex<()>,
     nbd: Arc<NbdServer>,
@@ -463,6 +466,7 @@ impl Engine {
             devices: Mutex::new(BTreeMap::new()),
             pools: Mutex::new(pools::Pools::default()),
             nexuses: Mutex::new(nexuses::Nexuses::default()),
+            health: Arc::new(health::HealthHub::default()),
             pool_ops: tokio::sync::Mutex::new(()),
             nbd: NbdServer::new(),
             nbd_addr,
@@ -543,13 +547,12 @@ impl Engine {
         self.grpc.as_ref().map(|g| g.2)
     }
 
-    /// Stops accepting, closes connections (waiting up to 5 s for them to finish), commits
-    /// every pool, flushes every device and stops the reactors. Returns the failures.
+    /// Stops accepting, closes connections (waiting up to 5 s for them to finish), closes
+    /// every nexus (drained, flushed, its last health record out to a connected watcher,
+    /// whose acks are awaited for up to [`nexuses::FINAL_ACK_WAIT`]), stops the management
+    /// API, commits every pool, flushes every device and stops the reactors. Returns the
+    /// failures.
     pub fn shutdown(mut self) -> Vec<String> {
-        if let Some((tx, t, _)) = self.grpc.take() {
-            let _ = tx.send(());
-            let _ = t.join();
-        }
         self.state.nbd.stop(Some(self.listener.as_raw_fd()));
         self.state
             .nvmf
@@ -559,6 +562,21 @@ impl Engine {
             && Instant::now() < deadline
         {
             std::thread::sleep(Duration::from_millis(10));
+        }
+        // The management API still serves: the store gets the last records and acks them.
+        let last = block_on(self.state.close_nexuses());
+        let hub = &self.state.health;
+        let until = Instant::now() + nexuses::FINAL_ACK_WAIT;
+        while !last.iter().all(|(n, g)| hub.is_acked(n, *g))
+            && hub.watchers() > 0
+            && Instant::now() < until
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        hub.close();
+        if let Some((tx, t, _)) = self.grpc.take() {
+            let _ = tx.send(());
+            let _ = t.join();
         }
         let (_, errors) = block_on(self.state.flush_all());
         if let Some(rt) = self.runtime.take() {

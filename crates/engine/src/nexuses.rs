@@ -5,14 +5,21 @@
 //! A device that is a child of a nexus is in use: it cannot be exported, destroyed or given
 //! to another nexus. Rebuilds run in the background on reactor 0; their progress is in
 //! [`NexusStatus`].
+//!
+//! A nexus created with health persistence publishes its health records through the engine's
+//! [`HealthHub`](crate::health::HealthHub) (the `WatchNexusHealth` / `AckNexusHealth` API).
+//! Destroying a nexus, and shutting the engine down, closes it: I/O drained, children
+//! flushed, a last record (`clean` when that all worked) delivered to a connected watcher,
+//! whose ack is awaited for up to [`FINAL_ACK_WAIT`].
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use blockdev::{Device, Measured};
 use nexus::{ChildSpec, ChildState, Nexus, NexusError, NexusOptions, NexusState};
 
+use crate::health::HealthHub;
 use crate::{DeviceEntry, EngineState, MgmtError};
 
 /// A nexus the engine serves.
@@ -24,6 +31,27 @@ pub struct NexusEntry {
     pub log_device: Option<String>,
     /// Size in bytes.
     pub size: u64,
+    /// Created with health persistence.
+    pub persist_health: bool,
+}
+
+/// How long closing a nexus with health persistence waits for its last record to be
+/// acknowledged, while a watcher is connected.
+pub const FINAL_ACK_WAIT: Duration = Duration::from_secs(5);
+
+/// Options of a nexus being created.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CreateOptions {
+    /// This incarnation's epoch (fencing), if any.
+    pub epoch: Option<u64>,
+    /// Publish health records and hold writes a retired child missed until the record
+    /// without it is acknowledged as stored.
+    pub persist_health: bool,
+    /// The previous incarnation's last record says it did not close cleanly: the first
+    /// child in sync serves alone and the other children in sync are rebuilt from it.
+    pub unclean: bool,
+    /// Generation of the previous incarnation's last record (0: none).
+    pub previous_generation: u64,
 }
 
 /// The nexus registry.
@@ -68,6 +96,12 @@ pub struct NexusStatus {
     pub region_size: u64,
     /// Children the control plane should record as healthy (in sync).
     pub healthy: Vec<String>,
+    /// Created with health persistence.
+    pub persist_health: bool,
+    /// Newest health record made, and newest acknowledged as stored (0 when none).
+    pub health_generation: u64,
+    /// See `health_generation`.
+    pub health_acked: u64,
 }
 
 fn nexus_error(what: &str, e: NexusError) -> MgmtError {
@@ -78,8 +112,13 @@ fn nexus_error(what: &str, e: NexusError) -> MgmtError {
     }
 }
 
-fn status_of(name: &str, e: &NexusEntry) -> NexusStatus {
+fn status_of(name: &str, e: &NexusEntry, hub: &HealthHub) -> NexusStatus {
     let n = &e.nexus;
+    let (health_generation, health_acked) = if e.persist_health {
+        hub.status(name)
+    } else {
+        (0, 0)
+    };
     NexusStatus {
         name: name.to_string(),
         size: e.size,
@@ -117,6 +156,9 @@ fn status_of(name: &str, e: &NexusEntry) -> NexusStatus {
         dirty_regions: n.drl().dirty_count(),
         region_size: n.drl().region_size(),
         healthy: n.healthy(),
+        persist_health: e.persist_health,
+        health_generation,
+        health_acked,
     }
 }
 
@@ -179,7 +221,7 @@ impl EngineState {
         children: &[String],
         out_of_sync: &[String],
         log_device: Option<&str>,
-        epoch: Option<u64>,
+        options: CreateOptions,
     ) -> Result<NexusStatus, MgmtError> {
         if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control() || c == '/') {
             return Err(MgmtError::Invalid(format!(
@@ -219,20 +261,24 @@ impl EngineState {
             None => None,
         };
         let (n2, s2) = (name.to_string(), size);
+        let mut opts = NexusOptions {
+            epoch: options.epoch,
+            unclean_shutdown: options.unclean,
+            ..NexusOptions::default()
+        };
+        if options.persist_health {
+            opts.health_generation = self.health.register(name, options.previous_generation);
+            opts.health = Some(self.health.clone());
+        }
         let nexus = self.reactors[0]
-            .call(move || async move {
-                let opts = NexusOptions {
-                    epoch,
-                    ..NexusOptions::default()
-                };
-                Nexus::create(&n2, s2, specs, log, opts).await
-            })
+            .call(move || async move { Nexus::create(&n2, s2, specs, log, opts).await })
             .await
             .map_err(|e| nexus_error(&format!("creating nexus {name:?}"), e))?;
         let entry = NexusEntry {
             nexus: nexus.clone(),
             log_device: log_device.map(str::to_string),
             size,
+            persist_health: options.persist_health,
         };
         {
             let mut devs = self.devices.lock().expect("devices lock");
@@ -266,7 +312,7 @@ impl EngineState {
             .by_name
             .get(name)
             .ok_or_else(|| MgmtError::NotFound(format!("nexus {name:?} not found")))?;
-        Ok(status_of(name, e))
+        Ok(status_of(name, e, &self.health))
     }
 
     /// Every nexus, by name.
@@ -274,7 +320,7 @@ impl EngineState {
         self.nexuses()
             .by_name
             .iter()
-            .map(|(n, e)| status_of(n, e))
+            .map(|(n, e)| status_of(n, e, &self.health))
             .collect()
     }
 
@@ -286,8 +332,10 @@ impl EngineState {
             .ok_or_else(|| MgmtError::NotFound(format!("nexus {name:?} not found")))
     }
 
-    /// Destroys a nexus that is not exported: it is flushed and its device removed; the
-    /// children stay, as plain devices.
+    /// Destroys a nexus that is not exported: it is closed (I/O drained, children flushed,
+    /// its last health record published — `clean` when all that worked) and its device
+    /// removed; the children stay, as plain devices. With health persistence and a watcher
+    /// connected, waits up to [`FINAL_ACK_WAIT`] for the last record's ack.
     pub async fn destroy_nexus(&self, name: &str) -> Result<(), MgmtError> {
         let nexus = self.nexus_of(name)?;
         if let Some(export) = self.export_of_device(name) {
@@ -296,12 +344,58 @@ impl EngineState {
             )));
         }
         self.devices.lock().expect("devices lock").remove(name);
-        self.nexuses().by_name.remove(name);
+        let persist = self
+            .nexuses()
+            .by_name
+            .remove(name)
+            .is_some_and(|e| e.persist_health);
         let n = nexus.clone();
-        let _ = self.reactors[0]
-            .call(move || async move { blockdev::BlockDevice::flush(&*n).await })
+        self.reactors[0]
+            .call(move || async move { n.close().await })
             .await;
+        if persist {
+            let generation = self.health.status(name).0;
+            let until = Instant::now() + FINAL_ACK_WAIT;
+            while !self.health.is_acked(name, generation)
+                && self.health.watchers() > 0
+                && Instant::now() < until
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
         Ok(())
+    }
+
+    /// Closes every nexus (engine shutdown): each is drained, flushed and publishes its last
+    /// health record; their devices are removed. Returns the nexuses with health persistence
+    /// and the generation of their last record.
+    pub(crate) async fn close_nexuses(&self) -> Vec<(String, u64)> {
+        let all: Vec<(String, NexusEntry)> = std::mem::take(&mut self.nexuses().by_name)
+            .into_iter()
+            .collect();
+        {
+            let mut devs = self.devices.lock().expect("devices lock");
+            for (name, _) in &all {
+                devs.remove(name);
+            }
+        }
+        let nexuses: Vec<Arc<Nexus>> = all.iter().map(|(_, e)| e.nexus.clone()).collect();
+        self.reactors[0]
+            .call(move || async move {
+                let futs: Vec<reactor::sync::BoxFuture<'_, bool>> = nexuses
+                    .iter()
+                    .map(|n| Box::pin(n.close()) as reactor::sync::BoxFuture<'_, bool>)
+                    .collect();
+                reactor::sync::join_all(futs).await;
+            })
+            .await;
+        all.into_iter()
+            .filter(|(_, e)| e.persist_health)
+            .map(|(name, _)| {
+                let generation = self.health.status(&name).0;
+                (name, generation)
+            })
+            .collect()
     }
 
     /// Adds engine device `child` to nexus `name`; it is rebuilt in the background.
