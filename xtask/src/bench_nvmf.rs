@@ -7,18 +7,10 @@
 use std::process::{Command, Stdio};
 
 use crate::bench::{loadavg, machine, sh};
+use crate::engine_bench::{ExampleRun, Placement, run_example, write_doc};
 
 /// Runs the benchmark and writes docs/benchmarks-nvmf.md.
 pub fn bench_nvmf(args: &[String]) -> Result<(), String> {
-    let secs = args.first().cloned().unwrap_or_else(|| "3".into());
-    let rounds = args.get(1).cloned().unwrap_or_else(|| "3".into());
-    if secs.parse::<f64>().map_or(true, |s| s <= 0.0)
-        || rounds.parse::<usize>().map_or(true, |r| r == 0)
-    {
-        return Err(format!(
-            "bench-nvmf: SECS and ROUNDS must be positive numbers (got {secs:?}, {rounds:?})"
-        ));
-    }
     if Command::new("fio")
         .arg("--enghelp=nbd")
         .stdout(Stdio::null())
@@ -28,67 +20,20 @@ pub fn bench_nvmf(args: &[String]) -> Result<(), String> {
     {
         return Err("bench-nvmf needs fio with its nbd engine (`apt-get install fio`)".into());
     }
-    crate::build_release()?;
-    let mut b = crate::cargo();
-    b.args([
-        "build",
-        "--release",
-        "-p",
-        "ballast-engine",
-        "--example",
-        "nvmf_bench",
-    ]);
-    crate::run(b, "cargo build --release --example nvmf_bench")?;
-    let root = crate::root();
-    let dir = root.join("target/bench");
-    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    let ncpu = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let taskset = Command::new("taskset")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
     // The engine on CPU 0, this side (the initiators, fio) on the last CPU.
-    let cpus = (ncpu >= 2 && taskset).then(|| ("0".to_string(), (ncpu - 1).to_string()));
-    let example = root.join("target/release/examples/nvmf_bench");
-    let engine = root.join("target/release/ballast-engine");
-    let mut c = match &cpus {
-        Some((_, client)) => {
-            let mut c = Command::new("taskset");
-            c.args(["-c", client]).arg(&example);
-            c
-        }
-        None => Command::new(&example),
-    };
-    c.arg(&engine).arg(&dir).arg(&secs).arg(&rounds);
-    if let Some((server, client)) = &cpus {
-        c.arg(server).arg(client);
-    }
-    let load_before = loadavg();
-    let rev = sh(
-        "git",
-        &[
-            "-C",
-            &root.display().to_string(),
-            "rev-parse",
-            "--short",
-            "HEAD",
-        ],
-    );
-    let out = c
-        .stderr(Stdio::inherit())
-        .output()
-        .map_err(|e| format!("nvmf_bench: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "nvmf_bench failed ({}); the engine's log is {}",
-            out.status,
-            dir.join("nvmf-engine.log").display()
-        ));
-    }
-    let pinning = match &cpus {
-        Some((s, c)) => format!(
+    let ExampleRun {
+        secs,
+        rounds,
+        placement,
+        stdout,
+        load_before,
+        rev,
+    } = run_example("bench-nvmf", "nvmf_bench", args, true, "nvmf-engine.log")?;
+    let pinning = match &placement {
+        Some(Placement {
+            engines: s,
+            client: c,
+        }) => format!(
             "The engine runs on CPU {s} (`taskset`, `--cores 1`, adaptive polling), the initiators \
              and fio on CPU {c}."
         ),
@@ -120,11 +65,7 @@ pub fn bench_nvmf(args: &[String]) -> Result<(), String> {
         machine(),
         sh("fio", &["--version"]),
         loadavg(),
-        String::from_utf8_lossy(&out.stdout)
+        stdout
     );
-    let path = root.join("docs/benchmarks-nvmf.md");
-    std::fs::write(&path, &doc).map_err(|e| format!("writing {}: {e}", path.display()))?;
-    print!("{doc}");
-    eprintln!("xtask bench-nvmf: wrote {}", path.display());
-    Ok(())
+    write_doc("bench-nvmf", "benchmarks-nvmf.md", &doc)
 }

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 mod bench;
+mod bench_nexus;
 mod bench_nvmf;
+mod engine_bench;
 mod json;
 mod procs;
 mod vm;
@@ -47,7 +49,7 @@ fn main() -> ExitCode {
         Some("test") => test(&args[1..]),
         Some("bench") => bench::bench(&args[1..]),
         Some("bench-pool") => bench_pool(&args[1..]),
-        Some("bench-nexus") => bench_nexus(&args[1..]),
+        Some("bench-nexus") => bench_nexus::bench_nexus(&args[1..]),
         Some("bench-nvmf") => bench_nvmf::bench_nvmf(&args[1..]),
         Some("vm") => vm::vm(&args[1..]),
         Some("-h" | "--help" | "help") => {
@@ -310,65 +312,6 @@ fn bench_pool(args: &[String]) -> Result<(), String> {
     let nbd = pool_over_nbd(&dir, &secs, rounds.parse().unwrap_or(3))?;
     let doc = format!("{doc}\n{nbd}");
     let path = root().join("docs/benchmarks-pool.md");
-    std::fs::write(&path, &doc).map_err(|e| e.to_string())?;
-    print!("{doc}");
-    Ok(())
-}
-
-/// The nexus in-process: 1, 2, 3 replicas vs the bare child, rebuild vs a raw copy; writes
-/// docs/benchmarks-nexus.md.
-fn bench_nexus(args: &[String]) -> Result<(), String> {
-    let secs = args.first().cloned().unwrap_or_else(|| "3".into());
-    let rounds = args.get(1).cloned().unwrap_or_else(|| "3".into());
-    let mut b = cargo();
-    b.args([
-        "build",
-        "--release",
-        "-p",
-        "nexus",
-        "--example",
-        "nexus_bench",
-    ]);
-    run(b, "cargo build --release --example nexus_bench")?;
-    let dir = root().join("target/bench");
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let out = Command::new(root().join("target/release/examples/nexus_bench"))
-        .arg(&dir)
-        .arg(&secs)
-        .arg(&rounds)
-        .output()
-        .map_err(|e| format!("nexus_bench: {e}"))?;
-    for i in 0..4 {
-        let _ = std::fs::remove_file(dir.join(format!("c{i}.img")));
-    }
-    if !out.status.success() {
-        return Err(format!(
-            "nexus_bench failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    let text = |c: &str, a: &[&str]| {
-        Command::new(c)
-            .args(a)
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_default()
-    };
-    let doc = format!(
-        "# Nexus benchmarks\n\nWritten by `cargo xtask bench-nexus {secs} {rounds}` on {}; kernel {}, \
-         {} CPUs. In-process (no network): one reactor drives 4k random I/O through `blockdev` \
-         traits against the bare first child and against a nexus over 1, 2 and 3 children — \
-         1 GiB files (`uring`, O_DIRECT) in `target/bench`, all on this machine's one disk, so \
-         3 replicas write 3× the bytes to the same disk (on a cluster each replica has its own \
-         node and disk; remote replicas over NVMe/TCP come with the initiator). The four \
-         configurations alternate, {rounds} rounds of {secs} s per workload; figures are \
-         medians, the ratio is the median of the per-round ratios.\n\n{}",
-        text("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
-        text("uname", &["-r"]),
-        text("nproc", &[]),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let path = root().join("docs/benchmarks-nexus.md");
     std::fs::write(&path, &doc).map_err(|e| e.to_string())?;
     print!("{doc}");
     Ok(())

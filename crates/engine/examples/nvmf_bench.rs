@@ -24,18 +24,16 @@
 //! workloads whose label contains TEXT (e.g. `QD32`), for quick looks. Both are named in the
 //! output.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+mod bench_common;
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use bench_common::{CpuMeter, Engine, GIB, MIB, fill, on, range};
+use blockdev::Device;
 use blockdev::loadgen::{Load, Sample, median, run_sampled};
-use blockdev::{Device, IoBuf, WriteFlags};
 use reactor::{Config, PollMode, Runtime};
-
-const GIB: u64 = 1 << 30;
-const MIB: u64 = 1 << 20;
 /// Warm-up before each in-process measurement (discarded).
 const WARMUP_SECS: f64 = 0.5;
 /// fio's ramp before measuring.
@@ -161,7 +159,6 @@ struct Env {
     nbd_uri: String,
     client_cpu: Option<String>,
     engine_pid: u32,
-    clk: f64,
     rt: Runtime,
     nvmf: Device,
     nbd: Device,
@@ -209,8 +206,14 @@ fn main() {
     let fill_dev = raw.clone();
     on(&rt, move || async move { fill(&fill_dev).await });
 
-    let mut engine = start_engine(&engine_bin, &img, &dir, server_cpu.as_deref());
-    let (nbd_uri, nvmf_uri) = engine.uris.clone();
+    let mut engine = Engine::start(
+        &engine_bin,
+        &img,
+        &dir.join("nvmf-engine.log"),
+        server_cpu.as_deref(),
+        "adaptive",
+    );
+    let (nbd_uri, nvmf_uri) = (engine.nbd_uri.clone(), engine.nvmf_uri.clone());
     eprintln!("nvmf_bench: engine serves {nbd_uri} and {nvmf_uri}");
     let nvmf = blockdev::open_uri("nvmf", &nvmf_uri).expect("open nvmf://");
     let nbd = blockdev::open_uri("nbd", &nbd_uri).expect("open nbd://");
@@ -219,8 +222,7 @@ fn main() {
         img: img.clone(),
         nbd_uri,
         client_cpu,
-        engine_pid: engine.child.id(),
-        clk: clk_tck(),
+        engine_pid: engine.pid(),
         rt,
         nvmf,
         nbd,
@@ -273,35 +275,6 @@ fn main() {
     print!("{}", report(&results, secs, rounds, total, &notes));
 }
 
-/// Writes the whole file once (1 MiB at a time), so every read hits allocated blocks.
-async fn fill(dev: &Device) {
-    for i in 0..GIB / MIB {
-        let mut b = IoBuf::zeroed(MIB as usize);
-        for (j, c) in b.chunks_mut(4096).enumerate() {
-            c[..8].copy_from_slice(&(i * MIB + j as u64 * 4096).to_le_bytes());
-            c[8] = 0xa5;
-        }
-        dev.write(i * MIB, b, WriteFlags::default())
-            .await
-            .expect("fill");
-    }
-    dev.flush().await.expect("flush");
-}
-
-/// Runs the future `f` builds on the client reactor and waits for it.
-fn on<T, F>(rt: &Runtime, f: impl FnOnce() -> F + Send + 'static) -> T
-where
-    T: Send + 'static,
-    F: std::future::Future<Output = T> + 'static,
-{
-    let (tx, rx) = mpsc::channel();
-    rt.handles()[0].spawn(move || async move {
-        let _ = tx.send(f().await);
-    });
-    rx.recv_timeout(Duration::from_secs(600))
-        .expect("the client reactor did not finish (or panicked)")
-}
-
 fn measure(env: &Env, wl: &Workload, path: Route) -> Run {
     let dev = match path {
         Route::Nvmf => Some(env.nvmf.clone()),
@@ -316,16 +289,16 @@ fn measure(env: &Env, wl: &Workload, path: Route) -> Run {
             on(&env.rt, move || async move {
                 run_sampled(d, 0, GIB, load, WARMUP_SECS, None).await
             });
-            let before = path.served().then(|| cpu_ticks(env.engine_pid));
-            let me = cpu_ticks(std::process::id());
-            let t = Instant::now();
+            let meter = CpuMeter::start(&[std::process::id(), env.engine_pid]);
             let s = on(&env.rt, move || async move {
                 run_sampled(dev, 0, GIB, load, secs, None).await
             });
-            let pct = |ticks: u64| ticks as f64 / env.clk / t.elapsed().as_secs_f64() * 100.0;
-            let cpu = before.map(|b| pct(cpu_ticks(env.engine_pid).saturating_sub(b)));
-            let client_cpu = pct(cpu_ticks(std::process::id()).saturating_sub(me));
-            Run { s, cpu, client_cpu }
+            let pct = meter.pct();
+            Run {
+                s,
+                cpu: path.served().then_some(pct[1]),
+                client_cpu: pct[0],
+            }
         }
         None => fio(env, wl, path == Route::FioNbd),
     }
@@ -365,15 +338,10 @@ fn fio(env: &Env, wl: &Workload, nbd: bool) -> Run {
     let child = c.spawn().expect("fio (apt-get install fio)");
     // CPU of the engine and of fio inside the measured window.
     std::thread::sleep(Duration::from_millis(FIO_RAMP_SECS * 1000 + 300));
-    let (a, f, t) = (
-        cpu_ticks(env.engine_pid),
-        cpu_ticks(child.id()),
-        Instant::now(),
-    );
+    let meter = CpuMeter::start(&[child.id(), env.engine_pid]);
     std::thread::sleep(Duration::from_secs_f64((env.secs.ceil() - 0.6).max(0.2)));
-    let pct = |ticks: u64| ticks as f64 / env.clk / t.elapsed().as_secs_f64() * 100.0;
-    let cpu = nbd.then(|| pct(cpu_ticks(env.engine_pid).saturating_sub(a)));
-    let client_cpu = pct(cpu_ticks(child.id()).saturating_sub(f));
+    let pct = meter.pct();
+    let (client_cpu, cpu) = (pct[0], nbd.then_some(pct[1]));
     let out = child.wait_with_output().expect("fio");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -408,125 +376,6 @@ fn fio(env: &Env, wl: &Workload, nbd: bool) -> Run {
         cpu,
         client_cpu,
     }
-}
-
-struct Engine {
-    child: Child,
-    uris: (String, String),
-}
-
-impl Engine {
-    fn stop(&mut self) {
-        let pid = self.child.id() as libc::pid_t;
-        // SAFETY: signals our own child, which has not been reaped (we hold its `Child`).
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Engine {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn start_engine(bin: &Path, img: &Path, dir: &Path, cpu: Option<&str>) -> Engine {
-    let mut c = match cpu {
-        Some(cpu) => {
-            let mut c = Command::new("taskset");
-            c.args(["-c", cpu]).arg(bin);
-            c
-        }
-        None => Command::new(bin),
-    };
-    let log = dir.join("nvmf-engine.log");
-    c.args([
-        "--cores",
-        "1",
-        "--poll-mode",
-        "adaptive",
-        "--no-pool-import",
-    ])
-    .args([
-        "--nbd-listen",
-        "127.0.0.1:0",
-        "--nvmf-listen",
-        "127.0.0.1:0",
-    ])
-    .args(["--grpc-listen", "none"])
-    .arg("--device")
-    .arg(format!("disk=uring://{}", img.display()))
-    .args(["--export", "disk", "--nvmf-export", "nv=disk"])
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(std::fs::File::create(&log).expect("engine log"));
-    let mut child = c.spawn().expect("start ballast-engine");
-    let out = child.stdout.take().expect("engine stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines() {
-            let Ok(l) = l else { break };
-            if tx.send(l).is_err() {
-                // Keep draining so the engine never blocks on stdout.
-                continue;
-            }
-        }
-    });
-    let mut engine = Engine {
-        child,
-        uris: (String::new(), String::new()),
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while engine.uris.0.is_empty() || engine.uris.1.is_empty() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let l = rx.recv_timeout(left).unwrap_or_else(|_| {
-            panic!(
-                "the engine exited or printed no URIs within 30 s; see {}",
-                log.display()
-            )
-        });
-        if l.starts_with("nbd://") {
-            engine.uris.0 = l;
-        } else if l.starts_with("nvmf://") {
-            engine.uris.1 = l;
-        }
-    }
-    engine
-}
-
-/// User + system CPU ticks of process `pid` (all threads).
-fn cpu_ticks(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may contain spaces): state is field 3; utime
-    // and stime are fields 14 and 15.
-    let rest = s.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let get = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    get(11) + get(12)
-}
-
-fn clk_tck() -> f64 {
-    // SAFETY: sysconf only reads a configuration value.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 { t as f64 } else { 100.0 }
-}
-
-/// min–max of `v` formatted with `fmt`.
-fn range(v: &[f64], fmt: impl Fn(f64) -> String) -> String {
-    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
-    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    format!("{}–{}", fmt(lo), fmt(hi))
 }
 
 fn report(
