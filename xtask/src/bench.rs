@@ -325,19 +325,7 @@ fn setup(opts: Opts) -> Result<Env, String> {
     let logs = dir.join("logs");
     let _ = std::fs::remove_dir_all(&logs);
     std::fs::create_dir_all(&logs).map_err(|e| format!("creating {}: {e}", logs.display()))?;
-    let ncpu = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let taskset = Command::new("taskset")
-        .arg("--version")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    let (server_cpu, fio_cpu) = if ncpu >= 2 && taskset {
-        (Some("0".to_string()), Some((ncpu - 1).to_string()))
-    } else {
-        (None, None)
-    };
+    let (server_cpu, fio_cpu) = cpu_pair().unzip();
     Ok(Env {
         disk: dir.join("disk.img"),
         engine: root.join("target/release/ballast-engine"),
@@ -939,6 +927,19 @@ pub(crate) fn sh(cmd: &str, args: &[&str]) -> String {
             s.lines().next().unwrap_or("").trim().to_string()
         })
         .unwrap_or_else(|| "?".into())
+}
+
+/// The first and the last CPU (`"0"`, `"N-1"`), to keep a server and its client apart with
+/// `taskset`; `None` with fewer than 2 CPUs or without `taskset`.
+pub(crate) fn cpu_pair() -> Option<(String, String)> {
+    let ncpu = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let taskset = Command::new("taskset")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    (ncpu >= 2 && taskset).then(|| ("0".to_string(), (ncpu - 1).to_string()))
 }
 
 pub(crate) fn loadavg() -> String {

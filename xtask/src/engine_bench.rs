@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use crate::bench::{loadavg, sh};
+use crate::bench::{cpu_pair, loadavg, sh};
 
 /// Which CPU the engines run on and which the example's own process (the client side).
 #[derive(Clone, Debug)]
@@ -66,26 +66,13 @@ pub fn run_example(
     let root = crate::root();
     let dir = root.join("target/bench");
     std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    let ncpu = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let taskset = Command::new("taskset")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    let placement = (ncpu >= 2 && taskset).then(|| {
-        let (first, last) = ("0".to_string(), (ncpu - 1).to_string());
-        if engines_first {
-            Placement {
-                engines: first,
-                client: last,
-            }
+    let placement = cpu_pair().map(|(first, last)| {
+        let (engines, client) = if engines_first {
+            (first, last)
         } else {
-            Placement {
-                engines: last,
-                client: first,
-            }
-        }
+            (last, first)
+        };
+        Placement { engines, client }
     });
     let bin = root.join("target/release/examples").join(example);
     let mut c = match &placement {

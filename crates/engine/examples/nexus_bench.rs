@@ -356,42 +356,38 @@ fn replication(
         None => "- (4k randwrite QD32 was not run)".to_string(),
     };
 
-    let mut s = String::from(
-        "## Replication: 4k random I/O\n\n\
-         Median IOPS; ratios are medians of the per-round ratios (range over the rounds).\n\n\
-         | workload | bare local file | 1 replica | 2 replicas | 3 replicas | 2 ÷ 1 | 3 ÷ 1 |\n\
-         |---|--:|--:|--:|--:|--:|--:|\n",
-    );
     let both = |v: Vec<f64>| format!("{} ({})", x2(median(v.clone())), range(&v, x2));
-    for &w in &ran {
+    let mut s = String::from("## Replication: 4k random I/O\n");
+    for (intro, f, digits) in [
+        (
+            "Median IOPS; ratios are medians of the per-round ratios (range over the rounds).",
+            iops,
+            0,
+        ),
+        (
+            "Median mean latency in µs (submission to completion as the caller sees it; at QD1 \
+             this is the figure that matters); ratios as above, of latencies.",
+            lat,
+            1,
+        ),
+    ] {
         s.push_str(&format!(
-            "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} |\n",
-            WORKLOADS[w].label,
-            med(w, 0, iops),
-            med(w, 1, iops),
-            med(w, 2, iops),
-            med(w, 3, iops),
-            both(ratios(w, 2, 1, iops)),
-            both(ratios(w, 3, 1, iops)),
+            "\n{intro}\n\n\
+             | workload | bare local file | 1 replica | 2 replicas | 3 replicas | 2 ÷ 1 | 3 ÷ 1 |\n\
+             |---|--:|--:|--:|--:|--:|--:|\n"
         ));
-    }
-    s.push_str(
-        "\nMedian mean latency in µs (submission to completion as the caller sees it; at QD1 \
-         this is the figure that matters); ratios as above, of latencies.\n\n\
-         | workload | bare local file | 1 replica | 2 replicas | 3 replicas | 2 ÷ 1 | 3 ÷ 1 |\n\
-         |---|--:|--:|--:|--:|--:|--:|\n",
-    );
-    for &w in &ran {
-        s.push_str(&format!(
-            "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} |\n",
-            WORKLOADS[w].label,
-            med(w, 0, lat),
-            med(w, 1, lat),
-            med(w, 2, lat),
-            med(w, 3, lat),
-            both(ratios(w, 2, 1, lat)),
-            both(ratios(w, 3, 1, lat)),
-        ));
+        for &w in &ran {
+            let cells: Vec<String> = (0..CONFIGS.len())
+                .map(|c| format!("{:.digits$}", med(w, c, f)))
+                .collect();
+            s.push_str(&format!(
+                "| {} | {} | {} | {} |\n",
+                WORKLOADS[w].label,
+                cells.join(" | "),
+                both(ratios(w, 2, 1, f)),
+                both(ratios(w, 3, 1, f)),
+            ));
+        }
     }
     s.push_str(
         "\nEvery configuration (medians; CPU of this process, which runs the nexus and the \
