@@ -463,3 +463,339 @@ fn injected_device_errors_and_timeouts_retire_children_without_application_error
         );
     }
 }
+
+/// `ballast nexus health-store FILE` against one engine, killed when dropped (or stopped).
+/// What it prints (a line per record stored) is appended to FILE.log.
+struct HealthStore(Option<std::process::Child>);
+
+impl HealthStore {
+    fn start(api: &str, file: &std::path::Path) -> HealthStore {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(file.with_extension("log"))
+            .expect("store log");
+        let child = std::process::Command::new(common::cli_bin())
+            .env_remove("BALLAST_ENGINE")
+            .arg("--engine")
+            .arg(api)
+            .args(["nexus", "health-store"])
+            .arg(file)
+            .stdin(std::process::Stdio::null())
+            .stdout(log)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start ballast nexus health-store");
+        HealthStore(Some(child))
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for HealthStore {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The record of `nexus` in a store file: (generation, healthy, clean).
+fn stored(file: &std::path::Path, nexus: &str) -> Option<(u64, Vec<String>, bool)> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let t: toml::Table = toml::from_str(&text).expect("the store file is TOML");
+    let r = t.get("nexus")?.get(nexus)?;
+    let generation = r.get("generation")?.as_integer()? as u64;
+    let healthy = r
+        .get("healthy")?
+        .as_array()?
+        .iter()
+        .map(|v| v.as_str().expect("a child name").to_string())
+        .collect();
+    Some((generation, healthy, r.get("clean")?.as_bool()?))
+}
+
+/// Waits until the store file holds a record of `nexus` that `ok` accepts; returns it.
+fn wait_stored(
+    file: &std::path::Path,
+    nexus: &str,
+    limit: Duration,
+    ok: impl Fn(&(u64, Vec<String>, bool)) -> bool,
+) -> (u64, Vec<String>, bool) {
+    let until = Instant::now() + limit;
+    loop {
+        if let Some(r) = stored(file, nexus).filter(&ok) {
+            return r;
+        }
+        assert!(
+            Instant::now() < until,
+            "the store never held the record wanted; it holds {:?}",
+            stored(file, nexus)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+/// A field of nexus `name` in `ballast -o json nexus list` (a number or a bool), as text.
+fn json_field(api: &str, field: &str) -> String {
+    let json = ok(api, &["-o", "json", "nexus", "list"]);
+    let key = format!("\"{field}\":");
+    let at = json
+        .find(&key)
+        .unwrap_or_else(|| panic!("no {field} in {json}"));
+    json[at + key.len()..]
+        .split([',', '}'])
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn a_retired_child_leaves_the_stored_healthy_set_before_a_write_it_missed_is_acknowledged() {
+    let dir = TempDir::new("nexus-health");
+    let devs = [
+        file_device(&dir, "c0", "64MiB"),
+        file_device(&dir, "c1", "64MiB"),
+        file_device(&dir, "log", "1MiB"),
+    ];
+    let mut args = vec!["--grpc-listen", "127.0.0.1:0"];
+    for d in &devs {
+        args.extend(["--device", d.as_str()]);
+    }
+    let mut e = Engine::start(&args);
+    let api = e.grpc.clone().expect("management API address");
+    let file = dir.join("health.toml");
+    let mut store = HealthStore::start(&api, &file);
+
+    let out = ok(
+        &api,
+        &[
+            "nexus",
+            "create",
+            "n0",
+            "48MiB",
+            "c0",
+            "c1",
+            "--log",
+            "log",
+            "--persist-health",
+        ],
+    );
+    assert!(out.contains("health gen 1"), "{out}");
+    let first = wait_stored(&file, "n0", Duration::from_secs(10), |_| true);
+    assert_eq!(first, (1, strings(&["c0", "c1"]), false));
+    ok(&api, &["export", "create", "n0", "n0"]);
+    let uri = e.uri_for("n0");
+
+    // Under fio verify load, c1 is faulted: the store drops it; c1 is rebuilt: the store
+    // gets it back. fio sees no error (its writes wait for the store only briefly).
+    let fio = fio_in_background(&dir, &uri, "health", 2500);
+    std::thread::sleep(Duration::from_millis(1500));
+    ok(
+        &api,
+        &["nexus", "fault-child", "n0", "c1", "--reason", "test"],
+    );
+    let r = wait_stored(&file, "n0", Duration::from_secs(10), |r| r.0 >= 2);
+    assert_eq!(r, (2, strings(&["c0"]), false));
+    std::thread::sleep(Duration::from_millis(800));
+    ok(&api, &["nexus", "rebuild", "n0", "c1"]);
+    wait_state(&api, "n0", "c1", "online", Duration::from_secs(60));
+    let r = wait_stored(&file, "n0", Duration::from_secs(10), |r| r.0 >= 3);
+    assert_eq!(r, (3, strings(&["c0", "c1"]), false));
+    assert_fio_clean(&fio.join().expect("fio thread"));
+
+    // The store stops. c1 is faulted again: a write it misses is held — it is not
+    // acknowledged while the store still calls c1 healthy.
+    store.stop();
+    ok(
+        &api,
+        &["nexus", "fault-child", "n0", "c1", "--reason", "test 2"],
+    );
+    assert_eq!(json_field(&api, "health_generation"), "4");
+    assert_eq!(json_field(&api, "health_acked"), "3");
+    let u2 = uri.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let writer = std::thread::spawn(move || {
+        let out = qemu_io_try(&u2, &["write -P 0x5a 0 64k"]);
+        let _ = tx.send(());
+        out
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        rx.try_recv().is_err(),
+        "the write completed while the store still listed c1 as healthy"
+    );
+    assert_eq!(
+        stored(&file, "n0").expect("record"),
+        (3, strings(&["c0", "c1"]), false)
+    );
+    // The store comes back: it gets the pending record, stores and acknowledges it, and
+    // only then does the write complete.
+    let t = Instant::now();
+    let _store = HealthStore::start(&api, &file);
+    rx.recv_timeout(Duration::from_secs(20))
+        .expect("the held write did not complete once the record was stored");
+    let (wrote, text) = writer.join().expect("qemu-io thread");
+    assert!(wrote, "{text}");
+    assert_eq!(
+        stored(&file, "n0").expect("record"),
+        (4, strings(&["c0"]), false),
+        "the write completed before the store dropped c1"
+    );
+    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+    assert_eq!(json_field(&api, "health_acked"), "4");
+    let (read, text) = qemu_io_try(&uri, &["read -P 0x5a 0 64k"]);
+    assert!(read, "{text}");
+
+    // c1 is rebuilt; destroying the nexus leaves a clean last record of both children.
+    ok(&api, &["nexus", "rebuild", "n0", "c1"]);
+    wait_state(&api, "n0", "c1", "online", Duration::from_secs(60));
+    ok(&api, &["export", "destroy", "n0"]);
+    ok(&api, &["nexus", "destroy", "n0"]);
+    let r = wait_stored(&file, "n0", Duration::from_secs(10), |r| r.2);
+    assert_eq!(r, (6, strings(&["c0", "c1"]), true));
+    let (status, stderr) = e.terminate(Duration::from_secs(20));
+    assert!(status.success(), "{stderr}");
+    assert_eq!(
+        sha256_prefix(&dir.join("c0.img"), 48 * MIB),
+        sha256_prefix(&dir.join("c1.img"), 48 * MIB),
+        "c1 differs from c0 after its rebuilds"
+    );
+}
+
+#[test]
+fn after_a_kill_the_nexus_is_recreated_from_the_stored_healthy_set_and_resynchronised() {
+    let dir = TempDir::new("nexus-health-restart");
+    let devs = [
+        file_device(&dir, "c0", "64MiB"),
+        file_device(&dir, "c1", "64MiB"),
+        file_device(&dir, "c2", "64MiB"),
+    ];
+    let mut args = vec!["--grpc-listen", "127.0.0.1:0"];
+    for d in &devs {
+        args.extend(["--device", d.as_str()]);
+    }
+    let file = dir.join("health.toml");
+    // No dirty-region log: the store's record is all that says c2 is stale.
+    let e1 = Engine::start(&args);
+    let api = e1.grpc.clone().expect("management API address");
+    let store = HealthStore::start(&api, &file);
+    ok(
+        &api,
+        &[
+            "nexus",
+            "create",
+            "n0",
+            "32MiB",
+            "c0",
+            "c1",
+            "c2",
+            "--persist-health",
+        ],
+    );
+    ok(&api, &["export", "create", "n0", "n0"]);
+    let uri = e1.uri_for("n0");
+    let (w, text) = qemu_io_try(&uri, &["write -P 0x11 0 8M", "flush"]);
+    assert!(w, "{text}");
+    // c2 is retired; the writes after it reach c0 and c1 only.
+    ok(&api, &["nexus", "fault-child", "n0", "c2"]);
+    let (w, text) = qemu_io_try(&uri, &["write -P 0x22 4M 8M", "flush"]);
+    assert!(w, "{text}");
+    let before = stored(&file, "n0").expect("record");
+    assert_eq!(
+        (before.1.clone(), before.2),
+        (strings(&["c0", "c1"]), false)
+    );
+
+    // The engine is killed: no clean record. A write in flight at that moment landed on c1
+    // only (never acknowledged): simulated by writing c1's file directly.
+    let mut e1 = e1;
+    e1.signal(libc::SIGKILL);
+    let _ = e1.try_status();
+    drop(e1);
+    drop(store);
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join("c1.img"))
+            .expect("open c1.img");
+        f.seek(SeekFrom::Start(20 * MIB)).expect("seek");
+        f.write_all(&[0x77; 64 << 10]).expect("stray write");
+        f.sync_all().expect("sync");
+    }
+    assert_ne!(
+        sha256_prefix(&dir.join("c0.img"), 32 * MIB),
+        sha256_prefix(&dir.join("c1.img"), 32 * MIB)
+    );
+
+    // A new engine; the nexus is recreated from the stored record, the stale child first.
+    let mut e2 = Engine::start(&args);
+    let api = e2.grpc.clone().expect("management API address");
+    let _store = HealthStore::start(&api, &file);
+    let f = file.to_str().expect("utf-8 path");
+    let out = ok(
+        &api,
+        &[
+            "nexus",
+            "create",
+            "n0",
+            "32MiB",
+            "c2",
+            "c0",
+            "c1",
+            "--from-health",
+            f,
+        ],
+    );
+    // Not recorded healthy: c2 is out of sync; unclean: c0 (the first healthy) serves alone
+    // and c1 is rebuilt from it. The incarnation's first record (its generations continue
+    // the stored ones) says so.
+    wait_stored(&file, "n0", Duration::from_secs(10), |r| r.0 > before.0);
+    let log = std::fs::read_to_string(file.with_extension("log")).expect("store log");
+    assert!(
+        log.contains(&format!(
+            "stored n0 generation {}: healthy [c0]\n",
+            before.0 + 1
+        )),
+        "created as:\n{out}\nstored:\n{log}"
+    );
+    for c in ["c2", "c1"] {
+        wait_state(&api, "n0", c, "online", Duration::from_secs(120));
+    }
+    wait_stored(&file, "n0", Duration::from_secs(10), |r| r.1.len() == 3);
+    ok(&api, &["export", "create", "n0", "n0"]);
+    let uri = e2.uri_for("n0");
+    let (r, text) = qemu_io_try(
+        &uri,
+        &[
+            "read -P 0x11 0 4M",
+            "read -P 0x22 4M 8M",
+            "read -P 0 20M 64k",
+        ],
+    );
+    assert!(r, "{text}");
+
+    // A clean shutdown: the last record says so.
+    ok(&api, &["export", "destroy", "n0"]);
+    let (status, stderr) = e2.terminate(Duration::from_secs(30));
+    assert!(status.success(), "{stderr}");
+    let last = stored(&file, "n0").expect("record");
+    assert!(last.2, "not clean after SIGTERM: {last:?}");
+    assert_eq!(last.1, strings(&["c2", "c0", "c1"]));
+    let want = sha256_prefix(&dir.join("c0.img"), 32 * MIB);
+    for c in ["c1", "c2"] {
+        assert_eq!(
+            sha256_prefix(&dir.join(&format!("{c}.img")), 32 * MIB),
+            want,
+            "{c} differs from the source c0"
+        );
+    }
+}
