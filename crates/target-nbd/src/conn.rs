@@ -8,8 +8,8 @@ use std::sync::atomic::Ordering;
 
 use blockdev::{BlockError, ExtentState, WriteFlags, ZeroFlags};
 use proto_nbd::{self as nbd, Command, Errno, Request, consts::*};
-use reactor::sync::{LocalMutex, LocalSemaphore};
-use reactor::{IoBuf, TcpStream, spawn_local};
+use reactor::sync::LocalSemaphore;
+use reactor::{Chunk, IoBuf, Outbox, TcpStream, spawn_local};
 
 use crate::errors::errno_of;
 use crate::negotiate::{BASE_ALLOCATION_ID, Negotiated, negotiate};
@@ -25,7 +25,8 @@ struct Conn {
     export: Arc<Export>,
     structured: bool,
     base_allocation: bool,
-    send_lock: LocalMutex<()>,
+    /// Every reply goes through here: replies ready together leave in one send.
+    outbox: Outbox,
     broken: Cell<bool>,
 }
 
@@ -39,29 +40,19 @@ enum Reply {
 impl Conn {
     async fn reply(&self, req: &Request, r: Result<Reply, Errno>) {
         let cookie = req.cookie;
-        let _g = self.send_lock.lock().await;
         if self.broken.get() {
             return;
         }
-        let res = match r {
+        let mut out: [Option<Chunk>; 2] = [None, None];
+        match r {
             Err(e) if self.structured && req.command == Command::Read => {
                 // Structured replies were negotiated: a read's error must be a chunk.
-                let mut out = Vec::with_capacity(64);
-                nbd::encode_error_chunk(&mut out, REPLY_FLAG_DONE, cookie, e.to_wire(), "");
-                self.stream.send_all(out).await.0
+                let mut v = Vec::with_capacity(64);
+                nbd::encode_error_chunk(&mut v, REPLY_FLAG_DONE, cookie, e.to_wire(), "");
+                out[0] = Some(Chunk::copy(&v));
             }
-            Err(e) => {
-                self.stream
-                    .send_all(nbd::simple_reply(e.to_wire(), cookie).to_vec())
-                    .await
-                    .0
-            }
-            Ok(Reply::Done) => {
-                self.stream
-                    .send_all(nbd::simple_reply(0, cookie).to_vec())
-                    .await
-                    .0
-            }
+            Err(e) => out[0] = Some(Chunk::copy(&nbd::simple_reply(e.to_wire(), cookie))),
+            Ok(Reply::Done) => out[0] = Some(Chunk::copy(&nbd::simple_reply(0, cookie))),
             Ok(Reply::ReadData(data)) => {
                 if self.structured {
                     match nbd::offset_data_header(
@@ -70,34 +61,41 @@ impl Conn {
                         req.offset,
                         data.len() as u32,
                     ) {
-                        Ok(h) => self.stream.send_all2(h.to_vec(), data).await.0,
-                        Err(_) => Err(io::ErrorKind::InvalidData.into()),
+                        Ok(h) => out[0] = Some(Chunk::copy(&h)),
+                        Err(_) => return self.fail(),
                     }
                 } else {
-                    self.stream
-                        .send_all2(nbd::simple_reply(0, cookie).to_vec(), data)
-                        .await
-                        .0
+                    out[0] = Some(Chunk::copy(&nbd::simple_reply(0, cookie)));
                 }
+                out[1] = Some(Chunk::Buf(data));
             }
             Ok(Reply::Extents(ext)) => {
-                let mut out = Vec::with_capacity(32 + ext.len() * 8);
+                let mut v = Vec::with_capacity(32 + ext.len() * 8);
                 match nbd::encode_block_status(
-                    &mut out,
+                    &mut v,
                     REPLY_FLAG_DONE,
                     cookie,
                     BASE_ALLOCATION_ID,
                     &ext,
                 ) {
-                    Ok(()) => self.stream.send_all(out).await.0,
-                    Err(_) => Err(io::ErrorKind::InvalidData.into()),
+                    Ok(()) => out[0] = Some(Chunk::Vec(v)),
+                    Err(_) => return self.fail(),
                 }
             }
-        };
-        if res.is_err() {
-            self.broken.set(true);
-            self.stream.shutdown();
         }
+        let res = self
+            .outbox
+            .send(&self.stream, out.into_iter().flatten())
+            .await;
+        if res.is_err() {
+            self.fail();
+        }
+    }
+
+    /// The connection cannot go on: no more replies, the socket is shut down.
+    fn fail(&self) {
+        self.broken.set(true);
+        self.stream.shutdown();
     }
 }
 
@@ -184,7 +182,7 @@ pub(crate) async fn serve_connection(server: &NbdServer, stream: TcpStream) {
         export: export.clone(),
         structured,
         base_allocation,
-        send_lock: LocalMutex::new(()),
+        outbox: Outbox::new(),
         broken: Cell::new(false),
     });
     let requests = LocalSemaphore::new(MAX_IN_FLIGHT);

@@ -14,8 +14,8 @@ use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use proto_nbd::{self as nbd, ChunkHeader, Command, Errno, Request, SimpleReply, consts::*};
-use reactor::sync::{LocalMutex, OneshotSender, oneshot};
-use reactor::{IoBuf, TcpStream};
+use reactor::sync::{OneshotSender, oneshot};
+use reactor::{Chunk, IoBuf, Outbox, TcpStream};
 
 use super::handshake::{ExportInfo, disconnect_request};
 use super::{Inner, detach, err};
@@ -316,7 +316,8 @@ pub(crate) struct Conn {
     pub(crate) info: ExportInfo,
     inner: Arc<Inner>,
     inflight: RefCell<HashMap<u64, Pending>>,
-    send_lock: LocalMutex<()>,
+    /// Every request goes through here: requests issued together leave in one send.
+    outbox: Outbox,
     dead: RefCell<Option<(ErrorKind, String)>>,
     /// The server said `ESHUTDOWN`: no new requests; a soft disconnect was sent.
     retired: Cell<bool>,
@@ -339,9 +340,11 @@ impl std::fmt::Debug for Conn {
 /// dropped there (a caller's own timeout or select).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Stage {
-    /// Waiting for the send lock: the request is forgotten, the server never saw it.
+    /// Not queued for sending yet: the request is forgotten, the server never saw it.
     Queued,
-    /// Half-sent: the stream's framing is lost, the connection must go.
+    /// In the outbox: it goes out whole and its reply will come and be dropped, unless its
+    /// caller was the one sending and stopped midway: the outbox has then failed (the
+    /// stream's framing is lost) and the connection must go.
     Sending,
     /// On the wire: its reply will come and be dropped.
     Sent,
@@ -359,11 +362,11 @@ impl Drop for SendGuard<'_> {
             Stage::Queued => {
                 self.conn.take_pending(self.cookie);
             }
-            Stage::Sending => self.conn.fail(
+            Stage::Sending if self.conn.outbox.failed() => self.conn.fail(
                 ErrorKind::Gone,
                 "a request was abandoned while being sent; connection closed".into(),
             ),
-            Stage::Sent => {}
+            Stage::Sending | Stage::Sent => {}
         }
     }
 }
@@ -384,7 +387,7 @@ impl Conn {
             info,
             inner,
             inflight: RefCell::new(HashMap::new()),
-            send_lock: LocalMutex::new(()),
+            outbox: Outbox::new(),
             dead: RefCell::new(None),
             retired: Cell::new(false),
             next_cookie: Cell::new(1),
@@ -486,8 +489,7 @@ impl Conn {
             offset,
             length,
         }
-        .encode()
-        .to_vec();
+        .encode();
         let mut written = None;
         let mut guard = SendGuard {
             conn: self,
@@ -495,17 +497,18 @@ impl Conn {
             stage: Stage::Queued,
         };
         {
-            let _lock = self.send_lock.lock().await;
             if self.dead.borrow().is_none() {
                 guard.stage = Stage::Sending;
-                let r = match payload {
-                    Some(b) => {
-                        let (r, _, b) = self.sock.send_all2(header, b).await;
-                        written = Some(b);
-                        r
+                let hdr = Chunk::copy(&header);
+                let (r, back) = match payload {
+                    Some(buf) => {
+                        let len = buf.len();
+                        let data = Chunk::Kept { buf, start: 0, len };
+                        self.outbox.send_keep(&self.sock, [hdr, data]).await
                     }
-                    None => self.sock.send_all(header).await.0,
+                    None => self.outbox.send_keep(&self.sock, [hdr]).await,
                 };
+                written = back;
                 guard.stage = Stage::Sent;
                 if let Err(e) = r {
                     self.fail(
@@ -552,9 +555,9 @@ impl Conn {
     /// A soft disconnect (`NBD_CMD_DISC`, bounded to a second), then the connection is closed.
     pub(crate) async fn disconnect(self: Rc<Self>, why: &str) {
         let _ = reactor::sync::timeout(Duration::from_secs(1), async {
-            let _lock = self.send_lock.lock().await;
             if self.dead.borrow().is_none() {
-                let _ = self.sock.send_all(disconnect_request().to_vec()).await;
+                let disc = Chunk::copy(&disconnect_request());
+                let _ = self.outbox.send(&self.sock, [disc]).await;
             }
         })
         .await;
@@ -572,9 +575,9 @@ impl Conn {
         let conn = self.clone();
         reactor::spawn_local(async move {
             let _ = reactor::sync::timeout(Duration::from_secs(1), async {
-                let _lock = conn.send_lock.lock().await;
                 if conn.dead.borrow().is_none() {
-                    let _ = conn.sock.send_all(disconnect_request().to_vec()).await;
+                    let disc = Chunk::copy(&disconnect_request());
+                    let _ = conn.outbox.send(&conn.sock, [disc]).await;
                 }
             })
             .await;
