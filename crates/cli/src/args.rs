@@ -108,7 +108,8 @@ pub enum Command {
     /// opened as nbd:// or nvmf:// devices) and reads from one; a failing child
     /// is retired and I/O goes on; children are rebuilt in the background. The
     /// nexus is an engine device of its own name: export it with
-    /// `ballast export create NAME NEXUS`.
+    /// `ballast export create NAME NEXUS`. With --persist-health its healthy set
+    /// is stored (`ballast nexus health-store`) before the nexus relies on it.
     #[command(subcommand)]
     Nexus(NexusCommand),
 
@@ -448,12 +449,21 @@ pub enum NexusCommand {
         from_health: Option<std::path::PathBuf>,
     },
     /// Destroy a nexus that is not exported (its children stay).
+    ///
+    /// The nexus is closed first: I/O drained, children flushed, and with
+    /// --persist-health its last health record (clean when that worked) is
+    /// handed to the store.
     Destroy {
         /// Nexus name.
         #[arg(value_name = "NAME")]
         name: String,
     },
     /// List nexuses, their children, states and rebuild progress.
+    ///
+    /// With health persistence, DETAIL shows the newest health record's
+    /// generation and whether the store has acknowledged it ("health gen 5
+    /// stored", or "health gen 5 (stored: 4)" while writes a retired child
+    /// missed may be held for it).
     List {
         /// Refresh every second while a rebuild runs (a live progress bar).
         #[arg(long)]
@@ -498,7 +508,7 @@ pub enum NexusCommand {
         #[arg(value_name = "CHILD")]
         child: String,
     },
-    /// Store the health records of the engine's nexuses in FILE, until stopped.
+    /// Store the health records of the engine's nexuses in FILE, until stopped
     ///
     /// A minimal single-node stand-in for the control plane's store: it
     /// watches the engine's health records (nexuses created with

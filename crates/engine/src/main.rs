@@ -25,7 +25,9 @@ use clap::Parser;
 ///
 /// Prints one `nbd://HOST:PORT/NAME` line per NBD export and one `nvmf://HOST:PORT/NQN` line
 /// per NVMe/TCP subsystem on stdout once serving, and runs until
-/// SIGINT or SIGTERM, then commits every pool, flushes every device and exits.
+/// SIGINT or SIGTERM, then closes every nexus (flushed; nexuses with health persistence hand a
+/// last, clean record to a connected store and wait up to 5 s for its ack), commits every
+/// pool, flushes every device and exits.
 ///
 /// `ballast-engine --pool-check URI` instead verifies the pool on URI offline (opened
 /// read-only; no engine may be using it) and exits: 0 clean, 1 problems found, 2 the pool
