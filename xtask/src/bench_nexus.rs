@@ -28,7 +28,8 @@ pub fn bench_nexus(args: &[String]) -> Result<(), String> {
         Some(Placement { engines, client }) => format!(
             "The benchmark's process (the load generator, the nexus, the local replica's I/O \
              and the NVMe/TCP initiator) runs on CPU {client}, both replica engines on CPU \
-             {engines} (`taskset`, `--cores 1` each), so the two remote replicas share one core."
+             {engines} (`taskset`, `--cores 1` each; their polling mode, and why, is in the last \
+             paragraph), so the two remote replicas share one core."
         ),
         None => "No CPU pinning (needs 2+ CPUs and `taskset`).".to_string(),
     };
