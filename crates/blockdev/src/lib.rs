@@ -35,6 +35,7 @@ pub mod loadgen;
 pub mod malloc;
 pub mod nbd;
 pub mod nvmf;
+pub mod resv;
 mod stats;
 pub mod uri;
 pub mod uring;
@@ -209,6 +210,14 @@ pub trait BlockDevice: Send + Sync {
     fn fence(&self, key: u64) -> IoFuture<'_, ()> {
         let _ = key;
         unsupported(IoKind::Fence, 0, 0)
+    }
+
+    /// The reservation state of the storage behind this device, when it keeps one
+    /// ([`resv`]): shared by the NVMe/TCP target exporting the device and by local users
+    /// ([`resv::HostView`]), so fencing holds whichever way writes arrive. `None`: the device
+    /// keeps none.
+    fn reservations(&self) -> Option<Arc<resv::Reservations>> {
+        None
     }
 }
 

@@ -1,5 +1,6 @@
 //! Per-device statistics: operation counters and a latency histogram.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
@@ -131,6 +132,8 @@ impl StatsSnapshot {
 /// Wraps a device, counting every operation and timing reads, writes and flushes.
 pub struct Measured {
     inner: Device,
+    /// The device's reservations ([`crate::resv`]): the inner device's, or its own.
+    resv: Arc<crate::resv::Reservations>,
     read: OpCounters,
     write: OpCounters,
     flush: OpCounters,
@@ -151,6 +154,7 @@ impl Measured {
     /// Wraps `inner`.
     pub fn new(inner: Device) -> Measured {
         Measured {
+            resv: inner.reservations().unwrap_or_default(),
             inner,
             read: OpCounters::default(),
             write: OpCounters::default(),
@@ -184,6 +188,9 @@ impl Measured {
 }
 
 impl BlockDevice for Measured {
+    fn reservations(&self) -> Option<Arc<crate::resv::Reservations>> {
+        Some(self.resv.clone())
+    }
     fn name(&self) -> &str {
         self.inner.name()
     }

@@ -92,6 +92,7 @@ mod log;
 mod nqn;
 mod pdu;
 mod queue;
+pub mod resv;
 mod status;
 mod wire;
 

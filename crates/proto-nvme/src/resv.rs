@@ -1,6 +1,7 @@
 //! Reservations of one namespace (NVM Command Set specification, "Reservations"): the
-//! registrants, keyed by host identifier, and the reservation they may hold. Pure state; the
-//! I/O queues call in with the host's identity and apply the returned status.
+//! registrants, keyed by host identifier, and the reservation they may hold. Pure state, no
+//! I/O: a target's queues (or a local user of the same storage) call in with the host's
+//! identity and apply the returned status.
 //!
 //! Registrations belong to a *host* (its 128-bit host identifier), so every controller of the
 //! same host shares them. A reservation has a type ([`rtype`]) and a holder; for the
@@ -8,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use proto_nvme::{Registrant, ReservationRegister, ReservationStatus, Status, rtype};
+use crate::{Registrant, ReservationRegister, ReservationStatus, Status, rtype};
 
 /// A host's registration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,7 +21,7 @@ struct Reg {
 
 /// Reservation state of one namespace.
 #[derive(Debug, Default, Clone)]
-pub(crate) struct Reservations {
+pub struct Reservations {
     regs: BTreeMap<[u8; 16], Reg>,
     /// Holder (for the all-registrants types: the host that acquired it; every registrant
     /// holds it).
@@ -31,7 +32,7 @@ pub(crate) struct Reservations {
 
 /// What kind of I/O command is checked against the reservation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Access {
+pub enum Access {
     /// Read (and Compare, Verify).
     Read,
     /// Write, Write Zeroes, Dataset Management, Flush.
@@ -55,7 +56,7 @@ const fn all_registrants(t: u8) -> bool {
 
 impl Reservations {
     /// Whether a reservation is held (I/O must be checked).
-    pub(crate) fn is_held(&self) -> bool {
+    pub fn is_held(&self) -> bool {
         self.rtype != 0
     }
 
@@ -99,7 +100,7 @@ impl Reservations {
 
     /// The access check of the specification's table "Command Behavior in the Presence of a
     /// Reservation" for an I/O command from `host`.
-    pub(crate) fn check(&self, host: &[u8; 16], access: Access) -> Result<(), Status> {
+    pub fn check(&self, host: &[u8; 16], access: Access) -> Result<(), Status> {
         if self.rtype == 0 || self.is_holder(host) {
             return Ok(());
         }
@@ -125,7 +126,7 @@ impl Reservations {
 
     /// Reservation Register: `rrega` 0 register, 1 unregister, 2 replace; `cptpl` 3 (persist
     /// through power loss) is not supported.
-    pub(crate) fn register(
+    pub fn register(
         &mut self,
         host: &[u8; 16],
         cntlid: u16,
@@ -183,7 +184,7 @@ impl Reservations {
 
     /// Reservation Acquire: `racqa` 0 acquire, 1 preempt, 2 preempt and abort (treated as
     /// preempt: commands in flight are not aborted).
-    pub(crate) fn acquire(
+    pub fn acquire(
         &mut self,
         host: &[u8; 16],
         racqa: u8,
@@ -261,7 +262,7 @@ impl Reservations {
     }
 
     /// Reservation Release: `rrela` 0 release, 1 clear (also removes every registrant).
-    pub(crate) fn release(
+    pub fn release(
         &mut self,
         host: &[u8; 16],
         rrela: u8,
@@ -292,7 +293,7 @@ impl Reservations {
     }
 
     /// The Reservation Report data.
-    pub(crate) fn report(&self) -> ReservationStatus {
+    pub fn report(&self) -> ReservationStatus {
         ReservationStatus {
             generation: self.generation,
             rtype: self.rtype,

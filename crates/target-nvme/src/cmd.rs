@@ -19,7 +19,7 @@ use proto_nvme::{
 use reactor::IoBuf;
 
 use crate::conn::{Conn, Reply};
-use crate::resv::Access;
+use proto_nvme::resv::Access;
 use crate::subsys::{Controller, Namespace};
 use crate::{
     ERROR_LOG_ENTRIES, IO_IN_CAPSULE, MAX_AER, MAX_IO_QUEUES, MAX_NAMESPACES, MAX_QUEUE_SIZE, MDTS,
@@ -489,13 +489,7 @@ pub(crate) async fn io(
 }
 
 fn check_resv(ctrl: &Controller, ns: &Namespace, access: Access) -> Result<(), Status> {
-    if !ns.resv_held.load(Ordering::SeqCst) {
-        return Ok(());
-    }
-    ns.resv
-        .lock()
-        .expect("resv lock")
-        .check(&ctrl.hostid, access)
+    ns.resv.check(&ctrl.hostid, access)
 }
 
 fn writable(ns: &Namespace) -> Result<(), Status> {

@@ -31,7 +31,6 @@
 mod cmd;
 mod conn;
 mod errors;
-mod resv;
 mod subsys;
 
 use std::collections::BTreeMap;
@@ -331,6 +330,7 @@ impl NvmfTarget {
                     .find(|n| !ns.contains_key(n))
                     .ok_or_else(|| NvmfError::Invalid(format!("{nqn:?} has no free NSID")))?,
             };
+            let resv = device.reservations().unwrap_or_default();
             ns.insert(
                 nsid,
                 Arc::new(Namespace {
@@ -344,8 +344,7 @@ impl NvmfTarget {
                         u[8] = (u[8] & 0x3f) | 0x80; // RFC 4122 variant
                         u
                     },
-                    resv_held: AtomicBool::new(false),
-                    resv: Mutex::new(Default::default()),
+                    resv,
                 }),
             );
             nsid

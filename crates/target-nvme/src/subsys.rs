@@ -12,7 +12,6 @@ use std::time::Instant;
 use blockdev::Device;
 use proto_nvme::{AsyncEvent, ErrorLogEntry, Status, async_event_config, trtype};
 
-use crate::resv::Reservations;
 use crate::{ERROR_LOG_ENTRIES, MAX_AER};
 
 /// One namespace: a device under an NSID.
@@ -22,9 +21,9 @@ pub(crate) struct Namespace {
     pub(crate) read_only: bool,
     pub(crate) nguid: [u8; 16],
     pub(crate) uuid: [u8; 16],
-    /// Set while a reservation is held, so unreserved I/O skips the lock.
-    pub(crate) resv_held: AtomicBool,
-    pub(crate) resv: Mutex<Reservations>,
+    /// The device's reservations ([`blockdev::resv`]): shared with local users of the
+    /// device, so a host fenced out here is fenced out there too.
+    pub(crate) resv: Arc<blockdev::resv::Reservations>,
 }
 
 impl std::fmt::Debug for Namespace {
@@ -37,12 +36,12 @@ impl std::fmt::Debug for Namespace {
 }
 
 impl Namespace {
-    /// Runs `f` on the reservation state and refreshes the fast-path flag.
-    pub(crate) fn with_resv<T>(&self, f: impl FnOnce(&mut Reservations) -> T) -> T {
-        let mut r = self.resv.lock().expect("resv lock");
-        let out = f(&mut r);
-        self.resv_held.store(r.is_held(), Ordering::SeqCst);
-        out
+    /// Runs `f` on the reservation state.
+    pub(crate) fn with_resv<T>(
+        &self,
+        f: impl FnOnce(&mut proto_nvme::resv::Reservations) -> T,
+    ) -> T {
+        self.resv.with(f)
     }
 }
 
