@@ -58,6 +58,18 @@ pub struct CreateOptions {
 #[derive(Debug, Default)]
 pub(crate) struct Nexuses {
     by_name: BTreeMap<String, NexusEntry>,
+    /// Names being created (the creation awaits the reactor): a second creation of the same
+    /// name fails at once instead of racing the first (and its health records).
+    creating: std::collections::BTreeSet<String>,
+}
+
+/// Holds a name in [`Nexuses::creating`] while it lives.
+struct Creating<'a>(&'a EngineState, String);
+
+impl Drop for Creating<'_> {
+    fn drop(&mut self) {
+        self.0.nexuses().creating.remove(&self.1);
+    }
 }
 
 /// A child as listed.
@@ -243,6 +255,12 @@ impl EngineState {
                 "out-of-sync child {c:?} is not among the children"
             )));
         }
+        if !self.nexuses().creating.insert(name.to_string()) {
+            return Err(MgmtError::Exists(format!(
+                "nexus {name:?} is being created"
+            )));
+        }
+        let _creating = Creating(self, name.to_string());
         let mut specs = Vec::new();
         for c in children {
             specs.push(ChildSpec {

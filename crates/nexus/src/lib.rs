@@ -821,9 +821,9 @@ impl Nexus {
         }
     }
 
-    /// Waits up to the hold timeout for an online child; `None` when none came. Meanwhile
-    /// the children that were online last are probed (a one-block read every 100 ms): one
-    /// that answers comes back online.
+    /// Waits up to the hold timeout for an online child; `None` when none came (or the nexus
+    /// was closed). Meanwhile the children that were online last are probed (a one-block read
+    /// every 100 ms): one that answers comes back online.
     async fn wait_online(&self) -> Option<()> {
         let until = Instant::now() + self.opts.hold_timeout;
         let mut next_probe = Instant::now();
@@ -831,7 +831,7 @@ impl Nexus {
             if self.snapshot().iter().any(|c| c.online()) {
                 return Some(());
             }
-            if Instant::now() >= until {
+            if Instant::now() >= until || self.closed.load(Ordering::SeqCst) {
                 return None;
             }
             if Instant::now() >= next_probe {
