@@ -87,8 +87,9 @@ impl Reservations {
 
 /// A device as one host uses it locally: its I/O is checked against the device's
 /// reservations under the host's identifier, and [`BlockDevice::fence`] claims the device for
-/// the host ([`Reservations::claim`]). Devices without reservations pass through unchecked
-/// (and cannot fence).
+/// the host ([`Reservations::claim`]) — unless the device fences by itself (a remote replica,
+/// claimed at its target), which is then left to do so. Devices without reservations pass
+/// through unchecked (and cannot fence unless they do it themselves).
 pub struct HostView {
     dev: Device,
     host: [u8; 16],
@@ -181,26 +182,33 @@ impl BlockDevice for HostView {
         self.resv.clone()
     }
     fn fence(&self, key: u64) -> IoFuture<'_, ()> {
-        let r = match &self.resv {
-            None => Err(BlockError::new(ErrorKind::Unsupported, IoKind::Fence, 0, 0)),
-            Some(_) if key == 0 => Err(BlockError::with_message(
-                ErrorKind::InvalidArgument,
-                IoKind::Fence,
-                0,
-                0,
-                "a fencing key must not be 0",
-            )),
-            Some(r) => r.claim(&self.host, key).map_err(|s| {
-                BlockError::with_message(
-                    ErrorKind::Conflict,
+        Box::pin(async move {
+            // A device that fences by itself (a remote replica: NVMe reservations at its
+            // target) is claimed there; the others through their local table.
+            match self.dev.fence(key).await {
+                Err(e) if e.kind() == ErrorKind::Unsupported => {}
+                r => return r,
+            }
+            match &self.resv {
+                None => Err(BlockError::new(ErrorKind::Unsupported, IoKind::Fence, 0, 0)),
+                Some(_) if key == 0 => Err(BlockError::with_message(
+                    ErrorKind::InvalidArgument,
                     IoKind::Fence,
                     0,
                     0,
-                    format!("claiming the device failed: {s:?}"),
-                )
-            }),
-        };
-        Box::pin(std::future::ready(r))
+                    "a fencing key must not be 0",
+                )),
+                Some(r) => r.claim(&self.host, key).map_err(|s| {
+                    BlockError::with_message(
+                        ErrorKind::Conflict,
+                        IoKind::Fence,
+                        0,
+                        0,
+                        format!("claiming the device failed: {s:?}"),
+                    )
+                }),
+            }
+        })
     }
 }
 
@@ -212,7 +220,9 @@ mod tests {
     const OLD: [u8; 16] = [1; 16];
     const NEW: [u8; 16] = [2; 16];
 
-    fn block_on<F: std::future::Future<Output = ()> + 'static>(f: impl FnOnce() -> F + Send + 'static) {
+    fn block_on<F: std::future::Future<Output = ()> + 'static>(
+        f: impl FnOnce() -> F + Send + 'static,
+    ) {
         reactor::testing::run_on_reactor(std::time::Duration::from_secs(10), f)
     }
 

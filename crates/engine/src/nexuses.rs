@@ -33,6 +33,8 @@ pub struct NexusEntry {
     pub size: u64,
     /// Created with health persistence.
     pub persist_health: bool,
+    /// This incarnation's epoch (fencing), if any.
+    pub epoch: Option<u64>,
 }
 
 /// How long closing a nexus with health persistence waits for its last record to be
@@ -197,9 +199,28 @@ impl EngineState {
         None
     }
 
-    /// A device that may become a child or a log: it exists, is not exported, and no pool
-    /// or nexus uses it.
+    /// A device that may become a child of a nexus (fenced: with an epoch): as
+    /// [`EngineState::child_device`], and used through this engine's NVMe host identity
+    /// ([`blockdev::resv::HostView`]), so the device's reservations hold for the nexus as
+    /// they do for hosts reaching it over NVMe/TCP: a newer incarnation elsewhere that
+    /// claims the device shuts this nexus's writes out, and this nexus's claim shuts theirs
+    /// out. A fenced nexus may use a device exported over NVMe/TCP (a replica other nodes
+    /// can reach when the volume moves): once it claimed the device, other hosts' writes
+    /// fail.
+    fn nexus_child(&self, device: &str, fenced: bool) -> Result<Device, MgmtError> {
+        let dev = self.usable_device(device, fenced)?;
+        let host = blockdev::nvmf::host_identity().1;
+        Ok(Arc::new(blockdev::resv::HostView::new(dev, host.0)))
+    }
+
+    /// A device that may become a log: it exists, is not exported, and no pool or nexus
+    /// uses it.
     fn child_device(&self, device: &str) -> Result<Device, MgmtError> {
+        self.usable_device(device, false)
+    }
+
+    /// A device no pool, nexus or export uses (`nvmf_export_ok`: except an NVMe/TCP export).
+    fn usable_device(&self, device: &str, nvmf_export_ok: bool) -> Result<Device, MgmtError> {
         let dev = self
             .devices
             .lock()
@@ -210,9 +231,16 @@ impl EngineState {
         if let Some(why) = self.nexus_claim(device) {
             return Err(MgmtError::Busy(why));
         }
-        if let Some(export) = self.export_of_device(device) {
+        let export = match self.nbd.device_in_use(device) {
+            Some(e) => Some(e),
+            None if nvmf_export_ok => None,
+            None => self.export_of_device(device),
+        };
+        if let Some(export) = export {
             return Err(MgmtError::Busy(format!(
-                "device {device:?} is exported as {export:?}; destroy the export first"
+                "device {device:?} is exported as {export:?}; destroy the export first (a \
+                 nexus with an epoch may use a device exported over NVMe/TCP: its \
+                 reservation keeps other hosts' writes out)"
             )));
         }
         if !device.contains('/')
@@ -265,7 +293,7 @@ impl EngineState {
         for c in children {
             specs.push(ChildSpec {
                 name: c.clone(),
-                dev: self.child_device(c)?,
+                dev: self.nexus_child(c, options.epoch.is_some())?,
                 healthy: !out_of_sync.contains(c),
             });
         }
@@ -297,6 +325,7 @@ impl EngineState {
             log_device: log_device.map(str::to_string),
             size,
             persist_health: options.persist_health,
+            epoch: options.epoch,
         };
         {
             let mut devs = self.devices.lock().expect("devices lock");
@@ -419,7 +448,12 @@ impl EngineState {
     /// Adds engine device `child` to nexus `name`; it is rebuilt in the background.
     pub async fn add_nexus_child(&self, name: &str, child: &str) -> Result<NexusStatus, MgmtError> {
         let nexus = self.nexus_of(name)?;
-        let dev = self.child_device(child)?;
+        let fenced = self
+            .nexuses()
+            .by_name
+            .get(name)
+            .is_some_and(|e| e.epoch.is_some());
+        let dev = self.nexus_child(child, fenced)?;
         let (n2, c2) = (nexus.clone(), child.to_string());
         self.reactors[0]
             .call(move || async move { n2.add_child(&c2, dev).await })

@@ -342,6 +342,97 @@ fn a_newer_nexus_incarnation_fences_the_older_one_out() {
     drop((old, new, b));
 }
 
+#[test]
+fn a_local_replica_is_fenced_like_a_remote_one() {
+    let dir = TempDir::new("nexus-fence-local");
+    // Engine A holds the replica, exports it over NVMe/TCP (so another node can reach it
+    // when the volume moves) and runs the first incarnation over it directly.
+    let replica = file_device(&dir, "r", "64MiB");
+    let a = Engine::start(&[
+        "--grpc-listen",
+        "127.0.0.1:0",
+        "--host-id",
+        "7c9e6679-7425-40de-944b-e07fc1f90ae7",
+        "--device",
+        &replica,
+        "--nvmf-export",
+        "r",
+    ]);
+    let a_api = a.grpc.clone().expect("management API address");
+    // Without fencing an exported device cannot be a child: nothing would keep the
+    // export's hosts from writing behind the nexus.
+    let out = ballast(&a_api, &["nexus", "create", "n", "32MiB", "r"]);
+    assert!(!out.status.success(), "{}", out.text());
+    assert!(out.text().contains("exported"), "{}", out.text());
+    ok(
+        &a_api,
+        &["nexus", "create", "n", "32MiB", "r", "--epoch", "1"],
+    );
+    ok(&a_api, &["export", "create", "n", "n"]);
+    let (w1, text) = qemu_io_try(&a.uri_for("n"), &["write -P 0x11 0 1M", "flush"]);
+    assert!(w1, "the local incarnation cannot write: {text}");
+
+    // Engine B (another host) takes the volume over through the replica's NVMe/TCP export.
+    let dev = format!("r={}?timeout=5000", a.nvmf_uris[0]);
+    let b = Engine::start(&[
+        "--grpc-listen",
+        "127.0.0.1:0",
+        "--host-id",
+        "9b2f6a0e-3c1d-4e8a-8f6b-2d7e5a4c3b1a",
+        "--device",
+        &dev,
+    ]);
+    let b_api = b.grpc.clone().expect("management API address");
+    ok(
+        &b_api,
+        &["nexus", "create", "n", "32MiB", "r", "--epoch", "2"],
+    );
+    ok(&b_api, &["export", "create", "n", "n"]);
+    let (w2, text) = qemu_io_try(&b.uri_for("n"), &["write -P 0x22 1M 1M", "flush"]);
+    assert!(
+        w2,
+        "the remote incarnation cannot write: {text}\n{}",
+        ok(&b_api, &["nexus", "list"])
+    );
+    // The local incarnation's writes reach the replica without any network, and are
+    // refused all the same: the reservation is the device's, not the target's.
+    let (w3, text) = qemu_io_try(&a.uri_for("n"), &["write -P 0x33 0 64k"]);
+    assert!(
+        !w3,
+        "the fenced local incarnation could still write: {text}"
+    );
+    let list = ok(&a_api, &["nexus", "list"]);
+    assert!(
+        list.contains("fenced") && !list.contains("faulted"),
+        "{list}"
+    );
+
+    // And the other way round: a newer incarnation back on A (epoch 3, local child) shuts
+    // B's remote writes out.
+    ok(&a_api, &["export", "destroy", "n"]);
+    ok(&a_api, &["nexus", "destroy", "n"]);
+    ok(
+        &a_api,
+        &["nexus", "create", "n3", "32MiB", "r", "--epoch", "3"],
+    );
+    ok(&a_api, &["export", "create", "n3", "n3"]);
+    let (w4, text) = qemu_io_try(&b.uri_for("n"), &["write -P 0x44 0 64k"]);
+    assert!(!w4, "the remote incarnation could still write: {text}");
+    let list = ok(&b_api, &["nexus", "list"]);
+    assert!(list.contains("fenced"), "{list}");
+    // The newest incarnation sees what the two before it wrote, and nothing refused.
+    let (r, text) = qemu_io_try(
+        &a.uri_for("n3"),
+        &[
+            "read -P 0x11 0 1M",
+            "read -P 0x22 1M 1M",
+            "write -P 0x55 2M 64k",
+        ],
+    );
+    assert!(r, "{text}");
+    drop((b, a));
+}
+
 /// An nbdkit server (a real third-party NBD server) serving `file` through `filters`, killed
 /// when dropped.
 struct Nbdkit(std::process::Child);
