@@ -447,6 +447,11 @@ pub enum NexusCommand {
         /// continue after it; implies --persist-health.
         #[arg(long, value_name = "FILE")]
         from_health: Option<std::path::PathBuf>,
+        /// Rebuild rate limit in bytes per second (e.g. 100MiB): rebuilds copy
+        /// at most this fast, leaving the rest of the bandwidth to the
+        /// application. Default: as fast as the children go.
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        rebuild_rate: Option<u64>,
     },
     /// Destroy a nexus that is not exported (its children stay).
     ///

@@ -693,6 +693,7 @@ async fn nexus_command(
             unclean,
             health_generation,
             from_health: _,
+            rebuild_rate,
         } => {
             let mut req = CreateNexusRequest {
                 name: name.clone(),
@@ -704,6 +705,7 @@ async fn nexus_command(
                 persist_health: *persist_health,
                 unclean: *unclean,
                 health_generation: *health_generation,
+                rebuild_rate_bytes: rebuild_rate.unwrap_or(0),
             };
             // From the stored record: only its healthy children are in sync.
             if let Some(r) = stored {

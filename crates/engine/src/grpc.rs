@@ -680,6 +680,7 @@ impl EngineService for Service {
                     persist_health: r.persist_health,
                     unclean: r.unclean,
                     previous_generation: r.health_generation,
+                    rebuild_rate: (r.rebuild_rate_bytes != 0).then_some(r.rebuild_rate_bytes),
                 },
             )
             .await

@@ -54,6 +54,8 @@ pub struct CreateOptions {
     pub unclean: bool,
     /// Generation of the previous incarnation's last record (0: none).
     pub previous_generation: u64,
+    /// Rebuild rate limit in bytes per second.
+    pub rebuild_rate: Option<u64>,
 }
 
 /// The nexus registry.
@@ -310,6 +312,7 @@ impl EngineState {
         let mut opts = NexusOptions {
             epoch: options.epoch,
             unclean_shutdown: options.unclean,
+            rebuild_rate: options.rebuild_rate,
             ..NexusOptions::default()
         };
         if options.persist_health {

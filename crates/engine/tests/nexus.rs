@@ -433,6 +433,85 @@ fn a_local_replica_is_fenced_like_a_remote_one() {
     drop((b, a));
 }
 
+#[test]
+fn nexus_list_watch_follows_a_rate_limited_rebuild_to_the_end() {
+    let dir = TempDir::new("nexus-watch");
+    let (c0, c1) = (
+        file_device(&dir, "c0", "64MiB"),
+        file_device(&dir, "c1", "64MiB"),
+    );
+    let e = Engine::start(&[
+        "--grpc-listen",
+        "127.0.0.1:0",
+        "--device",
+        &c0,
+        "--device",
+        &c1,
+    ]);
+    let api = e.grpc.clone().expect("management API address");
+    ok(
+        &api,
+        &[
+            "nexus",
+            "create",
+            "n",
+            "48MiB",
+            "c0",
+            "--rebuild-rate",
+            "12MiB",
+        ],
+    );
+    ok(&api, &["export", "create", "n", "n"]);
+    // Data everywhere (holes would be skipped, not copied).
+    let (w, text) = qemu_io_try(&e.uri_for("n"), &["write -P 0x5a 0 48M", "flush"]);
+    assert!(w, "{text}");
+    // A new child copies 48 MiB at 12 MiB/s: about four seconds.
+    let started = Instant::now();
+    ok(&api, &["nexus", "add-child", "n", "c1"]);
+    let mut watch = std::process::Command::new(common::cli_bin());
+    watch.args(["--engine", &api, "nexus", "list", "--watch"]);
+    let out = run(&mut watch, Duration::from_secs(60));
+    let took = started.elapsed();
+    assert!(out.status.success(), "{}", out.text());
+    // Not a terminal: one table per second, each printed whole.
+    let percents: Vec<u32> = out
+        .stdout
+        .lines()
+        .filter(|l| l.contains(" c1 ") && l.contains("rebuilding"))
+        .filter_map(|l| {
+            let pct = l.split('%').next()?.rsplit(' ').next()?;
+            pct.trim().parse().ok()
+        })
+        .collect();
+    assert!(
+        percents.len() >= 2,
+        "expected several progress snapshots: {}",
+        out.stdout
+    );
+    assert!(
+        percents.windows(2).all(|w| w[0] <= w[1]) && percents.first() < percents.last(),
+        "progress must only grow: {percents:?}\n{}",
+        out.stdout
+    );
+    // It ends by itself, with the final state: the child online.
+    let last = out.stdout.rsplit("NEXUS").next().unwrap_or_default();
+    assert!(
+        last.lines()
+            .any(|l| l.contains(" c1 ") && l.contains("online")),
+        "{}",
+        out.stdout
+    );
+    // The rate limit held: 48 MiB at 12 MiB/s cannot take much under four seconds.
+    assert!(took >= Duration::from_secs(3), "rebuild took only {took:?}");
+    let (r, text) = qemu_io_try(&e.uri_for("n"), &["read -P 0x5a 0 48M"]);
+    assert!(r, "{text}");
+    drop(e);
+    assert_eq!(
+        sha256_prefix(&dir.join("c0.img"), 48 * MIB),
+        sha256_prefix(&dir.join("c1.img"), 48 * MIB)
+    );
+}
+
 /// An nbdkit server (a real third-party NBD server) serving `file` through `filters`, killed
 /// when dropped.
 struct Nbdkit(std::process::Child);
