@@ -43,7 +43,7 @@ pub fn bench_nexus(args: &[String]) -> Result<(), String> {
          The nexus runs in the benchmark's process on one reactor, with one local replica — a \
          1 GiB file through io_uring with O_DIRECT (`uring://`) — and up to two remote \
          replicas: each a separate `ballast-engine` serving its own 1 GiB file over NVMe/TCP on \
-         127.0.0.1, reached through Ballast's NVMe/TCP initiator (`nvmf://`, one connection \
+         127.0.0.1, reached through Ballast's NVMe/TCP initiator (`nvmf://`, one I/O queue \
          each). The bare volume is the local file alone. 4k random I/O from \
          `blockdev::loadgen` (over the whole GiB) goes to the bare file and to a nexus over 1 \
          (local), 2 (local + one remote) and 3 (local + two remote) replicas. {pinning} The \

@@ -403,10 +403,13 @@ fn replication(
         }
     }
     s.push_str(
-        "\nEvery configuration (medians; CPU of this process, which runs the nexus and the \
-         initiator, and of both replica engines together, in % of one core):\n\n\
-         | workload | configuration | IOPS | IOPS range | mean µs | p99 µs | nexus CPU % | \
-         nexus CPU µs/IO | replica engines CPU % |\n\
+        "\nEvery configuration (medians; CPU of the benchmark's process — the load generator, \
+         the nexus, the local file's I/O and the initiator — and of both replica engines \
+         together, in % of one core). Reads go to the online child with the fewest I/Os \
+         outstanding, the local one on a tie, so at QD1 every read goes to the local replica \
+         (the replica engines stay idle) and at QD32 they spread over all.\n\n\
+         | workload | configuration | IOPS | IOPS range | mean µs | p99 µs | process CPU % | \
+         process CPU µs/IO | replica engines CPU % |\n\
          |---|---|--:|--:|--:|--:|--:|--:|--:|\n",
     );
     for &w in &ran {
