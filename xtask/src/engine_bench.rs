@@ -27,8 +27,7 @@ pub struct ExampleRun {
     pub stdout: String,
     /// Load average before the run.
     pub load_before: String,
-    /// The commit built (`git describe --always --dirty`: `-dirty` when tracked files had
-    /// uncommitted changes).
+    /// The commit built, and whether tracked files outside docs/ had uncommitted changes.
     pub rev: String,
 }
 
@@ -91,17 +90,21 @@ pub fn run_example(
         c.arg(&p.engines).arg(&p.client);
     }
     let load_before = loadavg();
-    let rev = sh(
-        "git",
-        &[
-            "-C",
-            &root.display().to_string(),
-            "describe",
-            "--always",
-            "--dirty",
-            "--abbrev=7",
-        ],
-    );
+    let root_s = root.display().to_string();
+    let git = |args: &[&str]| sh("git", &[&["-C", root_s.as_str()], args].concat());
+    let mut rev = git(&["rev-parse", "--short", "HEAD"]);
+    // Changes to what is built; docs/ is left out (a previous run's doc is one of them).
+    let changed = git(&[
+        "status",
+        "--porcelain",
+        "--untracked-files=no",
+        "--",
+        ".",
+        ":(exclude)docs",
+    ]);
+    if !changed.is_empty() && changed != "?" {
+        rev.push_str(" with uncommitted changes");
+    }
     let out = c
         .stderr(Stdio::inherit())
         .output()
