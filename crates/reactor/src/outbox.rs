@@ -3,10 +3,11 @@
 //!
 //! A server answering many requests at once (NVMe/TCP completions, NBD replies) would
 //! otherwise send each answer on its own: one system call, one TCP segment and one wake-up of
-//! the peer per answer. With an [`Outbox`] the first task to send becomes the *flusher*: it
-//! sends what is queued, and whatever other tasks queued meanwhile goes out together in its
-//! next `sendmsg`. Every caller still returns only once its own bytes were handed to the
-//! kernel, so buffers and budgets tied to a message live as long as before.
+//! the peer per answer. With an [`Outbox`] a task that finds no send in flight sends what is
+//! queued; whatever other tasks queue meanwhile goes out together in the next `sendmsg`, made
+//! by one of them once this one completes (a task sends at most one batch, so none is held up
+//! sending for the others). Every caller still returns only once its own bytes were handed to
+//! the kernel, so buffers and budgets tied to a message live as long as before.
 
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
@@ -328,52 +329,57 @@ impl Outbox {
         }
     }
 
-    /// Waits until message `me` was sent (by another task flushing) or sends it and
-    /// everything queued (as the flusher).
+    /// Waits until message `me` was sent by another task, or — when no send is in flight —
+    /// sends it together with everything queued so far (one batch). A task sends at most
+    /// one batch: messages queued meanwhile are sent by one of their own senders, woken when
+    /// this batch is done, so no task is kept sending on behalf of others indefinitely.
     async fn deliver(&self, stream: &TcpStream, me: u64) -> io::Result<()> {
-        if self.flushing.get() {
-            return poll_fn(|cx| {
-                if self.sent.get() >= me {
-                    Poll::Ready(Ok(()))
-                } else if let Some(k) = self.failed.get() {
-                    Poll::Ready(Err(k.into()))
-                } else if !self.flushing.get() {
-                    // Cannot happen: a flusher sends until the queue is empty or fails.
-                    Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()))
-                } else {
-                    self.waiters.borrow_mut().push(cx.waker().clone());
-                    Poll::Pending
-                }
-            })
-            .await;
+        enum Next {
+            Sent,
+            Failed(io::ErrorKind),
+            Send,
+        }
+        let next = poll_fn(|cx| {
+            if self.sent.get() >= me {
+                Poll::Ready(Next::Sent)
+            } else if let Some(k) = self.failed.get() {
+                Poll::Ready(Next::Failed(k))
+            } else if !self.flushing.get() {
+                Poll::Ready(Next::Send)
+            } else {
+                self.waiters.borrow_mut().push(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await;
+        match next {
+            Next::Sent => return Ok(()),
+            Next::Failed(k) => return Err(k.into()),
+            Next::Send => {}
         }
         self.flushing.set(true);
         let mut guard = FlushGuard {
             ob: self,
             finished: false,
         };
-        loop {
-            let upto = self.queued.get();
-            let mut batch = std::mem::take(&mut *self.spare.borrow_mut());
-            std::mem::swap(&mut batch, &mut *self.queue.borrow_mut());
-            if batch.is_empty() {
-                break;
-            }
+        let upto = self.queued.get();
+        let mut batch = std::mem::take(&mut *self.spare.borrow_mut());
+        std::mem::swap(&mut batch, &mut *self.queue.borrow_mut());
+        let mut ids = std::mem::take(&mut *self.kept_ids.borrow_mut());
+        let (r, mut batch) = stream.send_chunks(batch).await;
+        self.give_back(&mut batch, &mut ids.drain(..));
+        *self.spare.borrow_mut() = batch;
+        if let Err(e) = r {
+            self.failed.set(Some(e.kind()));
+            // Nothing queued behind can be sent any more: its kept buffers go back too.
+            let mut rest = std::mem::take(&mut *self.queue.borrow_mut());
             let mut ids = std::mem::take(&mut *self.kept_ids.borrow_mut());
-            let (r, mut batch) = stream.send_chunks(batch).await;
-            self.give_back(&mut batch, &mut ids.drain(..));
-            *self.spare.borrow_mut() = batch;
-            if let Err(e) = r {
-                self.failed.set(Some(e.kind()));
-                // Nothing queued behind can be sent any more: its kept buffers go back too.
-                let mut rest = std::mem::take(&mut *self.queue.borrow_mut());
-                let mut ids = std::mem::take(&mut *self.kept_ids.borrow_mut());
-                self.give_back(&mut rest, &mut ids.drain(..));
-                return Err(e);
-            }
-            self.sent.set(upto);
-            self.wake_all();
+            self.give_back(&mut rest, &mut ids.drain(..));
+            return Err(e);
         }
+        self.sent.set(upto);
+        // Dropping the guard ends the flush and wakes the waiters: those whose messages were
+        // in the batch return, and the first of the others to run sends the next batch.
         guard.finished = true;
         drop(guard);
         Ok(())
