@@ -220,7 +220,9 @@ fn main() {
          {replica_mode} mode{why}; this process's reactor in adaptive mode (the engine's \
          default). Reactors in adaptive (or poll) mode spin while I/O is in flight, so CPU % \
          under load is near 100 for a busy reactor and CPU µs/IO (CPU time ÷ requests) is an \
-         upper bound, not the cost of a request.",
+         upper bound, not the cost of a request; the benchmark process's CPU % well under 100 \
+         under load means other work on the machine took its core, and those figures are \
+         lower than the code's.",
         total.as_secs_f64()
     );
     if let Some(o) = &only {
