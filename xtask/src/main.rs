@@ -1,6 +1,6 @@
 //! `cargo xtask`: the project's tasks.
 //!
-//! - `demo`  — build and run an engine serving a file-backed and a RAM-backed NBD export.
+//! - `demo`  — build and run a local three-node cluster serving a replicated volume (`demo.rs`).
 //! - `test`  — install what the tests need (when missing) and run the whole suite.
 //! - `bench` — benchmarks against peers, written to docs/benchmarks.md.
 //! - `vm`    — the test guest (crates/testvm): build it, run a script or a shell in it.
@@ -11,6 +11,7 @@ use std::process::{Command, ExitCode};
 mod bench;
 mod bench_nexus;
 mod bench_nvmf;
+mod demo;
 mod engine_bench;
 mod json;
 mod procs;
@@ -40,12 +41,12 @@ fn run(mut c: Command, what: &str) -> Result<(), String> {
     }
 }
 
-const USAGE: &str = "usage: cargo xtask <demo | test [--lint] [NEXTEST ARGS...] | bench [--quick] [--runtime SECS] [--idle SECS] [--rounds N] | bench-pool [SECS [ROUNDS]] | bench-nexus [SECS [ROUNDS]] | bench-nvmf [SECS [ROUNDS]] | vm build | vm run SCRIPT [--timeout SECS] [--hostfwd HOST:GUEST]... [--disk PATH]... [--cpus N] [--quiet] | vm shell [same flags]>";
+const USAGE: &str = "usage: cargo xtask <demo [--fresh] [--check] | test [--lint] [NEXTEST ARGS...] | bench [--quick] [--runtime SECS] [--idle SECS] [--rounds N] | bench-pool [SECS [ROUNDS]] | bench-nexus [SECS [ROUNDS]] | bench-nvmf [SECS [ROUNDS]] | vm build | vm run SCRIPT [--timeout SECS] [--hostfwd HOST:GUEST]... [--disk PATH]... [--cpus N] [--quiet] | vm shell [same flags]>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let r = match args.first().map(String::as_str) {
-        Some("demo") => demo(),
+        Some("demo") => demo::demo(&args[1..]),
         Some("test") => test(&args[1..]),
         Some("bench") => bench::bench(&args[1..]),
         Some("bench-pool") => bench_pool(&args[1..]),
@@ -79,39 +80,6 @@ fn build_release() -> Result<(), String> {
         "ballast-cli",
     ]);
     run(b, "cargo build --release")
-}
-
-/// Builds the release binaries and becomes the engine (exec), so Ctrl-C and SIGTERM reach it
-/// directly and it flushes and exits cleanly.
-fn demo() -> Result<(), String> {
-    build_release()?;
-    let dir = root().join("target/demo");
-    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    let disk = dir.join("disk0.img");
-    let engine = root().join("target/release/ballast-engine");
-    eprintln!(
-        "xtask demo: serving {} (1 GiB file) and a 1 GiB RAM device; try\n  \
-         nbdinfo --map nbd://127.0.0.1:10809/ram0\n  \
-         qemu-io -f raw -c 'write -P 0xab 0 1M' -c 'read -P 0xab 0 1M' nbd://127.0.0.1:10809/disk0\n  \
-         target/release/ballast device list\n  \
-         target/release/ballast stats\n\
-         Ctrl-C stops it (devices are flushed first).",
-        disk.display()
-    );
-    let mut c = Command::new(engine);
-    c.arg("--device")
-        .arg(format!("disk0=uring://{}?size=1GiB", disk.display()))
-        .args([
-            "--device",
-            "ram0=malloc:///ram0?size=1GiB",
-            "--export",
-            "disk0",
-            "--export",
-            "ram0",
-        ]);
-    use std::os::unix::process::CommandExt;
-    let e = c.exec();
-    Err(format!("cannot run the engine: {e}"))
 }
 
 fn have(cmd: &str, arg: &str) -> bool {
@@ -240,17 +208,25 @@ fn test(args: &[String]) -> Result<(), String> {
         eprintln!("xtask test: cargo-nextest unavailable, using cargo test");
         t.args(["test", "--workspace", "--no-fail-fast"]);
     }
-    t.args(rest);
+    t.args(&rest);
     let st = t
         .status()
         .map_err(|e| format!("tests: cannot start: {e}"))?;
+    // The demo's life cycle (`cargo xtask demo --check`) with the debug binaries, after a
+    // whole-suite run only; see docs/testing.md.
+    let demo = if rest.is_empty() {
+        demo::test_step()
+    } else {
+        eprintln!("xtask test: demo check skipped (nextest arguments given)");
+        Ok(())
+    };
     if !st.success() {
         // Exit with the runner's own status (nextest uses distinct codes).
         let code = st.code().unwrap_or(1);
         eprintln!("xtask test: tests failed ({st})");
         std::process::exit(if code == 0 { 1 } else { code });
     }
-    Ok(())
+    demo
 }
 
 /// The in-process pool benchmark (`crates/pool/examples/pool_bench.rs`): a pool volume vs the
