@@ -134,19 +134,26 @@ impl Setup {
     }
 }
 
-/// `cargo xtask demo [--fresh] [--check]`.
+/// `cargo xtask demo [--fresh] [--check [--debug]]`.
 pub fn demo(args: &[String]) -> Result<(), String> {
-    let (mut fresh, mut check) = (false, false);
+    let (mut fresh, mut check, mut debug) = (false, false, false);
     for a in args {
         match a.as_str() {
             "--fresh" => fresh = true,
             "--check" => check = true,
+            "--debug" => debug = true,
             _ => {
                 return Err(format!(
-                    "demo: unknown argument {a:?} (demo [--fresh] [--check])"
+                    "demo: unknown argument {a:?} (demo [--fresh] [--check [--debug]])"
                 ));
             }
         }
+    }
+    if debug {
+        if !check {
+            return Err("demo: --debug goes with --check".into());
+        }
+        return check_debug("xtask demo --check --debug");
     }
     crate::build_release()?;
     let bin = crate::root().join("target/release");
@@ -172,17 +179,24 @@ pub fn demo(args: &[String]) -> Result<(), String> {
     let ballast = rel(&s.bin.join("ballast"));
     let e = format!("{ballast} --engine {}", s.api(0));
     let nbd = s.nbd_uri();
+    let nvmf_port = s.ports[0].nvmf;
     eprintln!(
-        "{tag}: serving nexus {NEXUS} on node1 over {POOL}/r1 (local), r2 (NVMe/TCP to node2) and r3 \
-         (NVMe/TCP to node3); health records in {store}, engine logs in {dir}/nodeN/engine.log. Try:\n  \
+        "{tag}: serving nexus {NEXUS} on node1 over {POOL}/r1 (local), r2 (NVMe/TCP to node2) \
+         and r3 (NVMe/TCP to node3); health records in {store}, logs in {dir}/nodeN/engine.log \
+         and {dir}/store.log. Try:\n  \
          qemu-io -f raw -c 'write -P 0xab 0 64M' -c 'read -P 0xab 0 64M' {nbd}\n  \
+         nbdinfo --map {nbd}\n  \
+         {e} nexus list\n  \
+         # a partial rebuild: retire r3 (the store records the smaller healthy set), write while\n  \
+         # it is away, then rebuild only the regions it missed ({DEMO_REBUILD_RATE}/s) and watch\n  \
+         {e} nexus fault-child {NEXUS} r3\n  \
+         qemu-io -f raw -c 'write -P 0xcd 0 256M' {nbd}\n  \
+         {e} nexus rebuild {NEXUS} r3\n  \
          {e} nexus list --watch\n  \
-         {e} nexus fault-child {NEXUS} r3        # the store records the smaller healthy set\n  \
-         qemu-io -f raw -c 'write -P 0xcd 0 256M' {nbd}   # while r3 is away: dirty regions\n  \
-         {e} nexus rebuild {NEXUS} r3 && {e} nexus list --watch   # copies only the dirty regions, {DEMO_REBUILD_RATE}/s\n  \
-         nbdinfo --map {nbd}\n\
-         Ctrl-C (or SIGTERM) stops it: node1 first (the nexus closes and its last health record is \
-         clean), then node2 and node3, the store last; the next run continues from the same files.",
+         # a Linux host with nvme-tcp: nvme connect -t tcp -a 127.0.0.1 -s {nvmf_port} -n {NQN_PREFIX}:{NVMF_EXPORT}\n\
+         Ctrl-C (or SIGTERM) stops it: node1 first (the nexus closes, its last health record is \
+         clean), then node2 and node3, the store last; the next run continues from the same files \
+         (--fresh starts over).",
         tag = s.tag,
         store = rel(&s.store_file()),
         dir = rel(&s.dir),
@@ -197,10 +211,15 @@ pub fn demo(args: &[String]) -> Result<(), String> {
 
 /// `xtask test`'s step: the demo's check with the debug binaries the suite built.
 pub fn test_step() -> Result<(), String> {
+    check_debug("xtask test: demo check")
+}
+
+/// The check with debug binaries (built here; usually up to date after the test suite).
+fn check_debug(tag: &'static str) -> Result<(), String> {
     let mut b = crate::cargo();
     b.args(["build", "-q", "-p", "ballast-engine", "-p", "ballast-cli"]);
     crate::run(b, "cargo build -p ballast-engine -p ballast-cli")?;
-    run_check(crate::root().join("target/debug"), "xtask test: demo check")
+    run_check(crate::root().join("target/debug"), tag)
 }
 
 fn run_check(bin: PathBuf, tag: &'static str) -> Result<(), String> {
@@ -515,7 +534,7 @@ impl<'a> Cluster<'a> {
         let how = match read_record(&store, NEXUS)? {
             None => {
                 args.push("--persist-health".into());
-                "new".to_string()
+                "anew".to_string()
             }
             Some(r) if self.fresh.iter().all(|&f| f) => {
                 // Every volume is new: nothing to resynchronise, generations go on.
@@ -524,7 +543,7 @@ impl<'a> Cluster<'a> {
                     "--health-generation".into(),
                     r.generation.to_string(),
                 ]);
-                format!("new (every volume is new; the stored record was {r})")
+                format!("anew (every volume is new; the stored record was {r})")
             }
             Some(r) => {
                 args.extend(["--from-health".into(), store_arg]);
@@ -549,8 +568,9 @@ impl<'a> Cluster<'a> {
             let n = self.nexus()?;
             let (g, acked) = (num(&n, "health_generation"), num(&n, "health_acked"));
             if g > 0 && acked >= g {
+                self.relay_store();
                 s.say(&format!(
-                    "store acknowledged health record {g}: writes go on"
+                    "the store acknowledged health record {g}: writes complete from now on"
                 ));
                 return Ok(());
             }

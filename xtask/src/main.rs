@@ -41,7 +41,7 @@ fn run(mut c: Command, what: &str) -> Result<(), String> {
     }
 }
 
-const USAGE: &str = "usage: cargo xtask <demo [--fresh] [--check] | test [--lint] [NEXTEST ARGS...] | bench [--quick] [--runtime SECS] [--idle SECS] [--rounds N] | bench-pool [SECS [ROUNDS]] | bench-nexus [SECS [ROUNDS]] | bench-nvmf [SECS [ROUNDS]] | vm build | vm run SCRIPT [--timeout SECS] [--hostfwd HOST:GUEST]... [--disk PATH]... [--cpus N] [--quiet] | vm shell [same flags]>";
+const USAGE: &str = "usage: cargo xtask <demo [--fresh] [--check [--debug]] | test [--lint] [NEXTEST ARGS...] | bench [--quick] [--runtime SECS] [--idle SECS] [--rounds N] | bench-pool [SECS [ROUNDS]] | bench-nexus [SECS [ROUNDS]] | bench-nvmf [SECS [ROUNDS]] | vm build | vm run SCRIPT [--timeout SECS] [--hostfwd HOST:GUEST]... [--disk PATH]... [--cpus N] [--quiet] | vm shell [same flags]>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
