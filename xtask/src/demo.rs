@@ -18,7 +18,7 @@
 //! start, the volumes are kept, and the nexus is recreated `--from-health` the stored record,
 //! so generations continue and an unclean end (a child out of sync, or no clean last record)
 //! is resynchronised. `--fresh` deletes `target/demo` first; `--check` runs the whole life
-//! cycle unattended in `target/demo-check` on free ports (see [`check`]).
+//! cycle unattended in `target/demo-check/PID` on free ports (see [`check`]).
 
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
@@ -223,10 +223,16 @@ fn check_debug(tag: &'static str) -> Result<(), String> {
 }
 
 fn run_check(bin: PathBuf, tag: &'static str) -> Result<(), String> {
-    let dir = crate::root().join("target/demo-check");
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).map_err(|e| format!("removing {}: {e}", dir.display()))?;
+    // One directory per check, so checks run from two shells of the shared tree do not
+    // collide; those of checks no longer running (kept after a failure) go.
+    let parent = crate::root().join("target/demo-check");
+    for e in std::fs::read_dir(&parent).into_iter().flatten().flatten() {
+        let pid = e.file_name().to_string_lossy().parse::<u32>().ok();
+        if pid.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists()) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
     }
+    let dir = parent.join(std::process::id().to_string());
     let s = Setup {
         tag,
         bin,
@@ -239,6 +245,7 @@ fn run_check(bin: PathBuf, tag: &'static str) -> Result<(), String> {
     match check(&s) {
         Ok(()) => {
             let _ = std::fs::remove_dir_all(&s.dir);
+            let _ = std::fs::remove_dir(&parent);
             s.say(&format!("passed in {:.1} s", start.elapsed().as_secs_f64()));
             Ok(())
         }
