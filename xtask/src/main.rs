@@ -223,6 +223,9 @@ fn test(args: &[String]) -> Result<(), String> {
     if !st.success() {
         // Exit with the runner's own status (nextest uses distinct codes).
         let code = st.code().unwrap_or(1);
+        if let Err(e) = &demo {
+            eprintln!("xtask: {e}");
+        }
         eprintln!("xtask test: tests failed ({st})");
         std::process::exit(if code == 0 { 1 } else { code });
     }
