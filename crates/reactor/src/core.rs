@@ -2,7 +2,7 @@
 
 use std::any::Any;
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -167,6 +167,10 @@ pub(crate) struct Core {
     pending_submit: Cell<usize>,
     /// Short operations (device I/O, sends) in the ring: their completions are due soon.
     pub(crate) inflight: Cell<usize>,
+    /// User-space timers ([`Deadline`]): deadline and a sequence number, and whom to wake.
+    /// Checked once per loop iteration while any exist; they cost no ring operation.
+    timers: RefCell<BTreeMap<(Instant, u64), Waker>>,
+    timer_seq: Cell<u64>,
 }
 
 /// Reactor configuration.
@@ -224,6 +228,8 @@ impl Core {
             doorbell_buf: Box::new(Cell::new(0)),
             pending_submit: Cell::new(0),
             inflight: Cell::new(0),
+            timers: RefCell::new(BTreeMap::new()),
+            timer_seq: Cell::new(0),
         })
     }
 
@@ -323,7 +329,36 @@ impl Core {
         }
     }
 
-    /// Blocks until a completion (including the doorbell) arrives.
+    /// Wakes the tasks whose timers are due; returns how many.
+    fn fire_timers(&self) -> u64 {
+        if self.timers.borrow().is_empty() {
+            return 0;
+        }
+        let now = Instant::now();
+        let mut fired = 0;
+        loop {
+            let due = {
+                let mut t = self.timers.borrow_mut();
+                match t.first_key_value() {
+                    Some((k, _)) if k.0 <= now => t.pop_first().map(|(_, w)| w),
+                    _ => None,
+                }
+            };
+            let Some(w) = due else { break };
+            w.wake();
+            fired += 1;
+        }
+        fired
+    }
+
+    /// How long until the first timer is due (zero if it is), if there is one.
+    fn next_timer(&self) -> Option<Duration> {
+        let t = self.timers.borrow();
+        let (k, _) = t.first_key_value()?;
+        Some(k.0.saturating_duration_since(Instant::now()))
+    }
+
+    /// Blocks until a completion (including the doorbell) arrives, or `timeout` passes.
     fn park(&self, timeout: Option<Duration>) {
         self.shared.sleeping.store(true, Ordering::SeqCst);
         if self.shared.has_remote_work() {
@@ -451,6 +486,7 @@ impl Core {
         let mut idle_since: Option<Instant> = None;
         loop {
             let mut work = self.run_mailbox();
+            work += self.fire_timers();
             work += self.run_tasks();
             self.submit();
             work += self.reap();
@@ -468,7 +504,7 @@ impl Core {
             }
             match self.mode {
                 PollMode::Poll => std::hint::spin_loop(),
-                PollMode::Interrupt => self.park(None),
+                PollMode::Interrupt => self.park(self.next_timer()),
                 PollMode::Adaptive => {
                     let now = Instant::now();
                     let since = *idle_since.get_or_insert(now);
@@ -486,7 +522,7 @@ impl Core {
                     };
                     drop(tuner);
                     if now.duration_since(since) >= spin {
-                        self.park(None);
+                        self.park(self.next_timer());
                         idle_since = None;
                     } else {
                         std::hint::spin_loop();
@@ -782,6 +818,70 @@ impl Runtime {
         }
         for t in self.threads {
             let _ = t.join();
+        }
+    }
+}
+
+/// A point in time as a future: ready once the reactor's clock passes it. Kept in the
+/// reactor's user-space timer list (no ring operation), checked once per loop iteration; a
+/// sleeping reactor wakes for the first one. For timeouts that usually do not fire (an I/O
+/// deadline), this costs far less than a ring timeout that must be cancelled.
+#[derive(Debug)]
+pub struct Deadline {
+    at: Instant,
+    /// The timer-list entry while registered.
+    key: Option<(Instant, u64)>,
+}
+
+impl Deadline {
+    /// Ready at `at`.
+    pub fn at(at: Instant) -> Deadline {
+        Deadline { at, key: None }
+    }
+
+    /// Ready after `d`.
+    pub fn after(d: Duration) -> Deadline {
+        Deadline::at(Instant::now() + d)
+    }
+}
+
+impl Future for Deadline {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if Instant::now() >= self.at {
+            if let Some(k) = self.key.take() {
+                with_core(|c| c.timers.borrow_mut().remove(&k));
+            }
+            return Poll::Ready(());
+        }
+        let at = self.at;
+        let key = *self.key.get_or_insert_with(|| {
+            with_core(|c| {
+                let n = c.timer_seq.get();
+                c.timer_seq.set(n + 1);
+                (at, n)
+            })
+        });
+        with_core(|c| {
+            let mut t = c.timers.borrow_mut();
+            match t.get_mut(&key) {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                Some(w) => *w = cx.waker().clone(),
+                None => {
+                    t.insert(key, cx.waker().clone());
+                }
+            }
+        });
+        Poll::Pending
+    }
+}
+
+impl Drop for Deadline {
+    fn drop(&mut self) {
+        if let Some(k) = self.key.take()
+            && let Some(c) = try_core()
+        {
+            c.timers.borrow_mut().remove(&k);
         }
     }
 }

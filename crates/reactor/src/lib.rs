@@ -33,7 +33,7 @@ pub mod testing;
 
 pub use buf::{ALIGN, IoBuf, StableBuf, StableBufMut};
 pub use core::{
-    Config, JoinHandle, ReactorHandle, ReactorStats, Runtime, alloc_buf, current_handle,
+    Config, Deadline, JoinHandle, ReactorHandle, ReactorStats, Runtime, alloc_buf, current_handle,
     current_id, spawn_local,
 };
 pub use mode::PollMode;

@@ -373,10 +373,12 @@ where
 }
 
 /// Runs `fut` for at most `d`; `None` if the time ran out (the future is dropped, cancelling
-/// its ring operations).
+/// its ring operations). The deadline is a user-space timer ([`crate::Deadline`]): a timeout
+/// that does not fire costs no ring operation.
 pub async fn timeout<F: Future>(d: std::time::Duration, fut: F) -> Option<F::Output> {
+    let deadline = crate::Deadline::after(d);
     select(async { Some(fut.await) }, async {
-        crate::op::sleep(d).await;
+        deadline.await;
         None
     })
     .await

@@ -100,6 +100,46 @@ fn timers_and_timeouts() {
 }
 
 #[test]
+fn user_space_deadlines_wake_a_sleeping_reactor_and_cost_no_ring_operation() {
+    for mode in [PollMode::Interrupt, PollMode::Adaptive] {
+        let rt = runtime(mode, 1);
+        let (took, ops_during, fired_early) = block_on(rt.handles()[0].call(|| async {
+            // Many deadlines that do not fire (the I/O wins): nothing goes through the ring (a
+            // ring timeout would be submitted and cancelled, and complete).
+            let stats = reactor::current_handle().expect("on a reactor");
+            let completions = || {
+                stats
+                    .stats()
+                    .completions
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            };
+            // Let the loop reap the doorbell that delivered this call first.
+            reactor::Deadline::after(Duration::from_millis(5)).await;
+            let before = completions();
+            let mut left = Vec::new();
+            for _ in 0..100 {
+                left.push(sync::timeout(Duration::from_secs(60), async { 7 }).await);
+            }
+            // Deadlines in order, one of them dropped before it is due.
+            let t = Instant::now();
+            let dropped = reactor::Deadline::after(Duration::from_millis(10));
+            drop(dropped);
+            let never =
+                sync::timeout(Duration::from_millis(40), std::future::pending::<()>()).await;
+            assert!(never.is_none());
+            assert!(left.iter().all(|v| *v == Some(7)));
+            let took = t.elapsed();
+            let ops_during = completions() - before;
+            (took, ops_during, took < Duration::from_millis(40))
+        }));
+        assert_eq!(ops_during, 0, "{mode:?}");
+        assert!(!fired_early, "{mode:?}: fired after {took:?}");
+        assert!(took < Duration::from_secs(2), "{mode:?}: {took:?}");
+        rt.shutdown();
+    }
+}
+
+#[test]
 fn mailbox_wakes_a_sleeping_reactor() {
     let rt = runtime(PollMode::Interrupt, 2);
     std::thread::sleep(Duration::from_millis(50)); // both reactors are asleep by now
