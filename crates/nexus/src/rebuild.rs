@@ -2,7 +2,7 @@
 //! on.
 //!
 //! The child first becomes `Rebuilding`, so every new write reaches it too. Then the volume is
-//! copied segment by segment, each under an exclusive range lock that waits for the writes in
+//! copied segment by segment, a few at a time, each under an exclusive range lock that waits for the writes in
 //! flight to that segment (issued before the child was writable) and holds new ones off while
 //! it is copied. Holes and zero extents of the source (its `block_status`) are not copied but
 //! zeroed with unmap allowed, so a thin child stays thin. A child the dirty-region log covers
@@ -15,6 +15,10 @@ use std::time::{Duration, Instant};
 use blockdev::{ExtentState, IoBuf, WriteFlags, ZeroFlags};
 
 use crate::{Child, ChildState, Nexus, NexusError};
+
+/// Segments a rebuild copies at once: one at a time leaves the source and the child idle
+/// between a segment's read and its write.
+const REBUILD_DEPTH: usize = 4;
 
 /// What a rebuild did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -132,9 +136,16 @@ impl Nexus {
         let mut done = 0u64;
         let mut off = 0u64;
         while off < self.size {
-            let len = seg.min(self.size - off);
-            if partial && !self.drl.is_dirty(off / self.drl.region_size()) {
+            // The next few segments to copy, copied at once (each under its own lock).
+            let mut batch = Vec::with_capacity(REBUILD_DEPTH);
+            while off < self.size && batch.len() < REBUILD_DEPTH {
+                let len = seg.min(self.size - off);
+                if !partial || self.drl.is_dirty(off / self.drl.region_size()) {
+                    batch.push((off, len));
+                }
                 off += len;
+            }
+            if batch.is_empty() {
                 continue;
             }
             if self.is_closed() {
@@ -150,9 +161,18 @@ impl Nexus {
                     c.name
                 )));
             }
-            self.copy_segment(c, off, len, &mut report).await?;
-            done += len;
-            off += len;
+            let copies: Vec<reactor::sync::BoxFuture<'_, _>> = batch
+                .iter()
+                .map(|&(at, len)| {
+                    Box::pin(self.copy_segment(c, at, len)) as reactor::sync::BoxFuture<'_, _>
+                })
+                .collect();
+            for r in reactor::sync::join_all(copies).await {
+                let (copied, zeroed) = r?;
+                report.copied += copied;
+                report.zeroed += zeroed;
+            }
+            done += batch.iter().map(|&(_, len)| len).sum::<u64>();
             if let ChildState::Rebuilding { partial, total, .. } = c.state() {
                 *c.state.lock().expect("child state") = ChildState::Rebuilding {
                     done,
@@ -176,14 +196,9 @@ impl Nexus {
         Ok(report)
     }
 
-    /// Copies `[off, off+len)` into `c` from an online child, under an exclusive range lock.
-    async fn copy_segment(
-        &self,
-        c: &Child,
-        off: u64,
-        len: u64,
-        report: &mut RebuildReport,
-    ) -> Result<(), NexusError> {
+    /// Copies `[off, off+len)` into `c` from an online child, under an exclusive range lock;
+    /// returns the bytes copied and zeroed.
+    async fn copy_segment(&self, c: &Child, off: u64, len: u64) -> Result<(u64, u64), NexusError> {
         let _lock = self.locks.lock(off, off + len, true).await;
         loop {
             let Some(src) = self
@@ -197,11 +212,7 @@ impl Nexus {
                 ));
             };
             match self.copy_from(&src, c, off, len).await {
-                Ok((copied, zeroed)) => {
-                    report.copied += copied;
-                    report.zeroed += zeroed;
-                    return Ok(());
-                }
+                Ok(r) => return Ok(r),
                 Err((true, e)) => {
                     // The source failed: retire it, try another.
                     self.retire(&src, format!("read failed during a rebuild: {e}"))
