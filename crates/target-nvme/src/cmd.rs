@@ -19,12 +19,12 @@ use proto_nvme::{
 use reactor::IoBuf;
 
 use crate::conn::{Conn, Reply};
-use proto_nvme::resv::Access;
 use crate::subsys::{Controller, Namespace};
 use crate::{
     ERROR_LOG_ENTRIES, IO_IN_CAPSULE, MAX_AER, MAX_IO_QUEUES, MAX_NAMESPACES, MAX_QUEUE_SIZE, MDTS,
     MDTS_BYTES, status_of,
 };
+use proto_nvme::resv::Access;
 
 const NSID_ALL: u32 = 0xffff_ffff;
 /// Largest zero buffer written at once when a device cannot write zeroes itself.
