@@ -741,11 +741,12 @@ fn reconnection_backs_off_and_reset_reconnects() {
 }
 
 #[test]
-fn a_request_abandoned_before_it_was_sent_is_forgotten() {
+fn a_request_abandoned_while_queued_behind_others_is_still_sent_and_answered() {
     // The server reads slowly, so 32 MiB of concurrent writes fill the socket and hold the
     // connection's send side; a read queued behind them is abandoned by its caller (a timeout
-    // of its own). It never reached the server, so it must not linger as in flight and time
-    // the connection out later.
+    // of its own). It is still sent (nobody else may be left to send it) and its reply is
+    // dropped, so it neither lingers as in flight (which would time the connection out
+    // later) nor breaks the stream's framing.
     let srv = fake(
         Opts {
             read_delay: Duration::from_millis(20),

@@ -10,9 +10,11 @@
 //! the kernel, so buffers and budgets tied to a message live as long as before.
 
 use std::cell::{Cell, RefCell};
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::io;
 use std::os::fd::RawFd;
+use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Poll, Waker};
 
 use io_uring::{opcode, types};
@@ -172,8 +174,20 @@ impl TcpStream {
 
 /// A connection's send queue: concurrent tasks' messages are sent in order, those queued
 /// while a send is in flight together in the next one. For one reactor (not `Sync`).
-#[derive(Default)]
+///
+/// A batch, once begun, is sent to its end even if the task sending it stops waiting (a
+/// caller's own timeout): the send then continues as a task of its own, so one impatient
+/// caller never breaks the framing of a stream others share. The outbox shares the socket with
+/// its owner for that; dropping the outbox while such a send is still in flight shuts the
+/// socket down.
 pub struct Outbox {
+    inner: Rc<Inner>,
+}
+
+struct Inner {
+    /// The connection's socket, shared with its owner so a detached send never uses a
+    /// descriptor closed and reused meanwhile.
+    stream: Rc<TcpStream>,
     queue: RefCell<Vec<Chunk>>,
     /// The message of each [`Chunk::Kept`] in `queue`, in order.
     kept_ids: RefCell<Vec<u64>>,
@@ -188,7 +202,10 @@ pub struct Outbox {
     queued: Cell<u64>,
     /// Messages sent so far (the first `sent` queued ones).
     sent: Cell<u64>,
-    /// A send failed (or a flusher gave up midway): the stream is unusable.
+    /// The last message whose sender stopped waiting before it was sent: a batch's send
+    /// goes on until it is sent, since nobody else will send it.
+    orphan: Cell<u64>,
+    /// A send failed (or was dropped midway at reactor shutdown): the stream is unusable.
     failed: Cell<Option<io::ErrorKind>>,
     waiters: RefCell<Vec<Waker>>,
 }
@@ -196,37 +213,78 @@ pub struct Outbox {
 impl std::fmt::Debug for Outbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Outbox")
-            .field("queued", &self.queued.get())
-            .field("sent", &self.sent.get())
-            .field("failed", &self.failed.get())
+            .field("queued", &self.inner.queued.get())
+            .field("sent", &self.inner.sent.get())
+            .field("failed", &self.inner.failed.get())
             .finish()
     }
 }
 
-/// A sender waiting for its message: if it stops waiting (its future dropped), its kept
-/// buffer is not kept for it.
-struct Waiting<'a> {
-    ob: &'a Outbox,
-    /// 0 once the wait ended normally (or nothing is kept for it).
-    id: u64,
-}
-
-impl Drop for Waiting<'_> {
+impl Drop for Outbox {
     fn drop(&mut self) {
-        if self.id != 0 && self.ob.take_returned(self.id).is_none() {
-            self.ob.abandoned.borrow_mut().push(self.id);
+        // A detached send still holds the socket open: the connection is going away, so
+        // make that send end instead of waiting on a peer that may never read.
+        if self.inner.flushing.get() {
+            self.inner.stream.shutdown();
         }
     }
 }
 
-/// Ends a flush: wakes the waiters, and marks the outbox failed if the flusher was dropped
-/// midway (part of a message may have been sent: nothing more can follow it).
-struct FlushGuard<'a> {
-    ob: &'a Outbox,
+/// A sender waiting for its message. If it stops waiting (its future dropped), its kept
+/// buffer is not kept for it, and its message is still sent: by the batch in flight, or by
+/// a send begun here when none is.
+struct Waiting<'a> {
+    ob: &'a Rc<Inner>,
+    me: u64,
+    kept: bool,
+    done: bool,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let ob = self.ob;
+        if self.kept && ob.take_returned(self.me).is_none() {
+            ob.abandoned.borrow_mut().push(self.me);
+        }
+        if ob.sent.get() >= self.me || ob.failed.get().is_some() {
+            return;
+        }
+        ob.orphan.set(ob.orphan.get().max(self.me));
+        if !ob.flushing.get() && crate::core::try_core().is_some() {
+            drop(crate::spawn_local(flush(ob.clone())));
+        }
+    }
+}
+
+/// A batch's send, boxed so that it can outlive the task that began it.
+type Flush = Pin<Box<dyn Future<Output = ()>>>;
+
+/// Holds the batch send a task is driving; if the task stops waiting, the send goes on as a
+/// task of its own.
+struct Detach(Option<Flush>);
+
+impl Drop for Detach {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take()
+            && crate::core::try_core().is_some()
+        {
+            drop(crate::spawn_local(f));
+        }
+    }
+}
+
+/// Ends a batch: wakes the waiters, and marks the outbox failed if the send was dropped
+/// midway (only at reactor shutdown: part of a message may have been sent, nothing more can
+/// follow it).
+struct FlushGuard {
+    ob: Rc<Inner>,
     finished: bool,
 }
 
-impl Drop for FlushGuard<'_> {
+impl Drop for FlushGuard {
     fn drop(&mut self) {
         if !self.finished && self.ob.failed.get().is_none() {
             self.ob.failed.set(Some(io::ErrorKind::BrokenPipe));
@@ -236,74 +294,12 @@ impl Drop for FlushGuard<'_> {
     }
 }
 
-impl Outbox {
-    /// An empty outbox.
-    pub fn new() -> Outbox {
-        Outbox::default()
-    }
-
+impl Inner {
     fn wake_all(&self) {
         let ws = std::mem::take(&mut *self.waiters.borrow_mut());
         for w in ws {
             w.wake();
         }
-    }
-
-    /// Whether a send is in progress.
-    pub fn busy(&self) -> bool {
-        self.flushing.get()
-    }
-
-    /// Whether a send failed: the stream is unusable.
-    pub fn failed(&self) -> bool {
-        self.failed.get().is_some()
-    }
-
-    /// Sends `chunks` (one message) on `stream` after every message queued before it;
-    /// returns once they were handed to the kernel, or the error that ended the stream.
-    pub async fn send(
-        &self,
-        stream: &TcpStream,
-        chunks: impl IntoIterator<Item = Chunk>,
-    ) -> io::Result<()> {
-        self.send_keep(stream, chunks).await.0
-    }
-
-    /// As [`Outbox::send`], and gives back the buffer of the message's [`Chunk::Kept`] (at
-    /// most one per message), whether the send succeeded or not.
-    pub async fn send_keep(
-        &self,
-        stream: &TcpStream,
-        chunks: impl IntoIterator<Item = Chunk>,
-    ) -> (io::Result<()>, Option<IoBuf>) {
-        let me = self.queued.get() + 1;
-        if let Some(k) = self.failed.get() {
-            let kept = chunks.into_iter().find_map(|c| match c {
-                Chunk::Kept { buf, .. } => Some(buf),
-                _ => None,
-            });
-            return (Err(k.into()), kept);
-        }
-        let mut kept = false;
-        {
-            let mut q = self.queue.borrow_mut();
-            let mut ids = self.kept_ids.borrow_mut();
-            for c in chunks {
-                if matches!(c, Chunk::Kept { .. }) {
-                    ids.push(me);
-                    kept = true;
-                }
-                q.push(c);
-            }
-        }
-        self.queued.set(me);
-        let mut waiting = Waiting {
-            ob: self,
-            id: if kept { me } else { 0 },
-        };
-        let r = self.deliver(stream, me).await;
-        waiting.id = 0;
-        (r, self.take_returned(me))
     }
 
     fn take_returned(&self, me: u64) -> Option<IoBuf> {
@@ -328,61 +324,152 @@ impl Outbox {
             }
         }
     }
+}
 
-    /// Waits until message `me` was sent by another task, or — when no send is in flight —
-    /// sends it together with everything queued so far (one batch). A task sends at most
-    /// one batch: messages queued meanwhile are sent by one of their own senders, woken when
-    /// this batch is done, so no task is kept sending on behalf of others indefinitely.
-    async fn deliver(&self, stream: &TcpStream, me: u64) -> io::Result<()> {
-        enum Next {
-            Sent,
-            Failed(io::ErrorKind),
-            Send,
-        }
-        let next = poll_fn(|cx| {
-            if self.sent.get() >= me {
-                Poll::Ready(Next::Sent)
-            } else if let Some(k) = self.failed.get() {
-                Poll::Ready(Next::Failed(k))
-            } else if !self.flushing.get() {
-                Poll::Ready(Next::Send)
-            } else {
-                self.waiters.borrow_mut().push(cx.waker().clone());
-                Poll::Pending
-            }
-        })
-        .await;
-        match next {
-            Next::Sent => return Ok(()),
-            Next::Failed(k) => return Err(k.into()),
-            Next::Send => {}
-        }
-        self.flushing.set(true);
+/// Sends one batch: every message queued so far; then records the outcome and wakes the
+/// waiters. Goes on with the next batch only while a message whose sender stopped waiting
+/// is left unsent (nobody else would send it).
+fn flush(ob: Rc<Inner>) -> Flush {
+    ob.flushing.set(true);
+    Box::pin(async move {
         let mut guard = FlushGuard {
-            ob: self,
+            ob: ob.clone(),
             finished: false,
         };
-        let upto = self.queued.get();
-        let mut batch = std::mem::take(&mut *self.spare.borrow_mut());
-        std::mem::swap(&mut batch, &mut *self.queue.borrow_mut());
-        let mut ids = std::mem::take(&mut *self.kept_ids.borrow_mut());
-        let (r, mut batch) = stream.send_chunks(batch).await;
-        self.give_back(&mut batch, &mut ids.drain(..));
-        *self.spare.borrow_mut() = batch;
-        if let Err(e) = r {
-            self.failed.set(Some(e.kind()));
-            // Nothing queued behind can be sent any more: its kept buffers go back too.
-            let mut rest = std::mem::take(&mut *self.queue.borrow_mut());
-            let mut ids = std::mem::take(&mut *self.kept_ids.borrow_mut());
-            self.give_back(&mut rest, &mut ids.drain(..));
-            return Err(e);
+        loop {
+            let upto = ob.queued.get();
+            let mut batch = std::mem::take(&mut *ob.spare.borrow_mut());
+            std::mem::swap(&mut batch, &mut *ob.queue.borrow_mut());
+            let mut ids = std::mem::take(&mut *ob.kept_ids.borrow_mut());
+            let (r, mut batch) = ob.stream.send_chunks(batch).await;
+            ob.give_back(&mut batch, &mut ids.drain(..));
+            *ob.spare.borrow_mut() = batch;
+            if let Err(e) = r {
+                ob.failed.set(Some(e.kind()));
+                // Nothing queued behind can be sent any more: its kept buffers go back too.
+                let mut rest = std::mem::take(&mut *ob.queue.borrow_mut());
+                let mut ids = std::mem::take(&mut *ob.kept_ids.borrow_mut());
+                ob.give_back(&mut rest, &mut ids.drain(..));
+                break;
+            }
+            ob.sent.set(upto);
+            if ob.sent.get() >= ob.orphan.get() {
+                break;
+            }
         }
-        self.sent.set(upto);
-        // Dropping the guard ends the flush and wakes the waiters: those whose messages were
-        // in the batch return, and the first of the others to run sends the next batch.
+        // Dropping the guard ends the flush and wakes the waiters: those whose messages
+        // were sent return, and the first of the others to run sends the next batch.
         guard.finished = true;
-        drop(guard);
-        Ok(())
+    })
+}
+
+impl Outbox {
+    /// An empty outbox sending on `stream`.
+    pub fn new(stream: Rc<TcpStream>) -> Outbox {
+        Outbox {
+            inner: Rc::new(Inner {
+                stream,
+                queue: RefCell::default(),
+                kept_ids: RefCell::default(),
+                returned: RefCell::default(),
+                abandoned: RefCell::default(),
+                spare: RefCell::default(),
+                flushing: Cell::new(false),
+                queued: Cell::new(0),
+                sent: Cell::new(0),
+                orphan: Cell::new(0),
+                failed: Cell::new(None),
+                waiters: RefCell::default(),
+            }),
+        }
+    }
+
+    /// Whether a send is in progress.
+    pub fn busy(&self) -> bool {
+        self.inner.flushing.get()
+    }
+
+    /// Whether a send failed: the stream is unusable.
+    pub fn failed(&self) -> bool {
+        self.inner.failed.get().is_some()
+    }
+
+    /// Sends `chunks` (one message) after every message queued before it; returns once they
+    /// were handed to the kernel, or the error that ended the stream. If the caller stops
+    /// waiting, the message is still sent whole (or not at all, if no send had begun it).
+    pub async fn send(&self, chunks: impl IntoIterator<Item = Chunk>) -> io::Result<()> {
+        self.send_keep(chunks).await.0
+    }
+
+    /// As [`Outbox::send`], and gives back the buffer of the message's [`Chunk::Kept`] (at
+    /// most one per message), whether the send succeeded or not.
+    pub async fn send_keep(
+        &self,
+        chunks: impl IntoIterator<Item = Chunk>,
+    ) -> (io::Result<()>, Option<IoBuf>) {
+        let ob = &self.inner;
+        let me = ob.queued.get() + 1;
+        if let Some(k) = ob.failed.get() {
+            let kept = chunks.into_iter().find_map(|c| match c {
+                Chunk::Kept { buf, .. } => Some(buf),
+                _ => None,
+            });
+            return (Err(k.into()), kept);
+        }
+        let mut kept = false;
+        {
+            let mut q = ob.queue.borrow_mut();
+            let mut ids = ob.kept_ids.borrow_mut();
+            for c in chunks {
+                if matches!(c, Chunk::Kept { .. }) {
+                    ids.push(me);
+                    kept = true;
+                }
+                q.push(c);
+            }
+        }
+        ob.queued.set(me);
+        let mut waiting = Waiting {
+            ob,
+            me,
+            kept,
+            done: false,
+        };
+        let r = self.deliver(me).await;
+        waiting.done = true;
+        (r, ob.take_returned(me))
+    }
+
+    /// Waits until message `me` was sent, or — when no send is in flight — sends it
+    /// together with everything queued so far (one batch). A task sends at most one batch:
+    /// messages queued meanwhile are sent by one of their own senders, woken when this batch
+    /// is done, so no task is kept sending on behalf of others indefinitely.
+    async fn deliver(&self, me: u64) -> io::Result<()> {
+        let ob = &self.inner;
+        loop {
+            let send = poll_fn(|cx| {
+                if ob.sent.get() >= me {
+                    Poll::Ready(Ok(false))
+                } else if let Some(k) = ob.failed.get() {
+                    Poll::Ready(Err(io::Error::from(k)))
+                } else if !ob.flushing.get() {
+                    Poll::Ready(Ok(true))
+                } else {
+                    ob.waiters.borrow_mut().push(cx.waker().clone());
+                    Poll::Pending
+                }
+            })
+            .await?;
+            if !send {
+                return Ok(());
+            }
+            let mut sending = Detach(Some(flush(ob.clone())));
+            if let Some(f) = sending.0.as_mut() {
+                f.await;
+            }
+            sending.0 = None;
+            // The batch held this message: the next round sees it sent (or failed).
+        }
     }
 }
 
@@ -406,15 +493,15 @@ mod tests {
         });
         run_on_reactor(std::time::Duration::from_secs(20), move || async move {
             let s = Rc::new(TcpStream::connect(addr).unwrap());
-            let ob = Rc::new(Outbox::new());
+            let ob = Rc::new(Outbox::new(s.clone()));
             let mut tasks = Vec::new();
             for i in 0..200u32 {
-                let (s, ob) = (s.clone(), ob.clone());
+                let ob = ob.clone();
                 tasks.push(crate::spawn_local(async move {
                     let head = Chunk::copy(&i.to_le_bytes());
                     let mut body = IoBuf::zeroed(1000 + i as usize * 37);
                     body.fill(i as u8);
-                    ob.send(&s, [head, Chunk::Buf(body)]).await.unwrap();
+                    ob.send([head, Chunk::Buf(body)]).await.unwrap();
                 }));
             }
             for t in tasks {
@@ -443,14 +530,98 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         run_on_reactor(std::time::Duration::from_secs(20), move || async move {
-            let s = TcpStream::connect(addr).unwrap();
+            let s = Rc::new(TcpStream::connect(addr).unwrap());
             let (peer, _) = l.accept().unwrap();
             drop(peer);
             s.shutdown();
-            let ob = Outbox::new();
-            assert!(ob.send(&s, [Chunk::copy(b"x")]).await.is_err());
+            let ob = Outbox::new(s.clone());
+            assert!(ob.send([Chunk::copy(b"x")]).await.is_err());
             assert!(ob.failed());
-            assert!(ob.send(&s, [Chunk::copy(b"y")]).await.is_err());
+            assert!(ob.send([Chunk::copy(b"y")]).await.is_err());
         });
+    }
+
+    #[test]
+    fn a_sender_that_stops_waiting_midway_leaves_its_message_whole_and_the_stream_usable() {
+        // Beyond what loopback's socket buffers take (receive buffers grow to 32 MiB here).
+        const BIG: usize = 96 << 20;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let reader = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            // Not reading yet: the big message fills the socket buffers and its send blocks.
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            let mut all = Vec::new();
+            s.read_to_end(&mut all).unwrap();
+            all
+        });
+        run_on_reactor(std::time::Duration::from_secs(20), move || async move {
+            let s = Rc::new(TcpStream::connect(addr).unwrap());
+            let ob = Outbox::new(s.clone());
+            let mut big = IoBuf::zeroed(BIG);
+            let pattern: Vec<u8> = (0..251 * 4096).map(|i| (i % 251) as u8).collect();
+            for c in big.chunks_mut(pattern.len()) {
+                c.copy_from_slice(&pattern[..c.len()]);
+            }
+            let gave_up = crate::sync::timeout(
+                std::time::Duration::from_millis(50),
+                ob.send([Chunk::copy(b"head"), Chunk::Buf(big)]),
+            )
+            .await;
+            assert!(gave_up.is_none(), "the send should still be blocked");
+            assert!(
+                !ob.failed(),
+                "one caller giving up must not break the stream"
+            );
+            ob.send([Chunk::copy(b"tail")]).await.unwrap();
+            s.shutdown();
+        });
+        let all = reader.join().unwrap();
+        assert_eq!(all.len(), 4 + BIG + 4);
+        assert_eq!(&all[..4], b"head");
+        let pattern: Vec<u8> = (0..251 * 4096).map(|i| (i % 251) as u8).collect();
+        assert!(
+            all[4..4 + BIG]
+                .chunks(pattern.len())
+                .all(|c| c == &pattern[..c.len()])
+        );
+        assert_eq!(&all[4 + BIG..], b"tail");
+    }
+
+    #[test]
+    fn a_message_whose_sender_stopped_waiting_before_it_was_sent_is_still_sent() {
+        const BIG: usize = 96 << 20;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let reader = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            let mut all = Vec::new();
+            s.read_to_end(&mut all).unwrap();
+            all
+        });
+        run_on_reactor(std::time::Duration::from_secs(20), move || async move {
+            let s = Rc::new(TcpStream::connect(addr).unwrap());
+            let ob = Rc::new(Outbox::new(s.clone()));
+            let o = ob.clone();
+            let big = crate::spawn_local(async move {
+                o.send([Chunk::Buf(IoBuf::zeroed(BIG))]).await.unwrap();
+            });
+            crate::sleep(std::time::Duration::from_millis(20)).await;
+            // Queued behind the blocked batch; its sender gives up. Nobody else sends after
+            // it, so the batch in flight must go on with it.
+            let gave_up = crate::sync::timeout(
+                std::time::Duration::from_millis(20),
+                ob.send([Chunk::copy(b"tail")]),
+            )
+            .await;
+            assert!(gave_up.is_none(), "the tail should still be queued");
+            big.await;
+            assert!(!ob.failed());
+            s.shutdown();
+        });
+        let all = reader.join().unwrap();
+        assert_eq!(all.len(), BIG + 4);
+        assert_eq!(&all[BIG..], b"tail");
     }
 }

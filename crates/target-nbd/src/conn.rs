@@ -21,7 +21,7 @@ const RECV_BUF: usize = 64 * 1024;
 const BYTE_UNIT: usize = 64 * 1024;
 
 struct Conn {
-    stream: TcpStream,
+    stream: Rc<TcpStream>,
     export: Arc<Export>,
     structured: bool,
     base_allocation: bool,
@@ -83,10 +83,7 @@ impl Conn {
                 }
             }
         }
-        let res = self
-            .outbox
-            .send(&self.stream, out.into_iter().flatten())
-            .await;
+        let res = self.outbox.send(out.into_iter().flatten()).await;
         if res.is_err() {
             self.fail();
         }
@@ -177,12 +174,13 @@ pub(crate) async fn serve_connection(server: &NbdServer, stream: TcpStream) {
         base_allocation,
     } = neg;
     export.connections.fetch_add(1, Ordering::Relaxed);
+    let stream = Rc::new(stream);
     let conn = Rc::new(Conn {
-        stream,
+        stream: stream.clone(),
         export: export.clone(),
         structured,
         base_allocation,
-        outbox: Outbox::new(),
+        outbox: Outbox::new(stream),
         broken: Cell::new(false),
     });
     let requests = LocalSemaphore::new(MAX_IN_FLIGHT);

@@ -82,7 +82,7 @@ struct Transfer {
 /// Shared state of one connection, owned by its reactor.
 pub(crate) struct Conn {
     pub(crate) target: Arc<NvmfTarget>,
-    stream: TcpStream,
+    stream: Rc<TcpStream>,
     pub(crate) local: Option<SocketAddr>,
     enc: Cell<PduEncoder>,
     /// Everything sent goes through here: completions ready together leave in one send.
@@ -185,12 +185,13 @@ enum Next {
 /// is torn down.
 pub(crate) async fn serve_connection(target: Arc<NvmfTarget>, stream: TcpStream, id: u64) {
     let local = stream.local_addr().ok();
+    let stream = Rc::new(stream);
     let conn = Rc::new(Conn {
         target: target.clone(),
-        stream,
+        stream: stream.clone(),
         local,
         enc: Cell::new(PduEncoder::new()),
-        outbox: Outbox::new(),
+        outbox: Outbox::new(stream),
         broken: Cell::new(false),
         qid: Cell::new(0),
         ctrl: RefCell::new(None),
@@ -317,7 +318,7 @@ impl Conn {
     }
 
     async fn send(&self, bytes: &[u8]) -> io::Result<()> {
-        self.outbox.send(&self.stream, [Chunk::copy(bytes)]).await
+        self.outbox.send([Chunk::copy(bytes)]).await
     }
 
     fn fail_send(&self) {
@@ -648,10 +649,7 @@ impl Conn {
             }
             _ => out[0] = Some(Chunk::copy(&enc.capsule_resp(&cqe))),
         }
-        let res = self
-            .outbox
-            .send(&self.stream, out.into_iter().flatten())
-            .await;
+        let res = self.outbox.send(out.into_iter().flatten()).await;
         if res.is_err() {
             self.fail_send();
         }

@@ -312,7 +312,7 @@ pub(crate) struct Conn {
     pub(crate) id: u64,
     /// The device's reset epoch when this connection was made; an older one is not used.
     pub(crate) epoch: u64,
-    sock: TcpStream,
+    sock: Rc<TcpStream>,
     pub(crate) info: ExportInfo,
     inner: Arc<Inner>,
     inflight: RefCell<HashMap<u64, Pending>>,
@@ -342,9 +342,9 @@ impl std::fmt::Debug for Conn {
 enum Stage {
     /// Not queued for sending yet: the request is forgotten, the server never saw it.
     Queued,
-    /// In the outbox: it goes out whole and its reply will come and be dropped, unless its
-    /// caller was the one sending and stopped midway: the outbox has then failed (the
-    /// stream's framing is lost) and the connection must go.
+    /// In the outbox: it goes out whole (the outbox finishes a batch whose sender stopped
+    /// waiting) and its reply will come and be dropped; only if the send failed must the
+    /// connection go.
     Sending,
     /// On the wire: its reply will come and be dropped.
     Sent,
@@ -364,7 +364,7 @@ impl Drop for SendGuard<'_> {
             }
             Stage::Sending if self.conn.outbox.failed() => self.conn.fail(
                 ErrorKind::Gone,
-                "a request was abandoned while being sent; connection closed".into(),
+                "a request was abandoned and its send failed; connection closed".into(),
             ),
             Stage::Sending | Stage::Sent => {}
         }
@@ -380,14 +380,15 @@ impl Conn {
         id: u64,
         epoch: u64,
     ) -> Rc<Conn> {
+        let sock = Rc::new(sock);
         let conn = Rc::new(Conn {
             id,
             epoch,
-            sock,
+            sock: sock.clone(),
             info,
             inner,
             inflight: RefCell::new(HashMap::new()),
-            outbox: Outbox::new(),
+            outbox: Outbox::new(sock),
             dead: RefCell::new(None),
             retired: Cell::new(false),
             next_cookie: Cell::new(1),
@@ -504,9 +505,9 @@ impl Conn {
                     Some(buf) => {
                         let len = buf.len();
                         let data = Chunk::Kept { buf, start: 0, len };
-                        self.outbox.send_keep(&self.sock, [hdr, data]).await
+                        self.outbox.send_keep([hdr, data]).await
                     }
-                    None => self.outbox.send_keep(&self.sock, [hdr]).await,
+                    None => self.outbox.send_keep([hdr]).await,
                 };
                 written = back;
                 guard.stage = Stage::Sent;
@@ -557,7 +558,7 @@ impl Conn {
         let _ = reactor::sync::timeout(Duration::from_secs(1), async {
             if self.dead.borrow().is_none() {
                 let disc = Chunk::copy(&disconnect_request());
-                let _ = self.outbox.send(&self.sock, [disc]).await;
+                let _ = self.outbox.send([disc]).await;
             }
         })
         .await;
@@ -577,7 +578,7 @@ impl Conn {
             let _ = reactor::sync::timeout(Duration::from_secs(1), async {
                 if conn.dead.borrow().is_none() {
                     let disc = Chunk::copy(&disconnect_request());
-                    let _ = conn.outbox.send(&conn.sock, [disc]).await;
+                    let _ = conn.outbox.send([disc]).await;
                 }
             })
             .await;

@@ -14,8 +14,7 @@
 //! command. The identifier carries the slot index and a per-slot generation. A caller that
 //! stops waiting before its capsule was queued frees the slot at once (the controller never
 //! saw the command); once queued the capsule goes out whole, and the slot waits for the
-//! answer. Only a caller dropped while it was itself sending (the outbox's flusher) can leave
-//! the stream without framing: the outbox is then failed and the queue killed.
+//! answer, even when its caller was the one sending (the outbox finishes a batch without it).
 //!
 //! I/O queues are connected with SQ flow control disabled, so a controller may end a
 //! successful read with its last C2HData PDU (SUCCESS flag) instead of a CapsuleResp: one
@@ -231,7 +230,7 @@ pub(crate) struct Queue {
     pub epoch: u64,
     pub qid: u16,
     peer: SocketAddr,
-    stream: TcpStream,
+    stream: Rc<TcpStream>,
     enc: PduEncoder,
     dec: PduDecoder,
     maxh2cdata: u32,
@@ -267,8 +266,8 @@ impl std::fmt::Debug for Queue {
 enum Stage {
     /// Not queued for sending yet: the controller never sees the command, its slot is freed.
     Queued,
-    /// In the outbox: it goes out whole (unless its caller was the one sending and stopped
-    /// midway: the outbox then fails and the queue must go); the slot stays.
+    /// In the outbox: it goes out whole (the outbox finishes a batch whose sender stopped
+    /// waiting); the slot stays.
     Sending,
     /// On the wire: the slot stays until the controller answers.
     Sent,
@@ -328,6 +327,7 @@ impl Queue {
         setup: QueueSetup,
     ) -> Result<(Rc<Queue>, u16), Failure> {
         let (stream, peer) = tcp_connect(addrs, setup.timeout).await?;
+        let stream = Rc::new(stream);
         // Registered before anything else: a failure or close of the association from any
         // thread shuts the connection down, even in the middle of the handshake.
         shared.register(setup.epoch, &stream)?;
@@ -352,14 +352,14 @@ impl Queue {
             epoch: setup.epoch,
             qid: setup.qid,
             peer,
-            stream,
+            stream: stream.clone(),
             enc: PduEncoder::with(ic.hdgst, ic.ddgst, ic.cpda),
             dec,
             maxh2cdata: ic.maxh2cdata,
             in_capsule: Cell::new(CONNECT_DATA_LEN as u32),
             sqflow_off: setup.qid > 0,
             timeout: setup.timeout,
-            outbox: Outbox::new(),
+            outbox: Outbox::new(stream),
             slots: RefCell::new((0..depth).map(|_| None).collect()),
             generations: RefCell::new(vec![0; depth]),
             free: RefCell::new((0..depth as u16).rev().collect()),
@@ -633,10 +633,7 @@ impl Queue {
                 len: w.len,
             });
         }
-        let (r, buf) = self
-            .outbox
-            .send_keep(&self.stream, out.into_iter().flatten())
-            .await;
+        let (r, buf) = self.outbox.send_keep(out.into_iter().flatten()).await;
         (
             r.map_err(|e| Failure::gone(format!("sending to {}: {e}", self.peer))),
             buf,
@@ -1001,7 +998,7 @@ impl Queue {
         let term = PduEncoder::term_req_for(true, e, offending)
             .unwrap_or_else(|| PduEncoder::term_req(true, fes as u16, e.fei(), offending));
         if !self.outbox.busy() {
-            let send = self.outbox.send(&self.stream, [Chunk::copy(&term)]);
+            let send = self.outbox.send([Chunk::copy(&term)]);
             let _ = timeout(TERM_REQ_WAIT, send).await;
         }
         f
