@@ -42,20 +42,23 @@ pub fn bench_nexus(args: &[String]) -> Result<(), String> {
          [benchmarks.md](benchmarks.md).\n\n\
          The nexus runs in the benchmark's process on one reactor, with one local replica — a \
          1 GiB file through io_uring with O_DIRECT (`uring://`) — and up to two remote \
-         replicas: each a separate `ballast-engine` serving its own 1 GiB file over NVMe/TCP on \
+         replicas: each a separate `ballast-engine` serving a 1 GiB device over NVMe/TCP on \
          127.0.0.1, reached through Ballast's NVMe/TCP initiator (`nvmf://`, one I/O queue \
          each). The bare volume is the local file alone. 4k random I/O from \
          `blockdev::loadgen` (over the whole GiB) goes to the bare file and to a nexus over 1 \
-         (local), 2 (local + one remote) and 3 (local + two remote) replicas. {pinning} The \
-         network is loopback and all three files are on this machine's one disk (fully \
-         written first), so 3 replicas still write three times the bytes to one disk and the \
-         replicas' CPU is one core for two. The four configurations alternate within every \
-         round, their order rotating, so drift of the shared disk and other work on the \
-         machine hit them alike; figures are medians over the rounds, ratios medians of the \
-         per-round ratios. Rebuilds copy to remote replica 1: a full rebuild (the replica \
-         joins a nexus over the local file; 1 MiB segments, one at a time) against a raw copy \
-         of the same GiB through the same two devices, and partial rebuilds after writes to \
-         random distinct 1 MiB regions; the rules of each target are stated in its line.\n\n\
+         (local), 2 (local + one remote) and 3 (local + two remote) replicas, in two set-ups: \
+         remote replicas on devices of their own (RAM, standing in for other nodes' disks: \
+         the target's set-up, since replicas live on separate nodes) and remote replicas on \
+         files on this machine's one disk beside the local one (every write then reaches the \
+         disk once per replica, which bounds 3 replicas to a third of the disk's IOPS). \
+         {pinning} The network is loopback and the replicas' CPU is one core for two. The \
+         four configurations alternate within every round, their order rotating, so drift of \
+         the shared disk and other work on the machine hit them alike; figures are medians \
+         over the rounds, ratios medians of the per-round ratios. Rebuilds copy to the first \
+         file-backed remote replica: a full rebuild (the replica joins a nexus over the local \
+         file; 1 MiB segments, four at a time) against a raw copy of the same GiB through the \
+         same two devices, and partial rebuilds after writes to random distinct 1 MiB \
+         regions; the rules of each target are stated in its line.\n\n\
          - Date: {}\n- Machine: {}\n- Software: ballast-engine at {rev}\n\
          - Load average (1/5/15 min) before: {load_before}, after: {} (other work on the \
          machine skews results)\n\n{}",

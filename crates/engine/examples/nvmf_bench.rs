@@ -208,7 +208,7 @@ fn main() {
 
     let mut engine = Engine::start(
         &engine_bin,
-        &img,
+        &format!("uring://{}", img.display()),
         &dir.join("nvmf-engine.log"),
         server_cpu.as_deref(),
         "adaptive",

@@ -60,9 +60,10 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Starts `bin` over `img` (one reactor, `mode` polling), under `taskset -c CPU` when
-    /// `cpu` is given, its stderr in `log`; waits (30 s at most) for its URIs.
-    pub fn start(bin: &Path, img: &Path, log: &Path, cpu: Option<&str>, mode: &str) -> Engine {
+    /// Starts `bin` over the device `dev` (a URI such as `uring:///path`; one reactor, `mode`
+    /// polling), under `taskset -c CPU` when `cpu` is given, its stderr in `log`; waits
+    /// (30 s at most) for its URIs.
+    pub fn start(bin: &Path, dev: &str, log: &Path, cpu: Option<&str>, mode: &str) -> Engine {
         let mut c = match cpu {
             Some(cpu) => {
                 let mut c = Command::new("taskset");
@@ -80,7 +81,7 @@ impl Engine {
             ])
             .args(["--grpc-listen", "none"])
             .arg("--device")
-            .arg(format!("disk=uring://{}", img.display()))
+            .arg(format!("disk={dev}"))
             .args(["--export", "disk", "--nvmf-export", "nv=disk"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
