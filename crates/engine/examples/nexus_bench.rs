@@ -211,7 +211,7 @@ fn main() {
             (Setup::OwnDevices, &ram_remotes, &engine_pids[2..]),
             (Setup::SharedDisk, &remotes, &engine_pids[..2]),
         ] {
-            let (t, text) = replication(&rt, &local, devs, pids, setup, secs, rounds, &wanted);
+            let (t, text) = replication(&rt, &local, (setup, devs, pids), secs, rounds, &wanted);
             targets.push(t);
             out.push_str(&text);
         }
@@ -292,9 +292,7 @@ async fn nexus(name: &str, children: Vec<(&str, Device, bool)>, log: Option<Devi
 fn replication(
     rt: &Runtime,
     local: &Device,
-    remotes: &[Device],
-    engine_pids: &[u32],
-    setup: Setup,
+    (setup, remotes, engine_pids): (Setup, &[Device], &[u32]),
     secs: f64,
     rounds: usize,
     wanted: &dyn Fn(&str) -> bool,
