@@ -19,7 +19,7 @@ use crate::procs::{self, Proc};
 
 const USAGE: &str = "usage: cargo xtask bench [--quick] [--runtime SECS] [--idle SECS] [--rounds N]
   --quick          3 s per fio job, a 10 s idle sample, 1 round of the polling-mode runs
-                   (default: 10 s, 30 s, 3 rounds)
+                   (default: 10 s, 30 s, 5 rounds: the machine drifts between runs)
   --runtime SECS   seconds of measurement per fio job (after a 2 s ramp)
   --idle SECS      seconds of the idle CPU sample per polling mode
   --rounds N       rounds of the polling-mode comparison (medians are reported)";
@@ -68,7 +68,7 @@ impl Opts {
         }
         o.runtime = runtime.unwrap_or(if o.quick { 3 } else { 10 });
         o.idle = idle.unwrap_or(if o.quick { 10 } else { 30 });
-        o.rounds = rounds.unwrap_or(if o.quick { 1 } else { 3 });
+        o.rounds = rounds.unwrap_or(if o.quick { 1 } else { 5 });
         o.cmdline = std::iter::once("cargo xtask bench".to_string())
             .chain(args.iter().cloned())
             .collect::<Vec<_>>()
