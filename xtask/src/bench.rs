@@ -309,6 +309,7 @@ pub fn bench(args: &[String]) -> Result<(), String> {
     std::fs::write(&path, &doc).map_err(|e| format!("writing {}: {e}", path.display()))?;
     println!("{doc}");
     eprintln!("xtask bench: wrote {}", path.display());
+    crate::plot::plot_doc("benchmarks.md")?;
     let failed = r.errors.len() + r.rows.iter().filter(|x| x.res.is_err()).count();
     let failed = failed + r.idle.iter().filter(|x| x.1.is_err()).count();
     if failed > 0 {
@@ -1251,7 +1252,12 @@ fn report(env: &Env, r: &Results, load_before: &str, took: Duration) -> String {
          io_uring QD1 mean + 1.5 × protocol overhead."
     );
 
-    let _ = writeln!(s, "\n## Summary: Ballast IOPS ÷ peer IOPS\n");
+    let _ = write!(
+        s,
+        "\n{}",
+        crate::plot::image_line("benchmarks.md", "IOPS of each server")
+    );
+    let _ = writeln!(s, "## Summary: Ballast IOPS ÷ peer IOPS\n");
     let _ = writeln!(
         s,
         "| workload | ÷ qemu-storage-daemon | ÷ nbdkit file | ÷ raw io_uring | Ballast RAM ÷ nbdkit memory |"

@@ -61,11 +61,16 @@ pub fn bench_nexus(args: &[String]) -> Result<(), String> {
          regions; the rules of each target are stated in its line.\n\n\
          - Date: {}\n- Machine: {}\n- Software: ballast-engine at {rev}\n\
          - Load average (1/5/15 min) before: {load_before}, after: {} (other work on the \
-         machine skews results)\n\n{}",
+         machine skews results)\n\n{}{}",
         sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
         machine(),
         loadavg(),
+        crate::plot::image_line(
+            "benchmarks-nexus.md",
+            "Median IOPS of the bare file and of 1, 2 and 3 replicas"
+        ),
         stdout
     );
-    write_doc("bench-nexus", "benchmarks-nexus.md", &doc)
+    write_doc("bench-nexus", "benchmarks-nexus.md", &doc)?;
+    crate::plot::plot_doc("benchmarks-nexus.md").map(drop)
 }

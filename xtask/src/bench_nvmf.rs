@@ -60,12 +60,14 @@ pub fn bench_nvmf(args: &[String]) -> Result<(), String> {
          ratios. Latency is from submission to completion as the caller sees it (fio: `lat`).\n\n\
          - Date: {}\n- Machine: {}\n- Software: {}, ballast-engine at {rev}\n\
          - Load average (1/5/15 min) before: {load_before}, after: {} (other work on the \
-         machine skews results)\n\n{}",
+         machine skews results)\n\n{}{}",
         sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
         machine(),
         sh("fio", &["--version"]),
         loadavg(),
+        crate::plot::image_line("benchmarks-nvmf.md", "Median IOPS of each path"),
         stdout
     );
-    write_doc("bench-nvmf", "benchmarks-nvmf.md", &doc)
+    write_doc("bench-nvmf", "benchmarks-nvmf.md", &doc)?;
+    crate::plot::plot_doc("benchmarks-nvmf.md").map(drop)
 }

@@ -3,6 +3,7 @@
 //! - `demo`  — build and run a local three-node cluster serving a replicated volume (`demo.rs`).
 //! - `test`  — install what the tests need (when missing) and run the whole suite.
 //! - `bench` — benchmarks against peers, written to docs/benchmarks.md.
+//! - `plot`  — redraws the charts (docs/benchmarks*.svg) from the benchmark documents.
 //! - `vm`    — the test guest (crates/testvm): build it, run a script or a shell in it.
 
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ mod bench_nvmf;
 mod demo;
 mod engine_bench;
 mod json;
+mod plot;
 mod procs;
 mod vm;
 
@@ -41,7 +43,7 @@ fn run(mut c: Command, what: &str) -> Result<(), String> {
     }
 }
 
-const USAGE: &str = "usage: cargo xtask <demo [--fresh] [--check [--debug]] | test [--lint] [NEXTEST ARGS...] | bench [--quick] [--runtime SECS] [--idle SECS] [--rounds N] | bench-pool [SECS [ROUNDS]] | bench-nexus [SECS [ROUNDS]] | bench-nvmf [SECS [ROUNDS]] | vm build | vm run SCRIPT [--timeout SECS] [--hostfwd HOST:GUEST]... [--disk PATH]... [--cpus N] [--quiet] | vm shell [same flags]>";
+const USAGE: &str = "usage: cargo xtask <demo [--fresh] [--check [--debug]] | test [--lint] [NEXTEST ARGS...] | bench [--quick] [--runtime SECS] [--idle SECS] [--rounds N] | bench-pool [SECS [ROUNDS]] | bench-nexus [SECS [ROUNDS]] | bench-nvmf [SECS [ROUNDS]] | plot | vm build | vm run SCRIPT [--timeout SECS] [--hostfwd HOST:GUEST]... [--disk PATH]... [--cpus N] [--quiet] | vm shell [same flags]>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -52,6 +54,7 @@ fn main() -> ExitCode {
         Some("bench-pool") => bench_pool(&args[1..]),
         Some("bench-nexus") => bench_nexus::bench_nexus(&args[1..]),
         Some("bench-nvmf") => bench_nvmf::bench_nvmf(&args[1..]),
+        Some("plot") => plot::plot(&args[1..]),
         Some("vm") => vm::vm(&args[1..]),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
