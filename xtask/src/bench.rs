@@ -1419,7 +1419,7 @@ mod tests {
     #[test]
     fn parses_options() {
         let o = Opts::parse(&[]).unwrap();
-        assert_eq!((o.runtime, o.idle, o.rounds, o.quick), (10, 30, 3, false));
+        assert_eq!((o.runtime, o.idle, o.rounds, o.quick), (10, 30, 5, false));
         let o = Opts::parse(&["--quick".into()]).unwrap();
         assert_eq!((o.runtime, o.idle, o.rounds), (3, 10, 1));
         assert_eq!(o.cmdline, "cargo xtask bench --quick");
