@@ -477,6 +477,16 @@ fn h2c_data_digest_errors_and_sq_flow_control_off() {
         other => panic!("expected an R2T, got {other:?}"),
     };
     assert_eq!((r2t.cccid, r2t.r2to, r2t.r2tl), (9, 0, 64 << 10));
+    // The identifier is in flight (the write waits for its data): another command under it
+    // is refused with Command ID Conflict, and the write goes on.
+    let mut out = Vec::new();
+    let flush = Command::Flush.to_sqe(9, 1, proto_nvme::Sgl::null());
+    q.enc.capsule_cmd_pdu(&flush, &[], &mut out);
+    q.send_raw(&out);
+    assert_eq!(
+        status(q.wait(9, &[])),
+        Status::COMMAND_ID_CONFLICT.with_dnr()
+    );
     let mut out = Vec::new();
     q.enc.h2c_data_pdu(
         &proto_nvme::H2CData {

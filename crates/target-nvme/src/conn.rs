@@ -2,7 +2,7 @@
 //! capsules, H2CData), R2T, and completions (CapsuleResp, C2HData).
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::SocketAddr;
 use std::rc::{Rc, Weak};
@@ -93,12 +93,40 @@ pub(crate) struct Conn {
     sq_entries: Cell<u32>,
     sqhd: Cell<u16>,
     sqflow_off: Cell<bool>,
-    inflight: RefCell<HashSet<u16>>,
+    inflight: RefCell<CidSet>,
     transfers: RefCell<HashMap<u16, Transfer>>,
     next_ttag: Cell<u16>,
     bytes: LocalSemaphore,
     tasks: LocalSemaphore,
     ns_cache: RefCell<(u64, BTreeMap<u32, Arc<Namespace>>)>,
+}
+
+/// The command identifiers in flight on a queue: one bit per identifier (8 KiB), set and
+/// tested without hashing on every command.
+struct CidSet {
+    words: Box<[u64]>,
+}
+
+impl Default for CidSet {
+    fn default() -> CidSet {
+        CidSet {
+            words: vec![0u64; (1 << 16) / 64].into_boxed_slice(),
+        }
+    }
+}
+
+impl CidSet {
+    fn contains(&self, cid: u16) -> bool {
+        self.words[usize::from(cid >> 6)] & (1 << (cid & 63)) != 0
+    }
+
+    fn insert(&mut self, cid: u16) {
+        self.words[usize::from(cid >> 6)] |= 1 << (cid & 63);
+    }
+
+    fn remove(&mut self, cid: u16) {
+        self.words[usize::from(cid >> 6)] &= !(1 << (cid & 63));
+    }
 }
 
 /// Buffered receive side: headers and capsules are parsed from `buf`, large data goes straight
@@ -198,7 +226,7 @@ pub(crate) async fn serve_connection(target: Arc<NvmfTarget>, stream: TcpStream,
         sq_entries: Cell::new(1),
         sqhd: Cell::new(0),
         sqflow_off: Cell::new(false),
-        inflight: RefCell::new(HashSet::new()),
+        inflight: RefCell::new(CidSet::default()),
         transfers: RefCell::new(HashMap::new()),
         next_ttag: Cell::new(0),
         bytes: LocalSemaphore::new(MAX_IN_FLIGHT_BYTES / BYTE_UNIT),
@@ -372,7 +400,7 @@ impl Conn {
             return Ok(Next::Continue);
         };
         let qid = self.qid.get();
-        if self.inflight.borrow().contains(&sqe.cid) {
+        if self.inflight.borrow().contains(sqe.cid) {
             self.reply_now(&sqe, Reply::status(Status::COMMAND_ID_CONFLICT.with_dnr()))
                 .await;
             return Ok(Next::Continue);
@@ -459,7 +487,7 @@ impl Conn {
                 spawn_local(async move {
                     let bytes = c.bytes.acquire_many(units(len)).await;
                     if c.broken.get() {
-                        c.inflight.borrow_mut().remove(&sqe.cid);
+                        c.inflight.borrow_mut().remove(sqe.cid);
                         return;
                     }
                     let ttag = c.next_ttag.get();
@@ -604,7 +632,7 @@ impl Conn {
     /// Sends a command's data (if any) and completion, logging failures.
     pub(crate) async fn complete(&self, sqe: &Sqe, r: Reply) {
         let cid = sqe.cid;
-        self.inflight.borrow_mut().remove(&cid);
+        self.inflight.borrow_mut().remove(cid);
         if !r.status.is_success()
             && let Some(ctrl) = self.controller()
             && sqe.opcode != proto_nvme::admin_opcode::ASYNC_EVENT_REQUEST
