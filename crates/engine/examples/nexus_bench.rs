@@ -191,7 +191,7 @@ fn main() {
         })
         .collect();
     let engine_pids: Vec<u32> = engines.iter().map(Engine::pid).collect();
-    let all_remotes: Vec<Device> = engines
+    let mut remotes: Vec<Device> = engines
         .iter()
         .enumerate()
         .map(|(i, e)| {
@@ -200,9 +200,7 @@ fn main() {
             blockdev::open_uri(&name, &e.nvmf_uri).expect("open nvmf://")
         })
         .collect();
-    let remotes = all_remotes[..2].to_vec();
-    let ram_remotes = all_remotes[2..].to_vec();
-    drop(all_remotes);
+    let ram_remotes = remotes.split_off(2);
 
     let mut out = String::new();
     let mut targets = Vec::new();

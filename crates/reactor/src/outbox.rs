@@ -253,8 +253,8 @@ impl Drop for Waiting<'_> {
             return;
         }
         ob.orphan.set(ob.orphan.get().max(self.me));
-        if !ob.flushing.get() && crate::core::try_core().is_some() {
-            drop(crate::spawn_local(flush(ob.clone())));
+        if !ob.flushing.get() {
+            go_on(flush(ob.clone()));
         }
     }
 }
@@ -268,11 +268,17 @@ struct Detach(Option<Flush>);
 
 impl Drop for Detach {
     fn drop(&mut self) {
-        if let Some(f) = self.0.take()
-            && crate::core::try_core().is_some()
-        {
-            drop(crate::spawn_local(f));
+        if let Some(f) = self.0.take() {
+            go_on(f);
         }
+    }
+}
+
+/// Runs a batch's send as a task of its own (unless the reactor is gone: dropping it then
+/// marks the outbox failed).
+fn go_on(f: Flush) {
+    if crate::core::try_core().is_some() {
+        drop(crate::spawn_local(f));
     }
 }
 
@@ -300,6 +306,14 @@ impl Inner {
         for w in ws {
             w.wake();
         }
+    }
+
+    /// Takes every queued chunk and the ids of its kept ones, leaving the spare vector as
+    /// the queue.
+    fn take_queue(&self) -> (Vec<Chunk>, Vec<u64>) {
+        let mut batch = std::mem::take(&mut *self.spare.borrow_mut());
+        std::mem::swap(&mut batch, &mut *self.queue.borrow_mut());
+        (batch, std::mem::take(&mut *self.kept_ids.borrow_mut()))
     }
 
     fn take_returned(&self, me: u64) -> Option<IoBuf> {
@@ -338,17 +352,14 @@ fn flush(ob: Rc<Inner>) -> Flush {
         };
         loop {
             let upto = ob.queued.get();
-            let mut batch = std::mem::take(&mut *ob.spare.borrow_mut());
-            std::mem::swap(&mut batch, &mut *ob.queue.borrow_mut());
-            let mut ids = std::mem::take(&mut *ob.kept_ids.borrow_mut());
+            let (batch, mut ids) = ob.take_queue();
             let (r, mut batch) = ob.stream.send_chunks(batch).await;
             ob.give_back(&mut batch, &mut ids.drain(..));
             *ob.spare.borrow_mut() = batch;
             if let Err(e) = r {
                 ob.failed.set(Some(e.kind()));
                 // Nothing queued behind can be sent any more: its kept buffers go back too.
-                let mut rest = std::mem::take(&mut *ob.queue.borrow_mut());
-                let mut ids = std::mem::take(&mut *ob.kept_ids.borrow_mut());
+                let (mut rest, mut ids) = ob.take_queue();
                 ob.give_back(&mut rest, &mut ids.drain(..));
                 break;
             }
@@ -481,16 +492,35 @@ mod tests {
     use super::*;
     use crate::testing::run_on_reactor;
 
-    #[test]
-    fn concurrent_messages_arrive_whole_and_in_order() {
+    /// Beyond what loopback's socket buffers take (receive buffers grow to 32 MiB here), so a
+    /// send of it blocks while the peer does not read.
+    const BIG: usize = 96 << 20;
+
+    /// A peer that accepts one connection, waits `delay` before reading, then reads to the
+    /// end; joining it gives every byte received.
+    fn peer(
+        delay: std::time::Duration,
+    ) -> (std::net::SocketAddr, std::thread::JoinHandle<Vec<u8>>) {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let reader = std::thread::spawn(move || {
             let (mut s, _) = l.accept().unwrap();
+            std::thread::sleep(delay);
             let mut all = Vec::new();
             s.read_to_end(&mut all).unwrap();
             all
         });
+        (addr, reader)
+    }
+
+    /// A repeating pattern whose period (251) is no power of two, so a misplaced chunk shows.
+    fn pattern() -> Vec<u8> {
+        (0..251 * 4096).map(|i| (i % 251) as u8).collect()
+    }
+
+    #[test]
+    fn concurrent_messages_arrive_whole_and_in_order() {
+        let (addr, reader) = peer(std::time::Duration::ZERO);
         run_on_reactor(std::time::Duration::from_secs(20), move || async move {
             let s = Rc::new(TcpStream::connect(addr).unwrap());
             let ob = Rc::new(Outbox::new(s.clone()));
@@ -543,23 +573,13 @@ mod tests {
 
     #[test]
     fn a_sender_that_stops_waiting_midway_leaves_its_message_whole_and_the_stream_usable() {
-        // Beyond what loopback's socket buffers take (receive buffers grow to 32 MiB here).
-        const BIG: usize = 96 << 20;
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        let reader = std::thread::spawn(move || {
-            let (mut s, _) = l.accept().unwrap();
-            // Not reading yet: the big message fills the socket buffers and its send blocks.
-            std::thread::sleep(std::time::Duration::from_millis(300));
-            let mut all = Vec::new();
-            s.read_to_end(&mut all).unwrap();
-            all
-        });
+        // Not reading yet: the big message fills the socket buffers and its send blocks.
+        let (addr, reader) = peer(std::time::Duration::from_millis(300));
         run_on_reactor(std::time::Duration::from_secs(20), move || async move {
             let s = Rc::new(TcpStream::connect(addr).unwrap());
             let ob = Outbox::new(s.clone());
             let mut big = IoBuf::zeroed(BIG);
-            let pattern: Vec<u8> = (0..251 * 4096).map(|i| (i % 251) as u8).collect();
+            let pattern = pattern();
             for c in big.chunks_mut(pattern.len()) {
                 c.copy_from_slice(&pattern[..c.len()]);
             }
@@ -579,7 +599,7 @@ mod tests {
         let all = reader.join().unwrap();
         assert_eq!(all.len(), 4 + BIG + 4);
         assert_eq!(&all[..4], b"head");
-        let pattern: Vec<u8> = (0..251 * 4096).map(|i| (i % 251) as u8).collect();
+        let pattern = pattern();
         assert!(
             all[4..4 + BIG]
                 .chunks(pattern.len())
@@ -590,16 +610,7 @@ mod tests {
 
     #[test]
     fn a_message_whose_sender_stopped_waiting_before_it_was_sent_is_still_sent() {
-        const BIG: usize = 96 << 20;
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        let reader = std::thread::spawn(move || {
-            let (mut s, _) = l.accept().unwrap();
-            std::thread::sleep(std::time::Duration::from_millis(300));
-            let mut all = Vec::new();
-            s.read_to_end(&mut all).unwrap();
-            all
-        });
+        let (addr, reader) = peer(std::time::Duration::from_millis(300));
         run_on_reactor(std::time::Duration::from_secs(20), move || async move {
             let s = Rc::new(TcpStream::connect(addr).unwrap());
             let ob = Rc::new(Outbox::new(s.clone()));
