@@ -929,14 +929,17 @@ fn after_a_kill_the_nexus_is_recreated_from_the_stored_healthy_set_and_resynchro
     // and c1 is rebuilt from it. The incarnation's first record (its generations continue
     // the stored ones) says so.
     wait_stored(&file, "n0", Duration::from_secs(10), |r| r.0 > before.0);
-    let log = std::fs::read_to_string(file.with_extension("log")).expect("store log");
-    assert!(
-        log.contains(&format!(
-            "stored n0 generation {}: healthy [c0]\n",
-            before.0 + 1
-        )),
-        "created as:\n{out}\nstored:\n{log}"
-    );
+    // The store prints its line only after the engine acknowledged the write: wait for it.
+    let want = format!("stored n0 generation {}: healthy [c0]\n", before.0 + 1);
+    let until = Instant::now() + Duration::from_secs(10);
+    let log = loop {
+        let log = std::fs::read_to_string(file.with_extension("log")).expect("store log");
+        if log.contains(&want) || Instant::now() >= until {
+            break log;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(log.contains(&want), "created as:\n{out}\nstored:\n{log}");
     for c in ["c2", "c1"] {
         wait_state(&api, "n0", c, "online", Duration::from_secs(120));
     }

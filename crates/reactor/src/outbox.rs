@@ -253,7 +253,8 @@ impl Drop for Waiting<'_> {
             return;
         }
         ob.orphan.set(ob.orphan.get().max(self.me));
-        if !ob.flushing.get() {
+        // `flush` marks the outbox busy at once: only begin one that will run.
+        if !ob.flushing.get() && crate::core::try_core().is_some() {
             go_on(flush(ob.clone()));
         }
     }
