@@ -34,7 +34,7 @@ pub mod testing;
 pub use buf::{ALIGN, IoBuf, StableBuf, StableBufMut};
 pub use core::{
     Config, Deadline, JoinHandle, ReactorHandle, ReactorStats, Runtime, alloc_buf, current_handle,
-    current_id, spawn_local,
+    current_id, spawn_local, spawn_now,
 };
 pub use mode::PollMode;
 pub use net::{TcpListener, TcpStream};

@@ -339,3 +339,54 @@ fn local_mutex_wakes_every_waiter_when_one_task_waits_twice() {
     assert!(done, "a waiter of another task was never woken");
     rt.shutdown();
 }
+
+#[test]
+fn spawn_now_runs_the_task_before_returning_and_its_ring_operation_goes_in_first() {
+    // A task spawned with spawn_now is polled inside the call: its first step (here a
+    // sleep's timeout queued on the ring) happens before the caller goes on, and wake-ups
+    // later finish it like any task, also when it wakes itself during that first poll.
+    let rt = runtime(PollMode::Interrupt, 1);
+    let order = block_on(rt.handles()[0].call(|| async {
+        use std::cell::RefCell;
+        use std::rc::Rc;
+        let log = Rc::new(RefCell::new(Vec::new()));
+        let l = log.clone();
+        reactor::spawn_now(async move {
+            l.borrow_mut().push("first step");
+            op::sleep(Duration::from_millis(5)).await;
+            l.borrow_mut().push("woken");
+        });
+        log.borrow_mut().push("caller");
+        let l = log.clone();
+        reactor::spawn_now(async move {
+            // Wakes itself in its first poll: polled again from the run queue.
+            let mut once = false;
+            std::future::poll_fn(|cx| {
+                if once {
+                    return std::task::Poll::Ready(());
+                }
+                once = true;
+                cx.waker().wake_by_ref();
+                std::task::Poll::Pending
+            })
+            .await;
+            l.borrow_mut().push("self-woken");
+        });
+        // A spawn_now task that finishes in its first poll leaves nothing behind.
+        let l = log.clone();
+        reactor::spawn_now(async move { l.borrow_mut().push("done at once") });
+        op::sleep(Duration::from_millis(30)).await;
+        log.borrow().clone()
+    }));
+    assert_eq!(
+        order,
+        [
+            "first step",
+            "caller",
+            "done at once",
+            "self-woken",
+            "woken"
+        ]
+    );
+    rt.shutdown();
+}

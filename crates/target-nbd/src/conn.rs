@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use blockdev::{BlockError, ExtentState, WriteFlags, ZeroFlags};
 use proto_nbd::{self as nbd, Command, Errno, Request, consts::*};
 use reactor::sync::LocalSemaphore;
-use reactor::{Chunk, IoBuf, Outbox, TcpStream, spawn_local};
+use reactor::{Chunk, IoBuf, Outbox, TcpStream, spawn_now};
 
 use crate::errors::errno_of;
 use crate::negotiate::{BASE_ALLOCATION_ID, Negotiated, negotiate};
@@ -39,9 +39,26 @@ enum Reply {
 
 impl Conn {
     async fn reply(&self, req: &Request, r: Result<Reply, Errno>) {
+        // Queued now; only the wait for the send is part of this future, which every
+        // request's task carries.
+        let Some(sending) = self.queue_reply(req, r) else {
+            return;
+        };
+        if sending.await.is_err() {
+            self.fail();
+        }
+    }
+
+    /// Queues a request's reply on the outbox; `None` if the connection is broken (or
+    /// breaks here).
+    fn queue_reply(
+        &self,
+        req: &Request,
+        r: Result<Reply, Errno>,
+    ) -> Option<impl Future<Output = io::Result<()>> + '_> {
         let cookie = req.cookie;
         if self.broken.get() {
-            return;
+            return None;
         }
         let mut out: [Option<Chunk>; 2] = [None, None];
         match r {
@@ -62,7 +79,10 @@ impl Conn {
                         data.len() as u32,
                     ) {
                         Ok(h) => out[0] = Some(Chunk::copy(&h)),
-                        Err(_) => return self.fail(),
+                        Err(_) => {
+                            self.fail();
+                            return None;
+                        }
                     }
                 } else {
                     out[0] = Some(Chunk::copy(&nbd::simple_reply(0, cookie)));
@@ -79,14 +99,14 @@ impl Conn {
                     &ext,
                 ) {
                     Ok(()) => out[0] = Some(Chunk::Vec(v)),
-                    Err(_) => return self.fail(),
+                    Err(_) => {
+                        self.fail();
+                        return None;
+                    }
                 }
             }
         }
-        let res = self.outbox.send(out.into_iter().flatten()).await;
-        if res.is_err() {
-            self.fail();
-        }
+        Some(self.outbox.send(out.into_iter().flatten()))
     }
 
     /// The connection cannot go on: no more replies, the socket is shut down.
@@ -240,7 +260,8 @@ async fn transmission(
             payload = Some(rd.payload(&conn.stream, req.length as usize).await?);
         }
         let c = conn.clone();
-        spawn_local(async move {
+        // Polled at once: the device I/O is queued before the loop reads the next request.
+        spawn_now(async move {
             let r = execute(&c, &req, payload).await;
             c.reply(&req, r).await;
             drop(byte_permits);

@@ -135,6 +135,7 @@ pub(crate) async fn admin(
                 st.csts &= !(3 << 2);
             }
             st.cc = p.value as u32;
+            ctrl.publish_ready(&st);
             Reply::ok()
         }
         Command::Identify(id) => identify(conn, ctrl, sqe, id.cns),
@@ -475,17 +476,17 @@ pub(crate) async fn io(
     sqe: &Sqe,
     cmd: Command,
     data: Option<IoBuf>,
-) -> Option<Reply> {
+) -> Reply {
     if !ctrl.enabled() {
-        return Some(Reply::status(Status::COMMAND_SEQUENCE_ERROR.with_dnr()));
+        return Reply::status(Status::COMMAND_SEQUENCE_ERROR.with_dnr());
     }
     let Some(ns) = conn.namespace(&ctrl.subsys, sqe.nsid) else {
-        return Some(invalid_ns());
+        return invalid_ns();
     };
-    Some(match io_ns(ctrl, sqe, &ns, cmd, data).await {
+    match io_ns(ctrl, sqe, &ns, cmd, data).await {
         Ok(r) => r,
         Err(s) => Reply::status(s),
-    })
+    }
 }
 
 fn check_resv(ctrl: &Controller, ns: &Namespace, access: Access) -> Result<(), Status> {

@@ -1,7 +1,7 @@
 //! One TCP connection = one queue: connection setup (ICReq/ICResp), the receive loop (command
 //! capsules, H2CData), R2T, and completions (CapsuleResp, C2HData).
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::SocketAddr;
@@ -11,12 +11,12 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use proto_nvme::{
-    Command, ConnectData, Cqe, DataDirection, DataPointer, Decoded, FABRICS_OPCODE, Frame,
-    HeaderDecoded, IcResp, PduDecoder, PduEncoder, PduHeader, QueueType, R2T, Role, Sqe, Status,
-    check_data_range, connect_invalid_parameter_dw0, connect_success_dw0, crc32c, fctype,
+    Command, ConnectData, Cqe, DataDirection, DataPointer, FABRICS_OPCODE, Frame, HeaderDecoded,
+    IcResp, PduDecoder, PduEncoder, PduHeader, QueueType, R2T, Role, Sqe, Status, check_data_range,
+    connect_invalid_parameter_dw0, connect_success_dw0, crc32c, fctype,
 };
 use reactor::sync::{LocalSemaphore, Permit};
-use reactor::{Chunk, IoBuf, Outbox, TcpStream, spawn_local};
+use reactor::{Chunk, IoBuf, Outbox, TcpStream, spawn_local, spawn_now};
 
 use crate::subsys::{Controller, Namespace, Subsystem};
 use crate::{IO_IN_CAPSULE, MAX_IN_FLIGHT_BYTES, MAX_IO_QUEUES, MAX_QUEUE_SIZE, MAXH2CDATA};
@@ -89,7 +89,9 @@ pub(crate) struct Conn {
     outbox: Outbox,
     broken: Cell<bool>,
     pub(crate) qid: Cell<u16>,
-    ctrl: RefCell<Option<Arc<Controller>>>,
+    /// Set by Connect; commands borrow it through the connection (no reference count
+    /// touched per command).
+    ctrl: OnceCell<Arc<Controller>>,
     sq_entries: Cell<u32>,
     sqhd: Cell<u16>,
     sqflow_off: Cell<bool>,
@@ -98,7 +100,26 @@ pub(crate) struct Conn {
     next_ttag: Cell<u16>,
     bytes: LocalSemaphore,
     tasks: LocalSemaphore,
-    ns_cache: RefCell<(u64, BTreeMap<u32, Arc<Namespace>>)>,
+    ns_cache: RefCell<NsCache>,
+}
+
+/// The subsystem's namespaces as one queue last saw them (at a generation of the
+/// subsystem's namespace list), behind handles of this thread: looking one up per command
+/// touches no atomic reference count.
+#[derive(Default)]
+struct NsCache {
+    generation: u64,
+    map: BTreeMap<u32, Rc<QueueNs>>,
+}
+
+/// A namespace as a queue holds it.
+pub(crate) struct QueueNs(Arc<Namespace>);
+
+impl std::ops::Deref for QueueNs {
+    type Target = Namespace;
+    fn deref(&self) -> &Namespace {
+        &self.0
+    }
 }
 
 /// The command identifiers in flight on a queue: one bit per identifier (8 KiB), set and
@@ -222,7 +243,7 @@ pub(crate) async fn serve_connection(target: Arc<NvmfTarget>, stream: TcpStream,
         outbox: Outbox::new(stream),
         broken: Cell::new(false),
         qid: Cell::new(0),
-        ctrl: RefCell::new(None),
+        ctrl: OnceCell::new(),
         sq_entries: Cell::new(1),
         sqhd: Cell::new(0),
         sqflow_off: Cell::new(false),
@@ -231,14 +252,14 @@ pub(crate) async fn serve_connection(target: Arc<NvmfTarget>, stream: TcpStream,
         next_ttag: Cell::new(0),
         bytes: LocalSemaphore::new(MAX_IN_FLIGHT_BYTES / BYTE_UNIT),
         tasks: LocalSemaphore::new(MAX_TASKS),
-        ns_cache: RefCell::new((0, BTreeMap::new())),
+        ns_cache: RefCell::new(NsCache::default()),
     });
     // A connection that does not finish setting up in time is dropped.
     let weak: Weak<Conn> = Rc::downgrade(&conn);
     spawn_local(async move {
         reactor::sleep(SETUP_TIMEOUT).await;
         if let Some(c) = weak.upgrade()
-            && c.ctrl.borrow().is_none()
+            && c.ctrl.get().is_none()
         {
             c.stream.shutdown();
         }
@@ -248,8 +269,7 @@ pub(crate) async fn serve_connection(target: Arc<NvmfTarget>, stream: TcpStream,
     conn.transfers.borrow_mut().clear();
     // Let commands in flight finish before the queue goes away.
     drop(conn.tasks.acquire_many(MAX_TASKS).await);
-    let ctrl = conn.ctrl.borrow_mut().take();
-    if let Some(ctrl) = ctrl {
+    if let Some(ctrl) = conn.ctrl.get() {
         ctrl.queues
             .lock()
             .expect("queues lock")
@@ -263,19 +283,19 @@ pub(crate) async fn serve_connection(target: Arc<NvmfTarget>, stream: TcpStream,
 }
 
 impl Conn {
-    pub(crate) fn controller(&self) -> Option<Arc<Controller>> {
-        self.ctrl.borrow().clone()
-    }
-
     /// The namespace `nsid` of the connected subsystem, through the per-queue cache.
-    pub(crate) fn namespace(&self, subsys: &Subsystem, nsid: u32) -> Option<Arc<Namespace>> {
+    pub(crate) fn namespace(&self, subsys: &Subsystem, nsid: u32) -> Option<Rc<QueueNs>> {
         let gen_now = subsys.ns_generation();
         let mut c = self.ns_cache.borrow_mut();
-        if c.0 != gen_now {
-            c.1 = subsys.namespaces.read().expect("namespaces lock").clone();
-            c.0 = gen_now;
+        if c.generation != gen_now {
+            let all = subsys.namespaces.read().expect("namespaces lock");
+            c.map = all
+                .iter()
+                .map(|(&id, ns)| (id, Rc::new(QueueNs(ns.clone()))))
+                .collect();
+            c.generation = gen_now;
         }
-        c.1.get(&nsid).cloned()
+        c.map.get(&nsid).cloned()
     }
 
     async fn run(self: &Rc<Self>) -> io::Result<()> {
@@ -361,34 +381,35 @@ impl Conn {
         dec: &mut PduDecoder,
         frame: &Frame,
     ) -> io::Result<Next> {
-        rd.fill(&self.stream, frame.len).await?;
-        let (sqe, data, bad_digest, len) = match dec.decode(rd.avail()) {
-            Ok(Decoded::Pdu { pdu, len }) => match pdu.header {
-                PduHeader::CapsuleCmd(sqe) => {
-                    let data = if pdu.data.is_empty() {
-                        IoBuf::empty()
-                    } else {
-                        copy_to_buf(pdu.data)
-                    };
-                    (sqe, data, false, len)
-                }
-                _ => return Ok(Next::Close),
-            },
-            Ok(Decoded::BadDataDigest { pdu, len, .. }) => match pdu.header {
-                PduHeader::CapsuleCmd(sqe) => (sqe, IoBuf::empty(), true, len),
-                _ => return Ok(Next::Close),
-            },
-            Ok(Decoded::Incomplete { .. }) => return Ok(Next::Close),
-            Err(e) => {
-                self.fatal(&e, rd.avail()).await;
-                return Ok(Next::Close);
-            }
+        let PduHeader::CapsuleCmd(sqe) = frame.header else {
+            return Ok(Next::Close);
         };
-        rd.consume(len);
+        // The header (checked by `header`) is buffered; the data, as for H2CData, goes from
+        // the staging buffer as far as it was received and straight from the socket for the
+        // rest, into a buffer of its own: a capsule never has to be whole in the staging
+        // buffer.
+        rd.consume(frame.header_len);
+        rd.skip(&self.stream, frame.padding()).await?;
+        let mut data = IoBuf::empty();
+        if frame.data_len > 0 {
+            let mut buf = reactor::alloc_buf(frame.data_len);
+            buf.set_len(0);
+            data = rd.read_into(&self.stream, buf, frame.data_len).await?;
+        }
+        let mut bad_digest = false;
+        if frame.data_digest {
+            rd.fill(&self.stream, 4).await?;
+            let got = u32::from_le_bytes(rd.avail()[..4].try_into().expect("4 bytes"));
+            rd.consume(4);
+            bad_digest = crc32c(&data) != got;
+        }
+        if bad_digest {
+            data = IoBuf::empty();
+        }
         let entries = self.sq_entries.get().max(1);
         self.sqhd
             .set(((u32::from(self.sqhd.get()) + 1) % entries) as u16);
-        let Some(ctrl) = self.controller() else {
+        let Some(ctrl) = self.ctrl.get() else {
             if sqe.opcode == FABRICS_OPCODE && sqe.fctype() == fctype::CONNECT {
                 return self.connect(dec, &sqe, &data, bad_digest).await;
             }
@@ -474,7 +495,7 @@ impl Conn {
                         } else {
                             copy_to_buf(s)
                         };
-                        self.start(ctrl, sqe, cmd, Some(buf), task, None);
+                        self.start(sqe, cmd, Some(buf), task, None);
                     }
                     Err(e) => {
                         drop(task);
@@ -518,7 +539,7 @@ impl Conn {
                     }
                 });
             }
-            _ => self.start(ctrl, sqe, cmd, None, task, None),
+            _ => self.start(sqe, cmd, None, task, None),
         }
         Ok(Next::Continue)
     }
@@ -530,7 +551,8 @@ impl Conn {
         frame: &Frame,
         h: proto_nvme::H2CData,
     ) -> io::Result<Next> {
-        let header: Vec<u8> = rd.avail()[..frame.header_len.min(rd.avail().len())].to_vec();
+        // The header as received, quoted in a TermReq if the PDU is refused.
+        let header = |rd: &Reader| rd.avail()[..frame.header_len.min(rd.avail().len())].to_vec();
         let t = self.transfers.borrow_mut().remove(&h.ttag);
         let mut t = match t {
             Some(t) if t.sqe.cid == h.cccid => t,
@@ -540,7 +562,7 @@ impl Conn {
                     offset: 8,
                     reason: "CCCID does not match the R2T",
                 };
-                self.fatal(&e, &header).await;
+                self.fatal(&e, &header(rd)).await;
                 return Ok(Next::Close);
             }
             None => {
@@ -548,12 +570,12 @@ impl Conn {
                     offset: 10,
                     reason: "unknown transfer tag",
                 };
-                self.fatal(&e, &header).await;
+                self.fatal(&e, &header(rd)).await;
                 return Ok(Next::Close);
             }
         };
         if let Err(e) = check_data_range(h.datao, h.datal, t.len, Some(t.received)) {
-            self.fatal(&e, &header).await;
+            self.fatal(&e, &header(rd)).await;
             return Ok(Next::Close);
         }
         rd.consume(frame.header_len);
@@ -573,23 +595,24 @@ impl Conn {
             self.transfers.borrow_mut().insert(h.ttag, t);
             return Ok(Next::Continue);
         }
-        let Some(ctrl) = self.controller() else {
+        if self.ctrl.get().is_none() {
             return Ok(Next::Close);
-        };
+        }
         if t.bad_digest {
             drop(t.task);
             self.complete(&t.sqe, Reply::status(Status::TRANSIENT_TRANSPORT_ERROR))
                 .await;
             return Ok(Next::Continue);
         }
-        self.start(ctrl, t.sqe, t.cmd, Some(t.buf), t.task, Some(t.bytes));
+        self.start(t.sqe, t.cmd, Some(t.buf), t.task, Some(t.bytes));
         Ok(Next::Continue)
     }
 
-    /// Runs a command in its own task and completes it.
+    /// Runs a command in its own task and completes it. I/O commands get a task of their
+    /// own kind: an admin command's future is several times larger, and every I/O would
+    /// otherwise allocate and copy that much.
     fn start(
         self: &Rc<Self>,
-        ctrl: Arc<Controller>,
         sqe: Sqe,
         cmd: Command,
         data: Option<IoBuf>,
@@ -597,30 +620,38 @@ impl Conn {
         bytes: Option<Permit>,
     ) {
         let c = self.clone();
-        spawn_local(async move {
-            let _task = task;
-            // Data the command returns counts against the budget too.
-            let _bytes = match bytes {
-                Some(b) => b,
-                None => {
-                    let out = match sqe.data_direction() {
-                        DataDirection::ControllerToHost | DataDirection::Bidirectional => {
-                            sqe.dptr.len()
-                        }
-                        _ => 0,
-                    };
-                    c.bytes.acquire_many(units(out)).await
+        if self.qid.get() == 0 {
+            spawn_local(async move {
+                let _task = task;
+                let _bytes = c.data_budget(&sqe, bytes).await;
+                let ctrl = c.ctrl.get().expect("a command runs on a connected queue");
+                if let Some(r) = cmd::admin(&c, ctrl, &sqe, cmd, data).await {
+                    c.complete(&sqe, r).await;
                 }
-            };
-            let r = if c.qid.get() == 0 {
-                cmd::admin(&c, &ctrl, &sqe, cmd, data).await
-            } else {
-                cmd::io(&c, &ctrl, &sqe, cmd, data).await
-            };
-            if let Some(r) = r {
+            });
+        } else {
+            // Polled at once: the device I/O is queued before the receive loop goes on.
+            spawn_now(async move {
+                let _task = task;
+                let _bytes = c.data_budget(&sqe, bytes).await;
+                let ctrl = c.ctrl.get().expect("a command runs on a connected queue");
+                let r = cmd::io(&c, ctrl, &sqe, cmd, data).await;
                 c.complete(&sqe, r).await;
-            }
-        });
+            });
+        }
+    }
+
+    /// The in-flight byte budget a command holds while it runs: what its data took on the
+    /// way in (`bytes`, for writes), else what it returns.
+    async fn data_budget(&self, sqe: &Sqe, bytes: Option<Permit>) -> Permit {
+        if let Some(b) = bytes {
+            return b;
+        }
+        let out = match sqe.data_direction() {
+            DataDirection::ControllerToHost | DataDirection::Bidirectional => sqe.dptr.len(),
+            _ => 0,
+        };
+        self.bytes.acquire_many(units(out)).await
     }
 
     /// Completes a command that never became a task.
@@ -631,10 +662,27 @@ impl Conn {
 
     /// Sends a command's data (if any) and completion, logging failures.
     pub(crate) async fn complete(&self, sqe: &Sqe, r: Reply) {
+        // Queued now; only the wait for the send is part of this future, which every
+        // command's task carries.
+        let Some(sending) = self.queue_completion(sqe, r) else {
+            return;
+        };
+        if sending.await.is_err() {
+            self.fail_send();
+        }
+    }
+
+    /// Queues a command's data (if any) and completion on the outbox; `None` if the
+    /// connection is broken.
+    fn queue_completion(
+        &self,
+        sqe: &Sqe,
+        r: Reply,
+    ) -> Option<impl Future<Output = io::Result<()>> + '_> {
         let cid = sqe.cid;
         self.inflight.borrow_mut().remove(cid);
         if !r.status.is_success()
-            && let Some(ctrl) = self.controller()
+            && let Some(ctrl) = self.ctrl.get()
             && sqe.opcode != proto_nvme::admin_opcode::ASYNC_EVENT_REQUEST
         {
             ctrl.log_error(self.qid.get(), cid, r.status, 0xffff, sqe.nsid, 0);
@@ -653,7 +701,7 @@ impl Conn {
         };
         let enc = self.enc.get();
         if self.broken.get() {
-            return;
+            return None;
         }
         // Header, data and digest (C2HData), then the response unless the data PDU carries
         // the success: one message, gathered with whatever else is ready to go.
@@ -677,10 +725,7 @@ impl Conn {
             }
             _ => out[0] = Some(Chunk::copy(&enc.capsule_resp(&cqe))),
         }
-        let res = self.outbox.send(out.into_iter().flatten()).await;
-        if res.is_err() {
-            self.fail_send();
-        }
+        Some(self.outbox.send(out.into_iter().flatten()))
     }
 
     /// Connect: creates a controller (admin queue) or joins one (I/O queue).
@@ -809,7 +854,8 @@ impl Conn {
         self.qid.set(c.qid);
         self.sq_entries.set(entries);
         self.sqflow_off.set(c.sq_flow_control_disabled());
-        *self.ctrl.borrow_mut() = Some(ctrl.clone());
+        // A queue connects once: a second Connect was refused above (no controller yet).
+        let _ = self.ctrl.set(ctrl.clone());
         Ok(ctrl)
     }
 

@@ -209,6 +209,9 @@ pub(crate) struct Controller {
     pub(crate) last_ka_ms: AtomicU64,
     pub(crate) born: Instant,
     pub(crate) dead: AtomicBool,
+    /// CSTS.RDY, mirrored out of `st` so that every I/O command can check it without the
+    /// lock; written with `st` held.
+    ready: AtomicBool,
     pub(crate) st: Mutex<CtrlState>,
     /// Open queues: QID to socket.
     pub(crate) queues: Mutex<BTreeMap<u16, RawFd>>,
@@ -243,6 +246,7 @@ impl Controller {
             last_ka_ms: AtomicU64::new(0),
             born: Instant::now(),
             dead: AtomicBool::new(false),
+            ready: AtomicBool::new(false),
             st: Mutex::new(CtrlState {
                 cc: 0,
                 csts: 0,
@@ -272,7 +276,12 @@ impl Controller {
     }
 
     pub(crate) fn enabled(&self) -> bool {
-        self.state().csts & 1 != 0
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Publishes CSTS.RDY after `st.csts` changed (the caller holds the state lock).
+    pub(crate) fn publish_ready(&self, st: &CtrlState) {
+        self.ready.store(st.csts & 1 != 0, Ordering::Release);
     }
 
     pub(crate) fn touch(&self) {

@@ -608,36 +608,47 @@ impl Queue {
 
     /// Sends one PDU: `hdr` and optionally data from a window (with its digest when data
     /// digests are on). Returns the window's buffer. `stage` becomes `Sending` once the
-    /// socket is ours.
-    async fn send_pdu(
+    /// socket is ours. The PDU is queued by this call; the future only waits for the send
+    /// (and stays small: every command carries one).
+    fn send_pdu(
         &self,
         hdr: &[u8],
         data: Option<Window>,
         stage: Option<&Cell<Stage>>,
-    ) -> (Result<(), Failure>, Option<IoBuf>) {
-        if let Err(f) = self.check_alive() {
-            return (Err(f), data.map(|w| w.buf));
+    ) -> impl std::future::Future<Output = (Result<(), Failure>, Option<IoBuf>)> + '_ {
+        let queued = match self.check_alive() {
+            Err(f) => Err((f, data.map(|w| w.buf))),
+            Ok(()) => {
+                if let Some(st) = stage {
+                    st.set(Stage::Sending);
+                }
+                let mut out: [Option<Chunk>; 3] = [Some(Chunk::copy(hdr)), None, None];
+                if let Some(w) = data {
+                    out[2] = self
+                        .enc
+                        .data_digest()
+                        .then(|| Chunk::copy(&digest_bytes(w.bytes())));
+                    out[1] = Some(Chunk::Kept {
+                        buf: w.buf,
+                        start: w.start,
+                        len: w.len,
+                    });
+                }
+                Ok(self.outbox.send_keep(out.into_iter().flatten()))
+            }
+        };
+        async move {
+            match queued {
+                Err((f, buf)) => (Err(f), buf),
+                Ok(sending) => {
+                    let (r, buf) = sending.await;
+                    (
+                        r.map_err(|e| Failure::gone(format!("sending to {}: {e}", self.peer))),
+                        buf,
+                    )
+                }
+            }
         }
-        if let Some(st) = stage {
-            st.set(Stage::Sending);
-        }
-        let mut out: [Option<Chunk>; 3] = [Some(Chunk::copy(hdr)), None, None];
-        if let Some(w) = data {
-            out[2] = self
-                .enc
-                .data_digest()
-                .then(|| Chunk::copy(&digest_bytes(w.bytes())));
-            out[1] = Some(Chunk::Kept {
-                buf: w.buf,
-                start: w.start,
-                len: w.len,
-            });
-        }
-        let (r, buf) = self.outbox.send_keep(out.into_iter().flatten()).await;
-        (
-            r.map_err(|e| Failure::gone(format!("sending to {}: {e}", self.peer))),
-            buf,
-        )
     }
 
     /// Fails every outstanding command with `why`, closes the connection and reports the
