@@ -411,6 +411,11 @@ fn report(
     out.push_str("## Targets\n\n");
     let mut target = |label: &str, lat: bool| {
         let w = w_idx(label);
+        if results[w][idx(Route::Nvmf)].is_empty() {
+            // Left out by NVMF_BENCH_ONLY: nothing to judge.
+            out.push_str(&format!("- **not run** {label}\n"));
+            return;
+        }
         let r = ratios(w, Route::Nvmf, Route::Nbd, lat);
         let m = median(r.clone());
         let pass = if lat { m <= 1.0 } else { m >= 1.0 };
