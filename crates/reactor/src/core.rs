@@ -413,42 +413,33 @@ impl Core {
     }
 
     fn spawn_task(&self, future: Task) {
+        let (key, _) = self.insert_task(Some(future), true);
+        self.runq.borrow_mut().push_back(key);
+    }
+
+    /// A new task slot holding `future`, marked queued or not; returns its key and waker.
+    fn insert_task(&self, future: Option<Task>, queued: bool) -> (usize, Waker) {
         let mut tasks = self.tasks.borrow_mut();
         let entry = tasks.vacant_entry();
         let key = entry.key();
         let wake = Arc::new(WakeHandle {
             task: key,
-            queued: AtomicBool::new(true),
+            queued: AtomicBool::new(queued),
             shared: self.shared.clone(),
         });
         let waker = Waker::from(wake.clone());
         entry.insert(TaskSlot {
-            future: Some(future),
+            future,
             wake,
-            waker,
+            waker: waker.clone(),
         });
-        self.runq.borrow_mut().push_back(key);
+        (key, waker)
     }
 
     /// Inserts `future` as a task and polls it once at once (see [`spawn_now`]).
     fn spawn_polled(&self, mut future: Task) {
-        let (key, waker) = {
-            let mut tasks = self.tasks.borrow_mut();
-            let entry = tasks.vacant_entry();
-            let key = entry.key();
-            let wake = Arc::new(WakeHandle {
-                task: key,
-                queued: AtomicBool::new(false),
-                shared: self.shared.clone(),
-            });
-            let waker = Waker::from(wake.clone());
-            entry.insert(TaskSlot {
-                future: None,
-                wake,
-                waker: waker.clone(),
-            });
-            (key, waker)
-        };
+        // The slot is empty while the future runs; not queued until something wakes it.
+        let (key, waker) = self.insert_task(None, false);
         // No borrow is held while it runs: it may spawn, wake or drop other tasks. A wake
         // meanwhile queues the key; the run queue finds the future back in its slot.
         let mut cx = Context::from_waker(&waker);
