@@ -157,9 +157,17 @@ async fn sendv(fd: RawFd, chunks: Vec<Chunk>, mut skip: usize) -> (io::Result<us
 impl TcpStream {
     /// Sends every byte of `chunks`, in order, gathering them into as few `sendmsg` calls as
     /// possible; gives the chunks back.
-    pub async fn send_chunks(&self, mut chunks: Vec<Chunk>) -> (io::Result<()>, Vec<Chunk>) {
+    pub async fn send_chunks(&self, chunks: Vec<Chunk>) -> (io::Result<()>, Vec<Chunk>) {
+        self.send_chunks_from(chunks, 0).await
+    }
+
+    /// As [`TcpStream::send_chunks`], for the bytes after the first `at`.
+    async fn send_chunks_from(
+        &self,
+        mut chunks: Vec<Chunk>,
+        mut at: usize,
+    ) -> (io::Result<()>, Vec<Chunk>) {
         let total: usize = chunks.iter().map(|c| c.as_slice().len()).sum();
-        let mut at = 0;
         while at < total {
             let (r, c) = sendv(self.fd(), chunks, at).await;
             chunks = c;
@@ -199,6 +207,11 @@ struct Inner {
     abandoned: RefCell<Vec<u64>>,
     /// An emptied vector kept for the next batch (no allocation per batch).
     spare: RefCell<Vec<Chunk>>,
+    /// Send a message at once, with a `sendmsg` of its own, when nothing is queued or in
+    /// flight (see [`Outbox::eager`]).
+    eager: bool,
+    /// Bytes at the head of the queue already sent by such a direct send (it was partial).
+    head_sent: Cell<usize>,
     flushing: Cell<bool>,
     /// Messages queued so far.
     queued: Cell<u64>,
@@ -262,6 +275,73 @@ impl Drop for Waiting<'_> {
     }
 }
 
+/// Where a message stands once [`Outbox::send_keep`] has queued it.
+enum Queued<'a> {
+    /// Sent (or failed) already: the outcome and the message's kept buffer.
+    Done(io::Result<()>, Option<IoBuf>),
+    /// In the queue: the sender waits for a batch to carry it.
+    Wait(Waiting<'a>),
+}
+
+/// The buffer of the first [`Chunk::Kept`] among `chunks`.
+fn first_kept(chunks: impl IntoIterator<Item = Chunk>) -> Option<IoBuf> {
+    chunks.into_iter().find_map(|c| match c {
+        Chunk::Kept { buf, .. } => Some(buf),
+        _ => None,
+    })
+}
+
+/// What a direct send did.
+enum Direct {
+    /// Every byte went.
+    All,
+    /// The first `n` bytes went (possibly none: the socket's buffer is full).
+    Part(usize),
+    /// The stream failed.
+    Failed(io::ErrorKind),
+}
+
+/// Sends `chunks` with one non-blocking `sendmsg` on `fd`, now.
+fn send_now(fd: RawFd, chunks: &[Chunk]) -> Direct {
+    let iov: Vec<libc::iovec> = chunks
+        .iter()
+        .map(|c| c.as_slice())
+        .filter(|s| !s.is_empty())
+        .take(MAX_IOV)
+        .map(|s| libc::iovec {
+            iov_base: s.as_ptr() as *mut _,
+            iov_len: s.len(),
+        })
+        .collect();
+    let total: usize = chunks.iter().map(|c| c.as_slice().len()).sum();
+    if iov.is_empty() {
+        return Direct::All;
+    }
+    // SAFETY: msghdr is plain data; zeroed is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov.as_ptr() as *mut _;
+    msg.msg_iovlen = iov.len();
+    loop {
+        // SAFETY: the iovecs point into `chunks`, borrowed (so alive and unmoved) for the
+        // call, and into `iov`, alive too; the call is synchronous and keeps no pointer.
+        let r = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+        if r >= 0 {
+            let n = r as usize;
+            return if n >= total {
+                Direct::All
+            } else {
+                Direct::Part(n)
+            };
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::Interrupted => continue,
+            io::ErrorKind::WouldBlock => return Direct::Part(0),
+            k => return Direct::Failed(k),
+        }
+    }
+}
+
 /// A batch's send, boxed so that it can outlive the task that began it.
 type Flush = Pin<Box<dyn Future<Output = ()>>>;
 
@@ -319,6 +399,16 @@ impl Inner {
         (batch, std::mem::take(&mut *self.kept_ids.borrow_mut()))
     }
 
+    /// Empties the queue after a direct send (it held only that message); returns the
+    /// message's kept buffer.
+    fn take_direct(&self) -> Option<IoBuf> {
+        let (mut batch, _) = self.take_queue();
+        let kept = first_kept(batch.drain(..));
+        batch.clear();
+        *self.spare.borrow_mut() = batch;
+        kept
+    }
+
     fn take_returned(&self, me: u64) -> Option<IoBuf> {
         let mut r = self.returned.borrow_mut();
         let i = r.iter().position(|(id, _)| *id == me)?;
@@ -356,7 +446,8 @@ fn flush(ob: Rc<Inner>) -> Flush {
         loop {
             let upto = ob.queued.get();
             let (batch, mut ids) = ob.take_queue();
-            let (r, mut batch) = ob.stream.send_chunks(batch).await;
+            let from = ob.head_sent.replace(0);
+            let (r, mut batch) = ob.stream.send_chunks_from(batch, from).await;
             ob.give_back(&mut batch, &mut ids.drain(..));
             *ob.spare.borrow_mut() = batch;
             if let Err(e) = r {
@@ -380,6 +471,20 @@ fn flush(ob: Rc<Inner>) -> Flush {
 impl Outbox {
     /// An empty outbox sending on `stream`.
     pub fn new(stream: Rc<TcpStream>) -> Outbox {
+        Outbox::with(stream, false)
+    }
+
+    /// An outbox for a client's requests: a message queued while nothing else is queued or
+    /// being sent goes out at once, with a non-blocking `sendmsg` of its own, before the
+    /// caller goes on — as a request leaves a client that writes it to its socket (libnbd
+    /// does). The peer can start on the first request while the next ones are still being
+    /// issued, instead of receiving them together after the last. What the socket does not
+    /// take at once, and whatever is queued behind it, is gathered as in [`Outbox::new`].
+    pub fn eager(stream: Rc<TcpStream>) -> Outbox {
+        Outbox::with(stream, true)
+    }
+
+    fn with(stream: Rc<TcpStream>, eager: bool) -> Outbox {
         Outbox {
             inner: Rc::new(Inner {
                 stream,
@@ -388,6 +493,8 @@ impl Outbox {
                 returned: RefCell::default(),
                 abandoned: RefCell::default(),
                 spare: RefCell::default(),
+                eager,
+                head_sent: Cell::new(0),
                 flushing: Cell::new(false),
                 queued: Cell::new(0),
                 sent: Cell::new(0),
@@ -431,14 +538,10 @@ impl Outbox {
         let ob = &self.inner;
         let me = ob.queued.get() + 1;
         let queued = match ob.failed.get() {
-            Some(k) => {
-                let kept = chunks.into_iter().find_map(|c| match c {
-                    Chunk::Kept { buf, .. } => Some(buf),
-                    _ => None,
-                });
-                Err((k, kept))
-            }
+            Some(k) => Queued::Done(Err(k.into()), first_kept(chunks)),
             None => {
+                // An eager outbox with nothing queued or in flight sends the message now.
+                let direct = ob.eager && !ob.flushing.get() && ob.queue.borrow().is_empty();
                 let mut kept = false;
                 {
                     let mut q = ob.queue.borrow_mut();
@@ -452,18 +555,37 @@ impl Outbox {
                     }
                 }
                 ob.queued.set(me);
-                Ok(Waiting {
-                    ob,
-                    me,
-                    kept,
-                    done: false,
-                })
+                let outcome = if direct {
+                    send_now(ob.stream.fd(), &ob.queue.borrow())
+                } else {
+                    Direct::Part(0)
+                };
+                match outcome {
+                    Direct::All => {
+                        ob.sent.set(me);
+                        Queued::Done(Ok(()), ob.take_direct())
+                    }
+                    Direct::Failed(k) => {
+                        ob.failed.set(Some(k));
+                        Queued::Done(Err(k.into()), ob.take_direct())
+                    }
+                    Direct::Part(n) => {
+                        // The rest goes with the next batch, its first `n` bytes skipped.
+                        ob.head_sent.set(n);
+                        Queued::Wait(Waiting {
+                            ob,
+                            me,
+                            kept,
+                            done: false,
+                        })
+                    }
+                }
             }
         };
         async move {
             let mut waiting = match queued {
-                Ok(w) => w,
-                Err((k, kept)) => return (Err(k.into()), kept),
+                Queued::Wait(w) => w,
+                Queued::Done(r, kept) => return (r, kept),
             };
             let r = self.deliver(me).await;
             waiting.done = true;
@@ -576,6 +698,63 @@ mod tests {
     }
 
     #[test]
+    fn an_eager_outbox_sends_at_once_and_finishes_a_partial_send_in_order() {
+        // The first message goes out with a sendmsg of its own before `send_keep` returns;
+        // the big one fills the socket buffers (the peer is not reading yet), so its direct
+        // send is partial and its rest, and everything behind it, goes by ring batches.
+        let (addr, reader) = peer(std::time::Duration::from_millis(300));
+        run_on_reactor(std::time::Duration::from_secs(20), move || async move {
+            let s = Rc::new(TcpStream::connect(addr).unwrap());
+            let ob = Rc::new(Outbox::eager(s.clone()));
+            let first = ob.send_keep([
+                Chunk::copy(b"one"),
+                Chunk::Kept {
+                    buf: IoBuf::from_slice(b"xxONExx"),
+                    start: 2,
+                    len: 3,
+                },
+            ]);
+            // Sent already: nothing queued, nothing in flight.
+            assert!(!ob.busy());
+            let (r, back) = first.await;
+            r.unwrap();
+            assert_eq!(&back.expect("the kept buffer comes back")[..], b"xxONExx");
+            let mut big = IoBuf::zeroed(BIG);
+            let pattern = pattern();
+            for c in big.chunks_mut(pattern.len()) {
+                c.copy_from_slice(&pattern[..c.len()]);
+            }
+            let ob2 = ob.clone();
+            let big_send = crate::spawn_local(async move {
+                ob2.send([Chunk::copy(b"head"), Chunk::Buf(big)]).await
+            });
+            let mut tails = Vec::new();
+            for i in 0..20u8 {
+                let ob = ob.clone();
+                tails.push(crate::spawn_local(async move {
+                    ob.send([Chunk::copy(&[i])]).await
+                }));
+            }
+            big_send.await.unwrap();
+            for t in tails {
+                t.await.unwrap();
+            }
+            assert!(!ob.failed());
+            s.shutdown();
+        });
+        let all = reader.join().unwrap();
+        assert_eq!(all.len(), 6 + 4 + BIG + 20);
+        assert_eq!(&all[..10], b"oneONEhead");
+        let pattern = pattern();
+        assert!(
+            all[10..10 + BIG]
+                .chunks(pattern.len())
+                .all(|c| c == &pattern[..c.len()])
+        );
+        assert_eq!(&all[10 + BIG..], (0..20u8).collect::<Vec<_>>());
+    }
+
+    #[test]
     fn a_failed_stream_fails_every_later_send() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
@@ -584,10 +763,11 @@ mod tests {
             let (peer, _) = l.accept().unwrap();
             drop(peer);
             s.shutdown();
-            let ob = Outbox::new(s.clone());
-            assert!(ob.send([Chunk::copy(b"x")]).await.is_err());
-            assert!(ob.failed());
-            assert!(ob.send([Chunk::copy(b"y")]).await.is_err());
+            for ob in [Outbox::new(s.clone()), Outbox::eager(s.clone())] {
+                assert!(ob.send([Chunk::copy(b"x")]).await.is_err());
+                assert!(ob.failed());
+                assert!(ob.send([Chunk::copy(b"y")]).await.is_err());
+            }
         });
     }
 

@@ -388,7 +388,7 @@ impl Conn {
             info,
             inner,
             inflight: RefCell::new(HashMap::new()),
-            outbox: Outbox::new(sock),
+            outbox: Outbox::eager(sock),
             dead: RefCell::new(None),
             retired: Cell::new(false),
             next_cookie: Cell::new(1),

@@ -359,7 +359,7 @@ impl Queue {
             in_capsule: Cell::new(CONNECT_DATA_LEN as u32),
             sqflow_off: setup.qid > 0,
             timeout: setup.timeout,
-            outbox: Outbox::new(stream),
+            outbox: Outbox::eager(stream),
             slots: RefCell::new((0..depth).map(|_| None).collect()),
             generations: RefCell::new(vec![0; depth]),
             free: RefCell::new((0..depth as u16).rev().collect()),
