@@ -660,6 +660,22 @@ mod tests {
         (0..251 * 4096).map(|i| (i % 251) as u8).collect()
     }
 
+    /// [`BIG`] bytes of the pattern.
+    fn big_pattern() -> IoBuf {
+        let mut big = IoBuf::zeroed(BIG);
+        let pattern = pattern();
+        for c in big.chunks_mut(pattern.len()) {
+            c.copy_from_slice(&pattern[..c.len()]);
+        }
+        big
+    }
+
+    /// Whether `b` is the pattern from its start.
+    fn is_pattern(b: &[u8]) -> bool {
+        let pattern = pattern();
+        b.chunks(pattern.len()).all(|c| c == &pattern[..c.len()])
+    }
+
     #[test]
     fn concurrent_messages_arrive_whole_and_in_order() {
         let (addr, reader) = peer(std::time::Duration::ZERO);
@@ -719,11 +735,7 @@ mod tests {
             let (r, back) = first.await;
             r.unwrap();
             assert_eq!(&back.expect("the kept buffer comes back")[..], b"xxONExx");
-            let mut big = IoBuf::zeroed(BIG);
-            let pattern = pattern();
-            for c in big.chunks_mut(pattern.len()) {
-                c.copy_from_slice(&pattern[..c.len()]);
-            }
+            let big = big_pattern();
             let ob2 = ob.clone();
             let big_send = crate::spawn_local(async move {
                 ob2.send([Chunk::copy(b"head"), Chunk::Buf(big)]).await
@@ -745,12 +757,7 @@ mod tests {
         let all = reader.join().unwrap();
         assert_eq!(all.len(), 6 + 4 + BIG + 20);
         assert_eq!(&all[..10], b"oneONEhead");
-        let pattern = pattern();
-        assert!(
-            all[10..10 + BIG]
-                .chunks(pattern.len())
-                .all(|c| c == &pattern[..c.len()])
-        );
+        assert!(is_pattern(&all[10..10 + BIG]));
         assert_eq!(&all[10 + BIG..], (0..20u8).collect::<Vec<_>>());
     }
 
@@ -778,11 +785,7 @@ mod tests {
         run_on_reactor(std::time::Duration::from_secs(20), move || async move {
             let s = Rc::new(TcpStream::connect(addr).unwrap());
             let ob = Outbox::new(s.clone());
-            let mut big = IoBuf::zeroed(BIG);
-            let pattern = pattern();
-            for c in big.chunks_mut(pattern.len()) {
-                c.copy_from_slice(&pattern[..c.len()]);
-            }
+            let big = big_pattern();
             let gave_up = crate::sync::timeout(
                 std::time::Duration::from_millis(50),
                 ob.send([Chunk::copy(b"head"), Chunk::Buf(big)]),
@@ -799,12 +802,7 @@ mod tests {
         let all = reader.join().unwrap();
         assert_eq!(all.len(), 4 + BIG + 4);
         assert_eq!(&all[..4], b"head");
-        let pattern = pattern();
-        assert!(
-            all[4..4 + BIG]
-                .chunks(pattern.len())
-                .all(|c| c == &pattern[..c.len()])
-        );
+        assert!(is_pattern(&all[4..4 + BIG]));
         assert_eq!(&all[4 + BIG..], b"tail");
     }
 
