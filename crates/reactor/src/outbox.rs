@@ -109,23 +109,25 @@ struct ChunksRes {
 
 /// Sends the bytes of `chunks` after the first `skip` with one `sendmsg` (may be partial, at
 /// most [`MAX_IOV`] pieces); returns the bytes sent and the chunks.
-async fn sendv(fd: RawFd, chunks: Vec<Chunk>, mut skip: usize) -> (io::Result<usize>, Vec<Chunk>) {
-    let mut iov = Vec::with_capacity(chunks.len().min(MAX_IOV));
-    for c in &chunks {
+/// The iovecs of the bytes of `chunks` after the first `skip` (empty pieces left out).
+fn iovecs(chunks: &[Chunk], mut skip: usize) -> impl Iterator<Item = libc::iovec> + '_ {
+    chunks.iter().filter_map(move |c| {
         let s = c.as_slice();
         if skip >= s.len() {
             skip -= s.len();
-            continue;
+            return None;
         }
-        iov.push(libc::iovec {
+        let v = libc::iovec {
             iov_base: s[skip..].as_ptr() as *mut _,
             iov_len: s.len() - skip,
-        });
+        };
         skip = 0;
-        if iov.len() == MAX_IOV {
-            break;
-        }
-    }
+        Some(v)
+    })
+}
+
+async fn sendv(fd: RawFd, chunks: Vec<Chunk>, skip: usize) -> (io::Result<usize>, Vec<Chunk>) {
+    let iov: Vec<libc::iovec> = iovecs(&chunks, skip).take(MAX_IOV).collect();
     if iov.is_empty() {
         return (Ok(0), chunks);
     }
@@ -301,26 +303,33 @@ enum Direct {
     Failed(io::ErrorKind),
 }
 
+/// Most pieces a direct send takes (a request is a header, its data and a digest); a message
+/// of more goes by the ring.
+const DIRECT_IOV: usize = 4;
+
 /// Sends `chunks` with one non-blocking `sendmsg` on `fd`, now.
 fn send_now(fd: RawFd, chunks: &[Chunk]) -> Direct {
-    let iov: Vec<libc::iovec> = chunks
-        .iter()
-        .map(|c| c.as_slice())
-        .filter(|s| !s.is_empty())
-        .take(MAX_IOV)
-        .map(|s| libc::iovec {
-            iov_base: s.as_ptr() as *mut _,
-            iov_len: s.len(),
-        })
-        .collect();
-    let total: usize = chunks.iter().map(|c| c.as_slice().len()).sum();
-    if iov.is_empty() {
+    let empty = libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    };
+    let mut iov = [empty; DIRECT_IOV];
+    let mut n = 0;
+    for v in iovecs(chunks, 0) {
+        if n == DIRECT_IOV {
+            return Direct::Part(0);
+        }
+        iov[n] = v;
+        n += 1;
+    }
+    if n == 0 {
         return Direct::All;
     }
+    let total: usize = iov[..n].iter().map(|v| v.iov_len).sum();
     // SAFETY: msghdr is plain data; zeroed is a valid empty header.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = iov.as_ptr() as *mut _;
-    msg.msg_iovlen = iov.len();
+    msg.msg_iov = iov.as_mut_ptr();
+    msg.msg_iovlen = n;
     loop {
         // SAFETY: the iovecs point into `chunks`, borrowed (so alive and unmoved) for the
         // call, and into `iov`, alive too; the call is synchronous and keeps no pointer.
@@ -404,7 +413,6 @@ impl Inner {
     fn take_direct(&self) -> Option<IoBuf> {
         let (mut batch, _) = self.take_queue();
         let kept = first_kept(batch.drain(..));
-        batch.clear();
         *self.spare.borrow_mut() = batch;
         kept
     }
