@@ -20,7 +20,8 @@
 //! `--cpus_allowed=CLIENT_CPU`; the caller pins this process to CLIENT_CPU.)
 //!
 //! Environment: `NVMF_BENCH_CLIENT_MODE=poll|interrupt|adaptive` sets how the client reactor
-//! waits (default adaptive, the engine's default); `NVMF_BENCH_ONLY=TEXT` runs only the
+//! waits (default adaptive, the engine's default); `NVMF_BENCH_ENGINE_MODE` (same values,
+//! default adaptive) sets the engine's `--poll-mode`; `NVMF_BENCH_ONLY=TEXT` runs only the
 //! workloads whose label contains TEXT (e.g. `QD32`), for quick looks. Both are named in the
 //! output.
 
@@ -191,6 +192,12 @@ fn main() {
             .unwrap_or_else(|e| panic!("NVMF_BENCH_CLIENT_MODE: {e}")),
         Err(_) => PollMode::Adaptive,
     };
+    let engine_mode: PollMode = match std::env::var("NVMF_BENCH_ENGINE_MODE") {
+        Ok(m) => m
+            .parse()
+            .unwrap_or_else(|e| panic!("NVMF_BENCH_ENGINE_MODE: {e}")),
+        Err(_) => PollMode::Adaptive,
+    };
     let only = std::env::var("NVMF_BENCH_ONLY").ok();
     let rt = Runtime::start(Config {
         cores: 1,
@@ -211,7 +218,7 @@ fn main() {
         &format!("uring://{}", img.display()),
         &dir.join("nvmf-engine.log"),
         server_cpu.as_deref(),
-        "adaptive",
+        &engine_mode.to_string(),
     );
     let (nbd_uri, nvmf_uri) = (engine.nbd_uri.clone(), engine.nvmf_uri.clone());
     eprintln!("nvmf_bench: engine serves {nbd_uri} and {nvmf_uri}");
@@ -265,7 +272,7 @@ fn main() {
     engine.stop();
     let _ = std::fs::remove_file(&img);
     let mut notes = format!(
-        "The client reactor runs in {client_mode} mode. Reactors in adaptive (or poll) mode \
+        "The engine's reactor runs in {engine_mode} mode, the client's in {client_mode} mode. Reactors in adaptive (or poll) mode \
          spin while there is work, so their CPU % is near 100 under load and CPU µs/IO (CPU \
          time ÷ requests) is an upper bound, not the cost of a request."
     );

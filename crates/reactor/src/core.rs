@@ -321,7 +321,7 @@ impl Core {
         n
     }
 
-    fn submit(&self) {
+    pub(crate) fn submit(&self) {
         let mut ring = self.ring.borrow_mut();
         let flagged = ring.submission().taskrun();
         if self.pending_submit.get() > 0 || flagged {
