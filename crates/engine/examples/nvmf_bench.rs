@@ -413,12 +413,14 @@ fn report(
             })
             .collect()
     };
+    // Workloads left out by NVMF_BENCH_ONLY have no results and no rows.
+    let ran = |w: usize| !results[w][idx(Route::Nvmf)].is_empty();
     let x2 = |v: f64| format!("{v:.2}×");
     let mut out = String::new();
     out.push_str("## Targets\n\n");
     let mut target = |label: &str, lat: bool| {
         let w = w_idx(label);
-        if results[w][idx(Route::Nvmf)].is_empty() {
+        if !ran(w) {
             // Left out by NVMF_BENCH_ONLY: nothing to judge.
             out.push_str(&format!("- **not run** {label}\n"));
             return;
@@ -463,7 +465,7 @@ fn report(
          NVMe/TCP ÷ NBD (Ballast) | NVMe/TCP ÷ NBD (fio) | NVMe/TCP ÷ raw in-process |\n\
          |---|--:|--:|--:|--:|--:|--:|--:|--:|\n",
     );
-    for (w, wl) in WORKLOADS.iter().enumerate() {
+    for (w, wl) in WORKLOADS.iter().enumerate().filter(|(w, _)| ran(*w)) {
         let iops = |p: Route| median(results[w][idx(p)].iter().map(|r| r.s.iops).collect());
         let rr = |b: Route| {
             let r = ratios(w, Route::Nvmf, b, false);
@@ -489,7 +491,7 @@ fn report(
          engine CPU µs/IO | client CPU µs/IO |\n\
          |---|---|--:|--:|--:|--:|--:|--:|--:|--:|\n",
     );
-    for (w, wl) in WORKLOADS.iter().enumerate() {
+    for (w, wl) in WORKLOADS.iter().enumerate().filter(|(w, _)| ran(*w)) {
         for p in PATHS {
             let runs = &results[w][idx(p)];
             let m = |f: &dyn Fn(&Run) -> f64| median(runs.iter().map(f).collect());
