@@ -513,11 +513,17 @@ fn nexus_list_watch_follows_a_rate_limited_rebuild_to_the_end() {
 }
 
 /// An nbdkit server (a real third-party NBD server) serving `file` through `filters`, killed
-/// when dropped.
-struct Nbdkit(std::process::Child);
+/// when dropped. Its output goes to `file` with the extension `.nbdkit.log`; when the test
+/// fails, dropping it prints that log and whether nbdkit had already exited.
+struct Nbdkit {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
 
 impl Nbdkit {
     fn start(port: u16, file: &std::path::Path, filter: &str, params: &[String]) -> Nbdkit {
+        let log = file.with_extension("nbdkit.log");
+        let out = std::fs::File::create(&log).expect("nbdkit log");
         let mut c = tool("nbdkit");
         c.args(["--exit-with-parent", "-f", "-i", "127.0.0.1", "-p"])
             .arg(port.to_string())
@@ -525,22 +531,45 @@ impl Nbdkit {
             .arg("file")
             .arg(file)
             .args(params)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        let child = c.spawn().expect("start nbdkit");
+            .stdout(out.try_clone().expect("nbdkit log"))
+            .stderr(out);
+        let mut child = c.spawn().expect("start nbdkit");
         let until = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < until, "nbdkit did not listen on {port}");
+            if Instant::now() >= until {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "nbdkit did not listen on {port}:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Nbdkit(child)
+        Nbdkit { child, log }
     }
 }
 
 impl Drop for Nbdkit {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let state = match self.child.try_wait() {
+            Ok(None) => "was still running".to_string(),
+            Ok(Some(status)) => format!("had already exited ({status})"),
+            Err(e) => format!("could not be waited for ({e})"),
+        };
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(200).collect();
+            eprintln!(
+                "nbdkit {state}; the last lines of its log, {}:",
+                self.log.display()
+            );
+            for l in tail.iter().rev() {
+                eprintln!("  {l}");
+            }
+        }
     }
 }
 
