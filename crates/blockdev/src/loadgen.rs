@@ -146,3 +146,60 @@ pub fn median(mut v: Vec<f64>) -> f64 {
         _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
     }
 }
+
+/// A distribution-free confidence interval for the median of the population `v` was drawn
+/// from: the order statistics x(k) and x(n+1-k), 1-based, for the narrowest pair that holds
+/// the median with probability at least `level`. The median lies below x(k) only if fewer
+/// than k values do, which happens with probability P(B ≤ k-1), B ~ Binomial(n, 1/2); the same
+/// above x(n+1-k). Returns (low, high, the confidence reached), or `None` when `v` has too few
+/// values for `level` (95 % needs at least 6).
+pub fn median_interval(mut v: Vec<f64>, level: f64) -> Option<(f64, f64, f64)> {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let all = 2f64.powi(i32::try_from(n).ok()?);
+    let (mut below, mut choose, mut best) = (0.0, 1.0, None);
+    for k in 1..=n / 2 {
+        // `choose` is C(n, k-1): after this, `below` is P(B ≤ k-1).
+        below += choose / all;
+        choose = choose * (n - k + 1) as f64 / k as f64;
+        let confidence = 1.0 - 2.0 * below;
+        if confidence < level {
+            break;
+        }
+        best = Some((v[k - 1], v[n - k], confidence));
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_even_and_empty() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(Vec::new()), 0.0);
+    }
+
+    #[test]
+    fn median_interval_uses_the_binomial_order_statistics() {
+        let v: Vec<f64> = (1..=9).rev().map(f64::from).collect();
+        // Nine values: x(2)..x(8) holds the median with 1 - 2 * (1 + 9) / 512 = 96.1 %;
+        // x(3)..x(7) only with 1 - 2 * 46 / 512 = 82 %.
+        let (lo, hi, c) = median_interval(v.clone(), 0.95).unwrap();
+        assert_eq!((lo, hi), (2.0, 8.0));
+        assert!((c - (1.0 - 20.0 / 512.0)).abs() < 1e-12, "{c}");
+        let (lo, hi, c) = median_interval(v, 0.80).unwrap();
+        assert_eq!((lo, hi), (3.0, 7.0));
+        assert!((c - (1.0 - 92.0 / 512.0)).abs() < 1e-12, "{c}");
+        // Six values: only min..max, 1 - 2 / 64 = 96.9 %; five cannot reach 95 % (93.75 %).
+        let six = vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        assert_eq!(
+            median_interval(six, 0.95).map(|r| (r.0, r.1)),
+            Some((1.0, 6.0))
+        );
+        assert_eq!(median_interval(vec![1.0; 5], 0.95), None);
+        assert_eq!(median_interval(Vec::new(), 0.95), None);
+    }
+}

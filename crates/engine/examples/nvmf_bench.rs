@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use bench_common::{CpuMeter, Engine, GIB, MIB, fill, on, range};
 use blockdev::Device;
-use blockdev::loadgen::{Load, Sample, median, run_sampled};
+use blockdev::loadgen::{Load, Sample, median, median_interval, run_sampled};
 use reactor::{Config, PollMode, Runtime};
 /// Warm-up before each in-process measurement (discarded).
 const WARMUP_SECS: f64 = 0.5;
@@ -428,6 +428,37 @@ fn report(
         let r = ratios(w, Route::Nvmf, Route::Nbd, lat);
         let m = median(r.clone());
         let pass = if lat { m <= 1.0 } else { m >= 1.0 };
+        // Whether this run can tell the two apart at all: a 95 % interval for the median
+        // per-round ratio that holds 1.00 means it cannot.
+        let (verdict, noise) = match median_interval(r.clone(), 0.95) {
+            Some((lo, hi, c)) => {
+                let parity = lo <= 1.0 && hi >= 1.0;
+                (
+                    match (pass, parity) {
+                        (true, _) => "PASS",
+                        (false, true) => "MISS (within noise)",
+                        (false, false) => "MISS",
+                    },
+                    format!(
+                        "; {:.0} % interval of the median ratio {}–{}: {}",
+                        c * 100.0,
+                        x2(lo),
+                        x2(hi),
+                        if parity {
+                            "this run cannot tell the two apart"
+                        } else if lo > 1.0 {
+                            "NVMe/TCP measurably higher"
+                        } else {
+                            "NVMe/TCP measurably lower"
+                        }
+                    ),
+                )
+            }
+            None => (
+                if pass { "PASS" } else { "MISS" },
+                "; too few rounds for a 95 % interval (6 at least)".to_string(),
+            ),
+        };
         let rf = ratios(w, Route::Nvmf, Route::FioNbd, lat);
         let med = |p: Route, f: fn(&Run) -> f64| median(results[w][idx(p)].iter().map(f).collect());
         let (what, unit, f): (&str, &str, fn(&Run) -> f64) = if lat {
@@ -436,10 +467,9 @@ fn report(
             ("IOPS", "", |r| r.s.iops)
         };
         out.push_str(&format!(
-            "- **{}** {label}: NVMe/TCP {what} {} NBD's (both through Ballast's initiators): \
-             {:.1}{unit} vs {:.1}{unit}, ratio {} (rounds {}); against fio through NBD \
-             ({:.1}{unit}): {} (rounds {})\n",
-            if pass { "PASS" } else { "MISS" },
+            "- **{verdict}** {label}: NVMe/TCP {what} {} NBD's (both through Ballast's \
+             initiators): {:.1}{unit} vs {:.1}{unit}, ratio {} (rounds {}{noise}); against fio \
+             through NBD ({:.1}{unit}): {} (rounds {})\n",
             if lat { "≤" } else { "≥" },
             med(Route::Nvmf, f),
             med(Route::Nbd, f),
@@ -456,7 +486,11 @@ fn report(
     target("4k randwrite QD1", true);
     out.push_str(
         "\nRatios are medians of the per-round ratios (the range shows the rounds); figures are \
-         medians over the rounds.\n\n",
+         medians over the rounds. The interval of a median ratio is distribution-free: with n \
+         rounds it runs from the k-th smallest to the k-th largest per-round ratio, k the \
+         largest for which the median lies inside with at least 95 % probability (binomial, \
+         p = ½; 9 rounds: the 2nd smallest to the 2nd largest, 96 %). A MISS whose interval \
+         holds 1.00× is marked \"within noise\": the run cannot tell NVMe/TCP from NBD there.\n\n",
     );
 
     out.push_str("## Summary: median IOPS\n\n");
