@@ -430,34 +430,28 @@ fn report(
         let pass = if lat { m <= 1.0 } else { m >= 1.0 };
         // Whether this run can tell the two apart at all: a 95 % interval for the median
         // per-round ratio that holds 1.00 means it cannot.
-        let (verdict, noise) = match median_interval(r.clone(), 0.95) {
-            Some((lo, hi, c)) => {
-                let parity = lo <= 1.0 && hi >= 1.0;
-                (
-                    match (pass, parity) {
-                        (true, _) => "PASS",
-                        (false, true) => "MISS (within noise)",
-                        (false, false) => "MISS",
-                    },
-                    format!(
-                        "; {:.0} % interval of the median ratio {}–{}: {}",
-                        c * 100.0,
-                        x2(lo),
-                        x2(hi),
-                        if parity {
-                            "this run cannot tell the two apart"
-                        } else if lo > 1.0 {
-                            "NVMe/TCP measurably higher"
-                        } else {
-                            "NVMe/TCP measurably lower"
-                        }
-                    ),
-                )
-            }
-            None => (
-                if pass { "PASS" } else { "MISS" },
-                "; too few rounds for a 95 % interval (6 at least)".to_string(),
+        let interval = median_interval(r.clone(), 0.95);
+        let parity = interval.is_some_and(|(lo, hi, _)| lo <= 1.0 && hi >= 1.0);
+        let verdict = match (pass, parity) {
+            (true, _) => "PASS",
+            (false, true) => "MISS (within noise)",
+            (false, false) => "MISS",
+        };
+        let noise = match interval {
+            Some((lo, hi, c)) => format!(
+                "; {:.0} % interval of the median ratio {}–{}: {}",
+                c * 100.0,
+                x2(lo),
+                x2(hi),
+                if parity {
+                    "this run cannot tell the two apart"
+                } else if lo > 1.0 {
+                    "NVMe/TCP measurably higher"
+                } else {
+                    "NVMe/TCP measurably lower"
+                }
             ),
+            None => "; too few rounds for a 95 % interval (6 at least)".to_string(),
         };
         let rf = ratios(w, Route::Nvmf, Route::FioNbd, lat);
         let med = |p: Route, f: fn(&Run) -> f64| median(results[w][idx(p)].iter().map(f).collect());

@@ -561,12 +561,12 @@ impl Drop for Nbdkit {
         let _ = self.child.wait();
         if std::thread::panicking() {
             let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(200).collect();
+            let lines: Vec<&str> = text.lines().collect();
             eprintln!(
                 "nbdkit {state}; the last lines of its log, {}:",
                 self.log.display()
             );
-            for l in tail.iter().rev() {
+            for l in &lines[lines.len().saturating_sub(200)..] {
                 eprintln!("  {l}");
             }
         }
