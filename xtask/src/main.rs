@@ -115,7 +115,7 @@ fn ensure_tools() -> Result<(), String> {
         ("nbdkit", "--version", "nbdkit"),
         ("qemu-img", "--version", "qemu-utils"),
         ("qemu-io", "--version", "qemu-utils"),
-        ("qemu-storage-daemon", "--version", "qemu-utils"),
+        ("qemu-storage-daemon", "--version", "qemu-system-common"),
         // Multi-node tests: namespaces and veth (ip), link cuts (iptables).
         ("ip", "-V", "iproute2"),
         ("iptables", "-V", "iptables"),
