@@ -11,15 +11,18 @@
 //! reactor's ring (a file descriptor is usable from every ring), so futures are `!Send` and
 //! run where they were created.
 //!
-//! Backends, chosen by URI ([`open_uri`]):
+//! This crate is the contract and the local backends, chosen by URI ([`open_uri`]):
 //! - `uring:///path` or a plain path: a file or block device through io_uring with `O_DIRECT`;
-//! - `malloc:///name?size=1GiB`: memory, allocated on first write, reporting holes;
-//! - `nvmf://host:port/nqn`: a namespace of a remote NVMe over Fabrics controller (TCP),
-//!   see [`nvmf`];
-//! - `nbd://host:port/export` or `nbd+unix:///export?socket=PATH`: a remote NBD export, see
-//!   [`nbd`].
+//! - `malloc:///name?size=1GiB`: memory, allocated on first write, reporting holes.
 //!
-//! [`Measured`] wraps any device with per-operation counters and a latency histogram.
+//! Remote devices are the initiator crates' (`initiator-nvme` for `nvmf://`, `initiator-nbd`
+//! for `nbd://`); the engine wires URI schemes to their openers.
+//!
+//! Devices that wrap another implement [`Layer`] rather than [`BlockDevice`]: every
+//! operation they do not change is forwarded, so a wrapper cannot forget one. [`Measured`]
+//! counts operations and times them; [`fence::HostView`] checks I/O against the device's
+//! [`fence::Reservations`], the protocol-neutral fencing state (register, acquire, preempt,
+//! release with keys and a holder) that the NVMe/TCP target maps NVMe reservations onto.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -31,18 +34,20 @@ pub use reactor::IoBuf;
 pub mod crash;
 mod error;
 #[cfg(feature = "test-utils")]
+pub mod fault;
+pub mod fence;
+mod layer;
+#[cfg(feature = "test-utils")]
 pub mod loadgen;
 pub mod malloc;
-pub mod nbd;
-pub mod nvmf;
-pub mod resv;
 mod stats;
 pub mod uri;
 pub mod uring;
 
 pub use error::{BlockError, ErrorKind, IoKind, Result};
+pub use layer::Layer;
 pub use stats::{Histogram, Measured, OpCounters, StatsSnapshot};
-pub use uri::{DeviceSpec, open_uri};
+pub use uri::{DeviceSpec, OpenError, UriError, open_uri};
 
 /// A boxed, reactor-local I/O future.
 pub type IoFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + 'a>>;
@@ -206,18 +211,12 @@ pub trait BlockDevice: Send + Sync {
     /// Fences the device for this handle's writer under `key` (a nexus incarnation's epoch;
     /// non-zero): afterwards writes through handles of any other writer fail with
     /// [`ErrorKind::Conflict`], while this one's go on. A newer incarnation fencing with its
-    /// own key shuts this one out in turn. Devices that cannot fence return `Unsupported`.
+    /// own key shuts this one out in turn. Devices that fence by themselves (a remote
+    /// namespace, claimed at its target) implement it; local ones are fenced through a
+    /// [`fence::HostView`], and return `Unsupported` here.
     fn fence(&self, key: u64) -> IoFuture<'_, ()> {
         let _ = key;
         unsupported(IoKind::Fence, 0, 0)
-    }
-
-    /// The reservation state of the storage behind this device, when it keeps one
-    /// ([`resv`]): shared by the NVMe/TCP target exporting the device and by local users
-    /// ([`resv::HostView`]), so fencing holds whichever way writes arrive. `None`: the device
-    /// keeps none.
-    fn reservations(&self) -> Option<Arc<resv::Reservations>> {
-        None
     }
 }
 

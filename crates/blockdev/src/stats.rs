@@ -1,13 +1,9 @@
 //! Per-device statistics: operation counters and a latency histogram.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
-use crate::{
-    BlockDevice, Capabilities, Device, Extent, Geometry, IoBuf, IoFuture, Result, WriteFlags,
-    ZeroFlags,
-};
+use crate::{BlockDevice, Device, IoBuf, IoFuture, Result, WriteFlags, ZeroFlags};
 
 /// Number of histogram buckets: bucket `i` counts latencies in `(2^(i-1), 2^i]` µs, the first
 /// `<= 1 µs` and the last everything above ~0.5 s.
@@ -132,8 +128,6 @@ impl StatsSnapshot {
 /// Wraps a device, counting every operation and timing reads, writes and flushes.
 pub struct Measured {
     inner: Device,
-    /// The device's reservations ([`crate::resv`]): the inner device's, or its own.
-    resv: Arc<crate::resv::Reservations>,
     read: OpCounters,
     write: OpCounters,
     flush: OpCounters,
@@ -154,7 +148,6 @@ impl Measured {
     /// Wraps `inner`.
     pub fn new(inner: Device) -> Measured {
         Measured {
-            resv: inner.reservations().unwrap_or_default(),
             inner,
             read: OpCounters::default(),
             write: OpCounters::default(),
@@ -187,24 +180,9 @@ impl Measured {
     }
 }
 
-impl BlockDevice for Measured {
-    fn reservations(&self) -> Option<Arc<crate::resv::Reservations>> {
-        Some(self.resv.clone())
-    }
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-    fn kind(&self) -> &'static str {
-        self.inner.kind()
-    }
-    fn geometry(&self) -> Geometry {
-        self.inner.geometry()
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-    fn refresh_size(&self) -> crate::Result<Geometry> {
-        self.inner.refresh_size()
+impl crate::Layer for Measured {
+    fn inner(&self) -> &dyn BlockDevice {
+        &*self.inner
     }
     fn read(&self, offset: u64, buf: IoBuf) -> IoFuture<'_, IoBuf> {
         Box::pin(async move {
@@ -248,15 +226,6 @@ impl BlockDevice for Measured {
             self.zeroes.note(&r, len);
             r
         })
-    }
-    fn block_status(&self, offset: u64, len: u64) -> IoFuture<'_, Vec<Extent>> {
-        self.inner.block_status(offset, len)
-    }
-    fn reset(&self) -> IoFuture<'_, ()> {
-        self.inner.reset()
-    }
-    fn fence(&self, key: u64) -> IoFuture<'_, ()> {
-        self.inner.fence(key)
     }
 }
 

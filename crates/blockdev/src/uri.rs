@@ -1,12 +1,12 @@
-//! Opening devices by URI.
+//! Opening local devices by URI, and the pieces every URI parser shares.
 //!
 //! - `malloc:///NAME?size=SIZE[&block_size=N]` — RAM device (the path part is informational).
 //! - `uring:///PATH[?size=SIZE][&ro][&direct=0]` or a plain absolute path — a file or block
 //!   device; `size` creates the file or grows it to that size.
-//! - `nvmf://HOST[:PORT]/NQN[?nsid=N&hdgst=1&ddgst=1&hostnqn=…&hostid=…&kato=MS&timeout=MS&queues=N&qsize=N&ro]`
-//!   — a namespace of a remote NVMe/TCP controller ([`crate::nvmf`]).
-//! - `nbd://HOST[:PORT]/EXPORT[?timeout=MS&connect_timeout=MS&multi_conn=0]` or
-//!   `nbd+unix:///EXPORT?socket=PATH` — a remote NBD export ([`crate::nbd`]).
+//!
+//! Remote schemes (`nvmf://`, `nbd://`, `nbd+unix://`) belong to the initiator crates; the
+//! engine wires each scheme to its opener. They share [`split`], [`UriError`] and
+//! [`parse_size`] from here.
 //!
 //! Sizes take the suffixes K, M, G, T (powers of 1024; `KiB`, `MiB`, `GiB`, `TiB` too).
 
@@ -14,12 +14,169 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::malloc::MallocDevice;
-use crate::nbd::{NbdDevice, NbdSpec};
-use crate::nvmf::{NvmfDevice, NvmfParams};
 use crate::uring::{OpenFlags, UringDevice};
-use crate::{Device, Result};
+use crate::{BlockError, Device};
 
-/// A parsed device URI.
+/// A device URI that cannot be used: which one, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UriError {
+    uri: String,
+    reason: String,
+}
+
+impl UriError {
+    /// `uri` is wrong because of `reason`.
+    pub fn new(uri: &str, reason: impl Into<String>) -> UriError {
+        UriError {
+            uri: uri.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Why the URI is wrong, without the URI.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+}
+
+impl std::fmt::Display for UriError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}: {}", self.uri, self.reason)
+    }
+}
+
+impl std::error::Error for UriError {}
+
+/// Why opening a device by URI failed: the URI is wrong, or the device would not open.
+#[derive(Debug)]
+pub enum OpenError {
+    /// The URI does not parse, or names an unknown scheme or parameter.
+    Uri(UriError),
+    /// The URI is fine; opening the device failed.
+    Device {
+        /// The URI.
+        uri: String,
+        /// Why.
+        error: BlockError,
+    },
+}
+
+impl std::fmt::Display for OpenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpenError::Uri(e) => e.fmt(f),
+            OpenError::Device { uri, error } => write!(f, "opening {uri:?}: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for OpenError {}
+
+impl From<UriError> for OpenError {
+    fn from(e: UriError) -> OpenError {
+        OpenError::Uri(e)
+    }
+}
+
+/// A URI cut into its parts: `SCHEME://AUTHORITY/PATH?K=V&K=V`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UriParts<'a> {
+    /// The whole URI, for error messages.
+    pub uri: &'a str,
+    /// Before `://`.
+    pub scheme: &'a str,
+    /// Between `://` and the first `/` (empty for `scheme:///path`).
+    pub authority: &'a str,
+    /// After the first `/` following the authority, without the query (not decoded).
+    pub path: &'a str,
+    /// Query parameters in order (not decoded); a key without `=` has an empty value.
+    pub params: Vec<(&'a str, &'a str)>,
+}
+
+impl<'a> UriParts<'a> {
+    /// The value of parameter `k`, if given.
+    pub fn get(&self, k: &str) -> Option<&'a str> {
+        self.params.iter().find(|(pk, _)| *pk == k).map(|(_, v)| *v)
+    }
+
+    /// Fails on a parameter not in `known`.
+    pub fn check_params(&self, known: &[&str]) -> Result<(), UriError> {
+        match self.params.iter().find(|(k, _)| !known.contains(k)) {
+            Some((k, _)) => Err(self.error(format!(
+                "unknown parameter {k:?} (known: {})",
+                known.join(", ")
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// An error about this URI.
+    pub fn error(&self, reason: impl Into<String>) -> UriError {
+        UriError::new(self.uri, reason)
+    }
+
+    /// `s` with its `%XX` escapes decoded; it must be UTF-8 then.
+    pub fn decode(&self, s: &str) -> Result<String, UriError> {
+        percent_decode(s).map_err(|e| self.error(e))
+    }
+
+    /// The authority as host and port: `HOST`, `HOST:PORT`, `[IPV6]` or `[IPV6]:PORT`
+    /// (the host without brackets), `default_port` when none is given; port 0 is refused.
+    pub fn host_port(&self, default_port: u16) -> Result<(String, u16), UriError> {
+        let a = self.authority;
+        let (host, port) = if let Some(v6) = a.strip_prefix('[') {
+            let (h, after) = v6
+                .split_once(']')
+                .ok_or_else(|| self.error(format!("unclosed '[' in {a:?}")))?;
+            let port = match after {
+                "" => None,
+                p => Some(
+                    p.strip_prefix(':')
+                        .ok_or_else(|| self.error("expected :PORT after ]"))?,
+                ),
+            };
+            (h, port)
+        } else {
+            match a.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (a, None),
+            }
+        };
+        if host.is_empty() {
+            return Err(self.error("no host"));
+        }
+        let port = match port {
+            None => default_port,
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|&p| p != 0)
+                .ok_or_else(|| self.error(format!("bad port {p:?}")))?,
+        };
+        Ok((host.to_string(), port))
+    }
+}
+
+/// Cuts `uri` into scheme, authority, path and query parameters; `None` without `://`.
+pub fn split(uri: &str) -> Option<UriParts<'_>> {
+    let (scheme, rest) = uri.split_once("://")?;
+    let (main, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let (authority, path) = main.split_once('/').unwrap_or((main, ""));
+    let params = query
+        .split('&')
+        .filter(|s| !s.is_empty())
+        .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
+        .collect();
+    Some(UriParts {
+        uri,
+        scheme,
+        authority,
+        path,
+        params,
+    })
+}
+
+/// A parsed local device URI.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DeviceSpec {
     /// A RAM device.
@@ -40,14 +197,10 @@ pub enum DeviceSpec {
         /// Use O_DIRECT.
         direct: bool,
     },
-    /// A namespace of a remote NVMe/TCP controller.
-    Nvmf(NvmfParams),
-    /// A remote NBD export.
-    Nbd(NbdSpec),
 }
 
 /// Parses a size such as `1GiB`, `512M`, `4096`.
-pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
+fn parse_size(s: &str) -> std::result::Result<u64, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
@@ -65,93 +218,77 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
 }
 
 impl DeviceSpec {
-    /// Parses a device URI; the error explains what is wrong.
-    pub fn parse(uri: &str) -> std::result::Result<DeviceSpec, String> {
-        if uri.starts_with("nvmf://") {
-            return NvmfParams::parse(uri).map(DeviceSpec::Nvmf);
-        }
-        let (scheme, rest) = match uri.split_once("://") {
-            Some((s, r)) => (s, r),
-            None if uri.starts_with('/') => ("uring", uri),
+    /// Parses a local device URI (`malloc://`, `uring://`, `file://` or an absolute path);
+    /// the error explains what is wrong.
+    pub fn parse(uri: &str) -> Result<DeviceSpec, UriError> {
+        let parts = match split(uri) {
+            Some(p) => p,
+            None if uri.starts_with('/') => return Ok(DeviceSpec::file(uri.to_string())),
             None => {
-                return Err(format!(
-                    "{uri:?}: expected SCHEME://... or an absolute path"
+                return Err(UriError::new(
+                    uri,
+                    "expected SCHEME://... or an absolute path",
                 ));
             }
         };
-        let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let mut params = Vec::new();
-        for kv in query.split('&').filter(|s| !s.is_empty()) {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            params.push((k.to_string(), v.to_string()));
-        }
-        let get = |k: &str| {
-            params
-                .iter()
-                .find(|(pk, _)| pk == k)
-                .map(|(_, v)| v.as_str())
-        };
-        for (k, _) in &params {
-            let known: &[&str] = match scheme {
-                "malloc" => &["size", "block_size"],
-                "nbd" | "nbd+unix" => crate::nbd::PARAMS,
-                _ => &["size", "ro", "direct"],
-            };
-            if !known.contains(&k.as_str()) {
-                return Err(format!(
-                    "{uri:?}: unknown parameter {k:?} (known: {})",
-                    known.join(", ")
-                ));
-            }
-        }
-        match scheme {
+        let size = |v: &str| parse_size(v).map_err(|e| parts.error(e));
+        match parts.scheme {
             "malloc" => {
-                let size = parse_size(
-                    get("size").ok_or_else(|| format!("{uri:?}: malloc needs ?size="))?,
+                parts.check_params(&["size", "block_size"])?;
+                let size = size(
+                    parts
+                        .get("size")
+                        .ok_or_else(|| parts.error("malloc needs ?size="))?,
                 )?;
-                let block_size = match get("block_size") {
+                let block_size = match parts.get("block_size") {
                     Some(b) => b
                         .parse::<u32>()
-                        .map_err(|_| format!("bad block_size {b:?}"))?,
+                        .map_err(|_| parts.error(format!("bad block_size {b:?}")))?,
                     None => 512,
                 };
                 if !block_size.is_power_of_two() || !(512..=65536).contains(&block_size) {
-                    return Err(format!(
+                    return Err(parts.error(format!(
                         "block_size {block_size} must be a power of two in 512..=65536"
-                    ));
+                    )));
                 }
                 if size < block_size as u64 {
-                    return Err(format!("{uri:?}: size must be at least one block"));
+                    return Err(parts.error("size must be at least one block"));
                 }
                 Ok(DeviceSpec::Malloc { size, block_size })
             }
             "uring" | "file" => {
+                parts.check_params(&["size", "ro", "direct"])?;
+                let path = uri.split_once("://").map_or("", |(_, r)| r);
+                let path = path.split_once('?').map_or(path, |(p, _)| p);
                 let path = if path.starts_with('/') {
                     path.to_string()
                 } else {
                     format!("/{path}")
                 };
-                let size = get("size").map(parse_size).transpose()?;
-                let read_only = matches!(get("ro"), Some("" | "1" | "true"));
-                let direct = !matches!(get("direct"), Some("0" | "false"));
                 Ok(DeviceSpec::Uring {
                     path,
-                    size,
-                    read_only,
-                    direct,
+                    size: parts.get("size").map(size).transpose()?,
+                    read_only: matches!(parts.get("ro"), Some("" | "1" | "true")),
+                    direct: !matches!(parts.get("direct"), Some("0" | "false")),
                 })
             }
-            "nbd" | "nbd+unix" => NbdSpec::parse(scheme, path, &params)
-                .map(DeviceSpec::Nbd)
-                .map_err(|e| format!("{uri:?}: {e}")),
-            other => Err(format!(
-                "{uri:?}: unknown scheme {other:?} (malloc, uring, nvmf, nbd, nbd+unix)"
-            )),
+            other => Err(parts.error(format!(
+                "{other:?} is not a local device scheme (malloc, uring, file)"
+            ))),
+        }
+    }
+
+    fn file(path: String) -> DeviceSpec {
+        DeviceSpec::Uring {
+            path,
+            size: None,
+            read_only: false,
+            direct: true,
         }
     }
 
     /// Opens the device as `name`.
-    pub fn open(&self, name: &str) -> Result<Device> {
+    pub fn open(&self, name: &str) -> crate::Result<Device> {
         Ok(match self {
             DeviceSpec::Malloc { size, block_size } => {
                 Arc::new(MallocDevice::new(name, *size, *block_size))
@@ -170,16 +307,39 @@ impl DeviceSpec {
                     direct: *direct,
                 },
             )?),
-            DeviceSpec::Nvmf(p) => Arc::new(NvmfDevice::open(name, p.clone())?),
-            DeviceSpec::Nbd(s) => Arc::new(NbdDevice::open(name, s)?),
         })
     }
 }
 
-/// Parses and opens `uri` as device `name`.
-pub fn open_uri(name: &str, uri: &str) -> std::result::Result<Device, String> {
+/// Parses and opens the local device `uri` as device `name`.
+pub fn open_uri(name: &str, uri: &str) -> Result<Device, OpenError> {
     let spec = DeviceSpec::parse(uri)?;
-    spec.open(name).map_err(|e| format!("opening {uri:?}: {e}"))
+    spec.open(name).map_err(|error| OpenError::Device {
+        uri: uri.to_string(),
+        error,
+    })
+}
+
+/// Decodes `%XX` escapes; the result must be UTF-8.
+fn percent_decode(s: &str) -> Result<String, String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = s
+                .get(i + 1..i + 3)
+                .filter(|h| h.bytes().all(|c| c.is_ascii_hexdigit()))
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| format!("bad percent escape in {s:?}"))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| format!("{s:?} does not decode to UTF-8"))
 }
 
 #[cfg(test)]
@@ -215,20 +375,46 @@ mod tests {
         );
         assert!(DeviceSpec::parse("malloc:///x").is_err());
         assert!(DeviceSpec::parse("malloc:///x?size=1G&bogus=1").is_err());
-        assert!(DeviceSpec::parse("nvmf://h/").is_err());
-        assert!(DeviceSpec::parse("nvmf://h/x?bogus=1").is_err());
-        assert!(matches!(
-            DeviceSpec::parse("nbd://10.1.2.3:10900/pool1/db?timeout=500").unwrap(),
-            DeviceSpec::Nbd(s) if s.export == "pool1/db"
-                && s.timeout == std::time::Duration::from_millis(500)
-        ));
-        assert!(matches!(
-            DeviceSpec::parse("nbd+unix:///x?socket=/run/s").unwrap(),
-            DeviceSpec::Nbd(s) if s.addr == crate::nbd::NbdAddr::Unix("/run/s".into())
-        ));
-        assert!(DeviceSpec::parse("nbd://h/x?bogus=1").is_err());
-        assert!(DeviceSpec::parse("nbd:///x").is_err());
+        // Remote schemes are the initiators' (the engine wires them).
+        let e = DeviceSpec::parse("nvmf://h/nqn.x").unwrap_err();
+        assert!(e.reason().contains("not a local device scheme"), "{e}");
         assert!(parse_size("12Q").is_err());
         assert_eq!(parse_size("2g").unwrap(), 2 << 30);
+    }
+
+    #[test]
+    fn splits_uris_into_parts() {
+        let p = split("nbd://[::1]:10900/pool1/db?timeout=500&ro").unwrap();
+        assert_eq!(p.scheme, "nbd");
+        assert_eq!(p.authority, "[::1]:10900");
+        assert_eq!(p.path, "pool1/db");
+        assert_eq!(p.get("timeout"), Some("500"));
+        assert_eq!(p.get("ro"), Some(""));
+        assert_eq!(p.get("socket"), None);
+        assert!(p.check_params(&["timeout", "ro"]).is_ok());
+        let e = p.check_params(&["timeout"]).unwrap_err();
+        assert!(e.to_string().contains("unknown parameter \"ro\""), "{e}");
+        assert!(split("/just/a/path").is_none());
+        assert_eq!(p.host_port(1).unwrap(), ("::1".to_string(), 10900));
+        let host_port = |u: &str| split(u).unwrap().host_port(4420);
+        assert_eq!(host_port("x://h/").unwrap(), ("h".to_string(), 4420));
+        assert_eq!(
+            host_port("x://[fe80::1]/").unwrap(),
+            ("fe80::1".to_string(), 4420)
+        );
+        assert!(host_port("x://h:0/").is_err());
+        assert!(host_port("x://:80/").is_err());
+        assert!(host_port("x://[::1/").is_err());
+        assert!(host_port("x://[::1]x/").is_err());
+    }
+
+    #[test]
+    fn percent_decoding_takes_only_two_hex_digits() {
+        assert_eq!(percent_decode("a%2Fb%20c").unwrap(), "a/b c");
+        assert!(percent_decode("%+1").is_err(), "a sign is not a hex digit");
+        assert!(percent_decode("%2").is_err());
+        assert!(percent_decode("%zz").is_err());
+        assert!(percent_decode("%ff").is_err(), "not UTF-8 once decoded");
+        assert_eq!(percent_decode("").unwrap(), "");
     }
 }

@@ -197,7 +197,8 @@ fn main() {
         .map(|(i, e)| {
             let name = format!("replica{}{}", i % 2 + 1, if i < 2 { "" } else { "-ram" });
             eprintln!("nexus_bench: {name} is {}", e.nvmf_uri);
-            blockdev::open_uri(&name, &e.nvmf_uri).expect("open nvmf://")
+            ballast_engine::devices::open(&name, &e.nvmf_uri, &rt.handles()[0])
+                .expect("open nvmf://")
         })
         .collect();
     let ram_remotes = remotes.split_off(2);

@@ -222,8 +222,11 @@ fn main() {
     );
     let (nbd_uri, nvmf_uri) = (engine.nbd_uri.clone(), engine.nvmf_uri.clone());
     eprintln!("nvmf_bench: engine serves {nbd_uri} and {nvmf_uri}");
-    let nvmf = blockdev::open_uri("nvmf", &nvmf_uri).expect("open nvmf://");
-    let nbd = blockdev::open_uri("nbd", &nbd_uri).expect("open nbd://");
+    let open = |name: &str, uri: &str| {
+        ballast_engine::devices::open(name, uri, &rt.handles()[0]).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let nvmf = open("nvmf", &nvmf_uri);
+    let nbd = open("nbd", &nbd_uri);
     let env = Env {
         secs,
         img: img.clone(),

@@ -10,6 +10,7 @@
 //! reactors.
 
 pub mod config;
+pub mod devices;
 mod grpc;
 pub mod health;
 pub mod nexuses;
@@ -22,7 +23,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use blockdev::{BlockDevice, Device, Measured};
+use blockdev::fence::Reservations;
+use blockdev::{BlockDevice, Device, Measured, OpenError};
 use reactor::{Config as ReactorConfig, ReactorHandle, Runtime};
 use target_nbd::NbdServer;
 use target_nvme::NvmfTarget;
@@ -36,6 +38,21 @@ pub struct DeviceEntry {
     pub uri: String,
     /// The device, wrapped for statistics.
     pub device: Arc<Measured>,
+    /// Who may write it ([`blockdev::fence`]): shared by the NVMe/TCP namespaces exporting
+    /// the device and by this engine's nexuses using it, so fencing holds whichever way
+    /// writes arrive.
+    pub fencing: Arc<Reservations>,
+}
+
+impl DeviceEntry {
+    /// `device`, opened from `uri`, wrapped for statistics, with no one fenced.
+    pub fn new(uri: String, device: Device) -> DeviceEntry {
+        DeviceEntry {
+            uri,
+            device: Arc::new(Measured::new(device)),
+            fencing: Arc::new(Reservations::new()),
+        }
+    }
 }
 
 /// State shared by the data plane and the management API.
@@ -148,11 +165,11 @@ impl EngineState {
         {
             return Err(MgmtError::Exists(format!("device {name:?} already exists")));
         }
-        let dev = blockdev::open_uri(name, uri).map_err(MgmtError::Invalid)?;
-        let entry = DeviceEntry {
-            uri: uri.to_string(),
-            device: Arc::new(Measured::new(dev)),
-        };
+        let dev = devices::open(name, uri, &self.reactors[0]).map_err(|e| match e {
+            OpenError::Uri(e) => MgmtError::Invalid(e.to_string()),
+            e @ OpenError::Device { .. } => MgmtError::Device(e.to_string()),
+        })?;
+        let entry = DeviceEntry::new(uri.to_string(), dev);
         let mut devs = self.devices.lock().expect("devices lock");
         if devs.contains_key(name) {
             return Err(MgmtError::Exists(format!("device {name:?} already exists")));
@@ -219,7 +236,7 @@ impl EngineState {
         }
         let dev = self.exportable(device)?;
         self.nbd
-            .add_export(name, dev, read_only)
+            .add_export(name, dev.device, read_only)
             .map_err(|e| match e {
                 target_nbd::ExportError::Exists(_) => MgmtError::Exists(e.to_string()),
                 target_nbd::ExportError::NotFound(_) => MgmtError::NotFound(e.to_string()),
@@ -228,13 +245,13 @@ impl EngineState {
     }
 
     /// Looks a device up for exporting: it must exist and not hold a pool.
-    fn exportable(&self, device: &str) -> Result<Device, MgmtError> {
+    fn exportable(&self, device: &str) -> Result<DeviceEntry, MgmtError> {
         let dev = self
             .devices
             .lock()
             .expect("devices lock")
             .get(device)
-            .map(|d| d.device.clone())
+            .cloned()
             .ok_or_else(|| MgmtError::NotFound(format!("device {device:?} not found")))?;
         if !device.contains('/')
             && let Some(why) = self.pool_claim(device)
@@ -268,7 +285,10 @@ impl EngineState {
         self.nvmf
             .create_subsystem(&nqn, allow_hosts)
             .map_err(nvmf_err)?;
-        if let Err(e) = self.nvmf.add_namespace(&nqn, Some(1), dev, read_only) {
+        if let Err(e) = self
+            .nvmf
+            .add_namespace(&nqn, Some(1), dev.device, dev.fencing, read_only)
+        {
             let _ = self.nvmf.destroy_subsystem(&nqn);
             return Err(nvmf_err(e));
         }
@@ -322,7 +342,7 @@ impl EngineState {
         let target = self.nvmf_target()?;
         let dev = self.exportable(device)?;
         target
-            .add_namespace(nqn, nsid, dev, read_only)
+            .add_namespace(nqn, nsid, dev.device, dev.fencing, read_only)
             .map_err(nvmf_err)?;
         self.nvmf_subsystem(nqn)
     }

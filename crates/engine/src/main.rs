@@ -158,10 +158,10 @@ fn main() -> anyhow::Result<()> {
         std::process::exit(code);
     }
     if let Some(id) = &args.host_id {
-        let id: blockdev::nvmf::HostId = id
+        let id: initiator_nvme::HostId = id
             .parse()
             .map_err(|e| anyhow::anyhow!("--host-id {id:?}: {e}"))?;
-        blockdev::nvmf::set_host_identity(&id.to_nqn(), id).map_err(anyhow::Error::msg)?;
+        initiator_nvme::set_host_identity(&id.to_nqn(), id).map_err(anyhow::Error::msg)?;
     }
     let cfg = build_config(args)?;
     let set = block_signals();

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use blockdev::{Device, Measured};
+use blockdev::Device;
 use nexus::{ChildSpec, ChildState, Nexus, NexusError, NexusOptions, NexusState};
 
 use crate::health::HealthHub;
@@ -203,32 +203,37 @@ impl EngineState {
 
     /// A device that may become a child of a nexus (fenced: with an epoch): as
     /// [`EngineState::child_device`], and used through this engine's NVMe host identity
-    /// ([`blockdev::resv::HostView`]), so the device's reservations hold for the nexus as
+    /// ([`blockdev::fence::HostView`]), so the device's reservations hold for the nexus as
     /// they do for hosts reaching it over NVMe/TCP: a newer incarnation elsewhere that
     /// claims the device shuts this nexus's writes out, and this nexus's claim shuts theirs
     /// out. A fenced nexus may use a device exported over NVMe/TCP (a replica other nodes
     /// can reach when the volume moves): once it claimed the device, other hosts' writes
     /// fail.
     fn nexus_child(&self, device: &str, fenced: bool) -> Result<Device, MgmtError> {
-        let dev = self.usable_device(device, fenced)?;
-        let host = blockdev::nvmf::host_identity().1;
-        Ok(Arc::new(blockdev::resv::HostView::new(dev, host.0)))
+        let entry = self.usable_device(device, fenced)?;
+        let host = initiator_nvme::host_identity().1;
+        Ok(Arc::new(blockdev::fence::HostView::new(
+            entry.device,
+            Some(entry.fencing),
+            host.0,
+        )))
     }
 
     /// A device that may become a log: it exists, is not exported, and no pool or nexus
     /// uses it.
     fn child_device(&self, device: &str) -> Result<Device, MgmtError> {
         self.usable_device(device, false)
+            .map(|e| e.device as Device)
     }
 
     /// A device no pool, nexus or export uses (`nvmf_export_ok`: except an NVMe/TCP export).
-    fn usable_device(&self, device: &str, nvmf_export_ok: bool) -> Result<Device, MgmtError> {
+    fn usable_device(&self, device: &str, nvmf_export_ok: bool) -> Result<DeviceEntry, MgmtError> {
         let dev = self
             .devices
             .lock()
             .expect("devices lock")
             .get(device)
-            .map(|d| d.device.clone())
+            .cloned()
             .ok_or_else(|| MgmtError::NotFound(format!("device {device:?} not found")))?;
         if let Some(why) = self.nexus_claim(device) {
             return Err(MgmtError::Busy(why));
@@ -339,10 +344,7 @@ impl EngineState {
             }
             devs.insert(
                 name.to_string(),
-                DeviceEntry {
-                    uri: format!("nexus://{name}"),
-                    device: Arc::new(Measured::new(nexus.clone())),
-                },
+                DeviceEntry::new(format!("nexus://{name}"), nexus.clone()),
             );
         }
         self.nexuses().by_name.insert(name.to_string(), entry);

@@ -11,10 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use blockdev::{
-    BlockDevice, Capabilities, Device, Extent, Geometry, IoBuf, IoFuture, Measured, WriteFlags,
-    ZeroFlags,
-};
+use blockdev::{BlockDevice, Device, IoBuf, Measured};
 use pool::assemble::{Found, scan};
 use pool::meta::MetaError;
 use pool::pool::{CreateOptions, Pool, PoolError, VolumeInfo};
@@ -258,42 +255,12 @@ impl std::fmt::Debug for Named {
     }
 }
 
-impl BlockDevice for Named {
+impl blockdev::Layer for Named {
+    fn inner(&self) -> &dyn BlockDevice {
+        &*self.inner
+    }
     fn name(&self) -> &str {
         &self.name
-    }
-    fn kind(&self) -> &'static str {
-        self.inner.kind()
-    }
-    fn geometry(&self) -> Geometry {
-        self.inner.geometry()
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-    fn read(&self, offset: u64, buf: IoBuf) -> IoFuture<'_, IoBuf> {
-        self.inner.read(offset, buf)
-    }
-    fn write(&self, offset: u64, buf: IoBuf, flags: WriteFlags) -> IoFuture<'_, IoBuf> {
-        self.inner.write(offset, buf, flags)
-    }
-    fn flush(&self) -> IoFuture<'_, ()> {
-        self.inner.flush()
-    }
-    fn unmap(&self, offset: u64, len: u64) -> IoFuture<'_, ()> {
-        self.inner.unmap(offset, len)
-    }
-    fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> IoFuture<'_, ()> {
-        self.inner.write_zeroes(offset, len, flags)
-    }
-    fn block_status(&self, offset: u64, len: u64) -> IoFuture<'_, Vec<Extent>> {
-        self.inner.block_status(offset, len)
-    }
-    fn reset(&self) -> IoFuture<'_, ()> {
-        self.inner.reset()
-    }
-    fn fence(&self, key: u64) -> IoFuture<'_, ()> {
-        self.inner.fence(key)
     }
 }
 
@@ -410,13 +377,13 @@ impl EngineState {
             .open(volume)
             .map_err(|e| pool_error(&format!("opening {volume:?} of pool {pool_name:?}"), e))?;
         let name = volume_device_name(pool_name, volume);
-        let entry = DeviceEntry {
-            uri: format!("pool://{name}"),
-            device: Arc::new(Measured::new(Arc::new(Named {
+        let entry = DeviceEntry::new(
+            format!("pool://{name}"),
+            Arc::new(Named {
                 name: name.clone(),
                 inner: dev,
-            }))),
-        };
+            }),
+        );
         self.devices
             .lock()
             .expect("devices lock")

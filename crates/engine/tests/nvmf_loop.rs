@@ -34,9 +34,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use blockdev::nvmf::{NvmfDevice, NvmfParams};
 use blockdev::{BlockDevice, IoBuf, WriteFlags, ZeroFlags};
 use common::{Engine, Rng, TempDir};
+use initiator_nvme::{NvmfDevice, NvmfParams};
 use reactor::{Config, PollMode, Runtime};
 
 const MIB: u64 = 1 << 20;
@@ -661,9 +661,13 @@ fn start_engine(args: &[String]) -> Engine {
     e
 }
 
-fn open(uri: &str) -> Arc<NvmfDevice> {
+/// Opens `uri`, probing the controller on reactor 0 of `rt`.
+fn open(rt: &Runtime, uri: &str) -> Arc<NvmfDevice> {
     let p = NvmfParams::parse(uri).unwrap_or_else(|e| panic!("{e}"));
-    Arc::new(NvmfDevice::open("loop", p).unwrap_or_else(|e| panic!("opening {uri}: {e}")))
+    Arc::new(
+        NvmfDevice::open("loop", p, &rt.handles()[0])
+            .unwrap_or_else(|e| panic!("opening {uri}: {e}")),
+    )
 }
 
 /// SIGTERM (the engine flushes every device), exit 0, then the backing file holds `model`.
@@ -696,7 +700,7 @@ fn sustained_verify_load_digests_off_and_on() {
             "{base_uri}?timeout=20000{}",
             if digests { "&hdgst=1&ddgst=1" } else { "" }
         );
-        let dev = open(&uri);
+        let dev = open(&rt, &uri);
         assert_eq!(dev.geometry().size(), SIZE_MIB * MIB);
         let t = Instant::now();
         let tally = run_workers(&rt, &dev, &mut model, 4, Faults::None, || {
@@ -863,8 +867,8 @@ fn connections_cut_by_a_proxy_mid_io() {
         "nvmf://{}/nqn.2024-01.io.ballast:d?timeout=5000&kato=4000",
         proxy.addr
     );
-    let dev = open(&uri);
     let rt = runtime();
+    let dev = open(&rt, &uri);
     let mut model = vec![0u8; (SIZE_MIB * MIB) as usize];
     let t = Instant::now();
     let mut cuts = Vec::new();
@@ -912,8 +916,8 @@ fn engine_killed_mid_io_and_restarted() {
     let mut engine = start_engine(&engine_args(&img, SIZE_MIB, "127.0.0.1:0"));
     let addr = engine.nvmf_addr.expect("NVMe/TCP address");
     let uri = format!("{}?timeout=5000&kato=4000", engine.nvmf_uris[0].clone());
-    let dev = open(&uri);
     let rt = runtime();
+    let dev = open(&rt, &uri);
     let mut model = vec![0u8; (SIZE_MIB * MIB) as usize];
     let t = Instant::now();
     let mut second = None;

@@ -19,7 +19,7 @@ use reactor::{Chunk, IoBuf, Outbox, TcpStream};
 
 use super::handshake::{ExportInfo, disconnect_request};
 use super::{Inner, detach, err};
-use crate::{BlockError, ErrorKind, Extent, ExtentState, IoKind, Result};
+use blockdev::{BlockError, ErrorKind, Extent, ExtentState, IoKind, Result};
 
 /// Receive staging buffer: headers and small payloads are parsed from it; read data beyond
 /// what it already holds goes straight into the caller's buffer.

@@ -64,8 +64,9 @@ use proto_nbd::consts::*;
 use reactor::sync::LocalMutex;
 use reactor::{ReactorHandle, TcpStream};
 
-use crate::{
-    BlockDevice, BlockError, Capabilities, ErrorKind, Extent, ExtentState, Geometry, IoBuf,
+use blockdev::uri::{self, OpenError, UriError};
+use blockdev::{
+    BlockDevice, BlockError, Capabilities, Device, ErrorKind, Extent, ExtentState, Geometry, IoBuf,
     IoFuture, IoKind, Result, WriteFlags, ZeroFlags, check_range,
 };
 use conn::{Cmd, Conn, Done};
@@ -118,26 +119,6 @@ pub struct NbdSpec {
     pub multi_conn: Option<bool>,
 }
 
-fn percent_decode(s: &str) -> std::result::Result<String, String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = s
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| format!("bad percent escape in {s:?}"))?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| format!("export name {s:?} is not UTF-8"))
-}
-
 fn millis(k: &str, v: &str) -> std::result::Result<Duration, String> {
     match v.parse::<u64>() {
         Ok(ms) if ms > 0 => Ok(Duration::from_millis(ms)),
@@ -148,81 +129,57 @@ fn millis(k: &str, v: &str) -> std::result::Result<Duration, String> {
 }
 
 impl NbdSpec {
-    /// Parses the part of a URI after `SCHEME://` and before `?` (`rest`) and the query
-    /// parameters, for scheme `nbd` or `nbd+unix`.
-    pub fn parse(
-        scheme: &str,
-        rest: &str,
-        params: &[(String, String)],
-    ) -> std::result::Result<NbdSpec, String> {
-        let get = |k: &str| {
-            params
-                .iter()
-                .find(|(pk, _)| pk == k)
-                .map(|(_, v)| v.as_str())
-        };
-        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-        let export = percent_decode(path)?;
+    /// Parses `nbd://HOST[:PORT]/EXPORT[?...]` or `nbd+unix:///EXPORT?socket=PATH[&...]`;
+    /// the error says what is wrong.
+    pub fn parse(uri: &str) -> std::result::Result<NbdSpec, UriError> {
+        let parts =
+            uri::split(uri).ok_or_else(|| UriError::new(uri, "expected nbd://HOST:PORT/EXPORT"))?;
+        parts.check_params(PARAMS)?;
+        let export = parts.decode(parts.path)?;
         if export.len() > MAX_STRING_LEN {
-            return Err(format!("export name longer than {MAX_STRING_LEN} bytes"));
+            return Err(parts.error(format!("export name longer than {MAX_STRING_LEN} bytes")));
         }
-        let addr = match scheme {
+        let addr = match parts.scheme {
             "nbd" => {
-                if get("socket").is_some() {
-                    return Err("socket= is for nbd+unix:// URIs".into());
+                if parts.get("socket").is_some() {
+                    return Err(parts.error("socket= is for nbd+unix:// URIs"));
                 }
-                let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-                    let (h, tail) = v6
-                        .split_once(']')
-                        .ok_or_else(|| format!("unclosed '[' in {authority:?}"))?;
-                    (h, tail.strip_prefix(':'))
-                } else {
-                    match authority.rsplit_once(':') {
-                        Some((h, p)) => (h, Some(p)),
-                        None => (authority, None),
-                    }
-                };
-                if host.is_empty() {
-                    return Err("nbd:// needs a host".into());
-                }
-                let port = match port {
-                    None => DEFAULT_PORT,
-                    Some(p) => p.parse().map_err(|_| format!("bad port {p:?}"))?,
-                };
-                NbdAddr::Tcp {
-                    host: host.to_string(),
-                    port,
-                }
+                let (host, port) = parts.host_port(DEFAULT_PORT)?;
+                NbdAddr::Tcp { host, port }
             }
             "nbd+unix" => {
-                if !authority.is_empty() {
-                    return Err("nbd+unix:// takes no host (nbd+unix:///EXPORT?socket=PATH)".into());
+                if !parts.authority.is_empty() {
+                    return Err(
+                        parts.error("nbd+unix:// takes no host (nbd+unix:///EXPORT?socket=PATH)")
+                    );
                 }
-                let socket = get("socket").ok_or("nbd+unix:// needs ?socket=PATH")?;
+                let socket = parts
+                    .get("socket")
+                    .ok_or_else(|| parts.error("nbd+unix:// needs ?socket=PATH"))?;
                 if socket.is_empty() {
-                    return Err("empty socket path".into());
+                    return Err(parts.error("empty socket path"));
                 }
-                NbdAddr::Unix(PathBuf::from(percent_decode(socket)?))
+                NbdAddr::Unix(PathBuf::from(parts.decode(socket)?))
             }
-            other => return Err(format!("not an NBD scheme: {other:?}")),
+            other => return Err(parts.error(format!("not an NBD scheme: {other:?}"))),
         };
-        let multi_conn = match get("multi_conn") {
+        let multi_conn = match parts.get("multi_conn") {
             None => None,
             Some("1" | "true" | "") => Some(true),
             Some("0" | "false") => Some(false),
-            Some(v) => return Err(format!("multi_conn={v:?}: expected 0 or 1")),
+            Some(v) => return Err(parts.error(format!("multi_conn={v:?}: expected 0 or 1"))),
+        };
+        let millis = |k: &str| {
+            parts
+                .get(k)
+                .map(|v| millis(k, v).map_err(|e| parts.error(e)))
+                .transpose()
         };
         Ok(NbdSpec {
             addr,
             export,
-            timeout: get("timeout")
-                .map(|v| millis("timeout", v))
-                .transpose()?
-                .unwrap_or(DEFAULT_TIMEOUT),
-            connect_timeout: get("connect_timeout")
-                .map(|v| millis("connect_timeout", v))
-                .transpose()?
-                .unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+            timeout: millis("timeout")?.unwrap_or(DEFAULT_TIMEOUT),
+            connect_timeout: millis("connect_timeout")?.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
             multi_conn,
         })
     }
@@ -720,6 +677,19 @@ fn probe(
     }
 }
 
+/// Parses and opens the `nbd://` or `nbd+unix://` device `uri` as device `name` (blocking:
+/// see [`NbdDevice::open`]).
+pub fn open_uri(name: &str, uri: &str) -> std::result::Result<Device, OpenError> {
+    let spec = NbdSpec::parse(uri)?;
+    match NbdDevice::open(name, &spec) {
+        Ok(d) => Ok(Arc::new(d)),
+        Err(error) => Err(OpenError::Device {
+            uri: uri.to_string(),
+            error,
+        }),
+    }
+}
+
 impl NbdDevice {
     /// Opens export `spec` as device `name`: resolves the server's address and negotiates once
     /// (blocking, bounded by the connect timeout) to learn the export's geometry.
@@ -1025,18 +995,8 @@ impl BlockDevice for NbdDevice {
 mod tests {
     use super::*;
 
-    fn parse(uri: &str) -> std::result::Result<NbdSpec, String> {
-        let (scheme, rest) = uri.split_once("://").unwrap();
-        let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let params: Vec<(String, String)> = query
-            .split('&')
-            .filter(|s| !s.is_empty())
-            .map(|kv| {
-                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-                (k.to_string(), v.to_string())
-            })
-            .collect();
-        NbdSpec::parse(scheme, path, &params)
+    fn parse(uri: &str) -> std::result::Result<NbdSpec, UriError> {
+        NbdSpec::parse(uri)
     }
 
     #[test]
@@ -1085,6 +1045,8 @@ mod tests {
             "nbd+unix:///x",
             "nbd+unix://h/x?socket=/s",
             "nbd://h/x?multi_conn=2",
+            "nbd://h/x?bogus=1",
+            "nbd://h/%+1",
         ] {
             assert!(parse(bad).is_err(), "{bad} should not parse");
         }

@@ -6,8 +6,8 @@ mod nbd_support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use blockdev::nbd::NbdDevice;
 use blockdev::{BlockDevice, ErrorKind, ExtentState, IoBuf, WriteFlags, ZeroFlags};
+use initiator_nbd::NbdDevice;
 use nbd_support::*;
 use reactor::Runtime;
 
@@ -509,7 +509,7 @@ fn unix_socket_export() {
     let sock = dir.0.join("nbd.sock");
     let _srv = nbdkit_unix(&sock, &["memory", "8M"]);
     let uri = format!("nbd+unix:///?socket={}", sock.display());
-    let by_uri = blockdev::open_uri("u", &uri).expect("open_uri");
+    let by_uri = initiator_nbd::open_uri("u", &uri).expect("open_uri");
     assert_eq!((by_uri.kind(), by_uri.geometry().size()), ("nbd", 8 * MIB));
     drop(by_uri);
     let dev = open(&uri);

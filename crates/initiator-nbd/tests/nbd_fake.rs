@@ -268,7 +268,7 @@ fn error_payload(errno: u32, msg: &str) -> Vec<u8> {
 /// Runs `f` with the device on reactor 0 of a fresh runtime.
 fn with_dev<T: Send + 'static, Fut: std::future::Future<Output = T> + 'static>(
     uri: &str,
-    f: impl FnOnce(Arc<blockdev::nbd::NbdDevice>) -> Fut + Send + 'static,
+    f: impl FnOnce(Arc<initiator_nbd::NbdDevice>) -> Fut + Send + 'static,
 ) -> T {
     let dev = open(uri);
     let rt = runtime();
@@ -632,8 +632,8 @@ fn refused_or_broken_negotiations_fail_open() {
         |_, _| Act::Normal,
     );
     let spec =
-        blockdev::nbd::NbdSpec::parse("nbd", &format!("127.0.0.1:{}/nope", srv.port), &[]).unwrap();
-    let e = blockdev::nbd::NbdDevice::open("x", &spec).unwrap_err();
+        initiator_nbd::NbdSpec::parse(&format!("nbd://127.0.0.1:{}/nope", srv.port)).unwrap();
+    let e = initiator_nbd::NbdDevice::open("x", &spec).unwrap_err();
     assert!(e.to_string().contains("no export named \"nope\""), "{e}");
     assert!(e.to_string().contains("no such export here"), "{e}");
 
@@ -660,14 +660,12 @@ fn refused_or_broken_negotiations_fail_open() {
                 std::thread::sleep(Duration::from_secs(2));
             }
         });
-        let spec = blockdev::nbd::NbdSpec::parse(
-            "nbd",
-            &format!("127.0.0.1:{port}/x"),
-            &[("connect_timeout".into(), "1000".into())],
-        )
+        let spec = initiator_nbd::NbdSpec::parse(&format!(
+            "nbd://127.0.0.1:{port}/x?connect_timeout=1000"
+        ))
         .unwrap();
         let t = Instant::now();
-        let e = blockdev::nbd::NbdDevice::open("x", &spec).unwrap_err();
+        let e = initiator_nbd::NbdDevice::open("x", &spec).unwrap_err();
         assert!(t.elapsed() < Duration::from_secs(2), "bounded: {e}");
         let s = e.to_string();
         assert!(

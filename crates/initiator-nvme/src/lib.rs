@@ -31,11 +31,11 @@
 //! QID), created on first use and owned by that reactor: commands never cross threads. The
 //! device itself is `Send + Sync`; per-reactor queues live in a thread-local table.
 //!
-//! [`NvmfDevice::open`] (what `open_uri` uses) is synchronous: it probes the controller on a
-//! short-lived private reactor (connects, identifies, disconnects) so the geometry is known
-//! and an unreachable target is an error at once; the association used for I/O is then made
-//! by the first I/O. [`NvmfDevice::connect`], for code already running on a reactor, makes it
-//! at once.
+//! [`NvmfDevice::open`] (what [`open_uri`] uses) is synchronous: it probes the controller on a
+//! reactor it is given (connects, identifies, disconnects) so the geometry is known and an
+//! unreachable target is an error at once; the association used for I/O is then made by the
+//! first I/O. [`NvmfDevice::connect`], for code already running on a reactor, makes it at
+//! once.
 //!
 //! # Errors, timeouts, reconnects
 //!
@@ -83,11 +83,17 @@ use proto_nvme::{
 use reactor::IoBuf;
 use reactor::sync::{LocalMutex, timeout};
 
-use crate::{
-    BlockDevice, BlockError, Capabilities, ErrorKind, Geometry, IoFuture, IoKind, Result,
+use blockdev::uri::{self, OpenError, UriError};
+use blockdev::{
+    BlockDevice, BlockError, Capabilities, Device, ErrorKind, Geometry, IoFuture, IoKind, Result,
     WriteFlags, ZeroFlags, check_range,
 };
 use queue::{Completion, MAX_QUEUE_SIZE, Queue, QueueSetup, Window, Xfer};
+
+/// Parameters `nvmf://` URIs take.
+pub const PARAMS: &[&str] = &[
+    "nsid", "hdgst", "ddgst", "hostnqn", "hostid", "kato", "timeout", "queues", "qsize", "ro",
+];
 
 /// Default TCP port of NVMe/TCP I/O controllers.
 pub const DEFAULT_PORT: u16 = 4420;
@@ -162,109 +168,73 @@ impl NvmfParams {
     }
 
     /// Parses `nvmf://HOST[:PORT]/NQN[?PARAMS]`; the error says what is wrong.
-    pub fn parse(uri: &str) -> std::result::Result<NvmfParams, String> {
-        let rest = uri
-            .strip_prefix("nvmf://")
-            .ok_or_else(|| format!("{uri:?}: expected nvmf://HOST:PORT/NQN"))?;
-        let (main, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let (authority, path) = main
-            .split_once('/')
-            .ok_or_else(|| format!("{uri:?}: no subsystem NQN (nvmf://HOST:PORT/NQN)"))?;
-        let (host, port) = if let Some(r) = authority.strip_prefix('[') {
-            let (h, after) = r
-                .split_once(']')
-                .ok_or_else(|| format!("{uri:?}: unterminated [IPv6 address]"))?;
-            let port = match after {
-                "" => None,
-                p => Some(
-                    p.strip_prefix(':')
-                        .ok_or_else(|| format!("{uri:?}: expected :PORT after ]"))?,
-                ),
-            };
-            (h.to_string(), port)
-        } else {
-            match authority.rsplit_once(':') {
-                Some((h, p)) => (h.to_string(), Some(p)),
-                None => (authority.to_string(), None),
-            }
-        };
-        if host.is_empty() {
-            return Err(format!("{uri:?}: no host"));
+    pub fn parse(uri: &str) -> std::result::Result<NvmfParams, UriError> {
+        let parts = uri::split(uri)
+            .filter(|p| p.scheme == "nvmf")
+            .ok_or_else(|| UriError::new(uri, "expected nvmf://HOST:PORT/NQN"))?;
+        if !parts.uri["nvmf://".len()..].contains('/') {
+            return Err(parts.error("no subsystem NQN (nvmf://HOST:PORT/NQN)"));
         }
-        let port = match port {
-            None => DEFAULT_PORT,
-            Some(p) => p
-                .parse::<u16>()
-                .ok()
-                .filter(|&p| p != 0)
-                .ok_or_else(|| format!("{uri:?}: bad port {p:?}"))?,
-        };
-        let subnqn = percent_decode(path).map_err(|e| format!("{uri:?}: {e}"))?;
-        check_nqn(&subnqn).map_err(|e| format!("{uri:?}: subsystem NQN {e}"))?;
+        parts.check_params(PARAMS)?;
+        let (host, port) = parts.host_port(DEFAULT_PORT)?;
+        let subnqn = parts.decode(parts.path)?;
+        check_nqn(&subnqn).map_err(|e| parts.error(format!("subsystem NQN {e}")))?;
         let mut p = NvmfParams::new(&host, port, &subnqn);
-        for kv in query.split('&').filter(|s| !s.is_empty()) {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            let v = percent_decode(v).map_err(|e| format!("{uri:?}: {e}"))?;
-            let num = |max: u64| -> std::result::Result<u64, String> {
-                v.parse::<u64>()
-                    .ok()
-                    .filter(|&n| n <= max)
-                    .ok_or_else(|| format!("{uri:?}: bad {k} {v:?} (0..={max})"))
-            };
-            let flag = || -> std::result::Result<bool, String> {
-                match v.as_str() {
-                    "" | "1" | "true" | "on" | "yes" => Ok(true),
-                    "0" | "false" | "off" | "no" => Ok(false),
-                    _ => Err(format!("{uri:?}: bad {k} {v:?} (1 or 0)")),
-                }
-            };
-            match k {
-                "nsid" => {
-                    p.nsid = num(0xffff_fffe)? as u32;
-                    if p.nsid == 0 {
-                        return Err(format!("{uri:?}: nsid must be at least 1"));
-                    }
-                }
-                "hdgst" => p.hdgst = flag()?,
-                "ddgst" => p.ddgst = flag()?,
-                "hostnqn" => {
-                    check_nqn(&v).map_err(|e| format!("{uri:?}: hostnqn {e}"))?;
-                    p.hostnqn = Some(v);
-                }
-                "hostid" => {
-                    let id: HostId = v
-                        .parse()
-                        .map_err(|_| format!("{uri:?}: hostid {v:?} is not a UUID"))?;
-                    p.hostid = Some(id);
-                }
-                "kato" => p.kato_ms = num(u32::MAX as u64)? as u32,
-                "timeout" => {
-                    p.timeout_ms = num(u32::MAX as u64)? as u32;
-                    if p.timeout_ms < 10 {
-                        return Err(format!("{uri:?}: timeout must be at least 10 ms"));
-                    }
-                }
-                "queues" => {
-                    p.queues = num(0xfffe)? as u16;
-                    if p.queues == 0 {
-                        return Err(format!("{uri:?}: queues must be at least 1"));
-                    }
-                }
-                "qsize" => {
-                    p.qsize = num(u16::MAX as u64)? as u16;
-                    if !(2..=MAX_QUEUE_SIZE).contains(&p.qsize) {
-                        return Err(format!("{uri:?}: qsize must be in 2..={MAX_QUEUE_SIZE}"));
-                    }
-                }
-                "ro" => p.read_only = flag()?,
-                other => {
-                    return Err(format!(
-                        "{uri:?}: unknown parameter {other:?} (known: nsid, hdgst, ddgst, hostnqn, hostid, kato, timeout, queues, qsize, ro)"
-                    ));
-                }
-            }
+        for &(k, v) in &parts.params {
+            p.set(k, &parts.decode(v)?).map_err(|e| parts.error(e))?;
         }
         Ok(p)
+    }
+
+    /// Sets parameter `k` (one of [`PARAMS`]) from its decoded value `v`.
+    fn set(&mut self, k: &str, v: &str) -> std::result::Result<(), String> {
+        let num = |max: u64| -> std::result::Result<u64, String> {
+            v.parse::<u64>()
+                .ok()
+                .filter(|&n| n <= max)
+                .ok_or_else(|| format!("bad {k} {v:?} (0..={max})"))
+        };
+        let flag = || -> std::result::Result<bool, String> {
+            match v {
+                "" | "1" | "true" | "on" | "yes" => Ok(true),
+                "0" | "false" | "off" | "no" => Ok(false),
+                _ => Err(format!("bad {k} {v:?} (1 or 0)")),
+            }
+        };
+        let at_least = |what: &str, n: u64, min: u64| {
+            if n < min {
+                Err(format!("{what} must be at least {min}"))
+            } else {
+                Ok(n)
+            }
+        };
+        match k {
+            "nsid" => self.nsid = at_least("nsid", num(0xffff_fffe)?, 1)? as u32,
+            "hdgst" => self.hdgst = flag()?,
+            "ddgst" => self.ddgst = flag()?,
+            "hostnqn" => {
+                check_nqn(v).map_err(|e| format!("hostnqn {e}"))?;
+                self.hostnqn = Some(v.to_string());
+            }
+            "hostid" => {
+                let id: HostId = v
+                    .parse()
+                    .map_err(|_| format!("hostid {v:?} is not a UUID"))?;
+                self.hostid = Some(id);
+            }
+            "kato" => self.kato_ms = num(u32::MAX as u64)? as u32,
+            "timeout" => self.timeout_ms = at_least("timeout", num(u32::MAX as u64)?, 10)? as u32,
+            "queues" => self.queues = at_least("queues", num(0xfffe)?, 1)? as u16,
+            "qsize" => {
+                self.qsize = num(u16::MAX as u64)? as u16;
+                if !(2..=MAX_QUEUE_SIZE).contains(&self.qsize) {
+                    return Err(format!("qsize must be in 2..={MAX_QUEUE_SIZE}"));
+                }
+            }
+            "ro" => self.read_only = flag()?,
+            other => return Err(format!("unknown parameter {other:?}")),
+        }
+        Ok(())
     }
 
     /// The URI these parameters describe (defaults left out).
@@ -332,27 +302,6 @@ fn check_nqn(s: &str) -> std::result::Result<(), String> {
         return Err("contains control characters".into());
     }
     Ok(())
-}
-
-fn percent_decode(s: &str) -> std::result::Result<String, String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = b
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| format!("bad percent escape in {s:?}"))?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| format!("{s:?} is not UTF-8 once decoded"))
 }
 
 fn percent_encode(s: &str) -> String {
@@ -1285,29 +1234,20 @@ impl Drop for NvmfDevice {
 
 impl NvmfDevice {
     /// Opens the namespace `params` describe as device `name`, blocking the calling thread:
-    /// the controller is probed (connected, identified, disconnected) on a private reactor,
-    /// so the geometry is known and an unreachable or unsuitable target is an error now. The
-    /// association used for I/O is made by the first I/O. On a reactor, use
-    /// [`NvmfDevice::connect`] instead.
-    pub fn open(name: &str, params: NvmfParams) -> Result<NvmfDevice> {
+    /// the controller is probed (connected, identified, disconnected) on reactor `on`, so the
+    /// geometry is known and an unreachable or unsuitable target is an error now. The
+    /// association used for I/O is made by the first I/O, on whichever reactor does it. Call
+    /// it off the reactors (the engine opens devices from its management thread); on a
+    /// reactor, use [`NvmfDevice::connect`].
+    pub fn open(name: &str, params: NvmfParams, on: &reactor::ReactorHandle) -> Result<NvmfDevice> {
         let open_err = |m: String| BlockError::with_message(ErrorKind::Gone, IoKind::Open, 0, 0, m);
         let shared = Shared::new(params).map_err(open_err)?;
-        let rt = reactor::Runtime::start(reactor::Config {
-            cores: 1,
-            pin: false,
-            mode: reactor::PollMode::Interrupt,
-            ring_entries: 64,
-            registered_buffers: 1,
-            registered_buffer_size: 4096,
-        })
-        .map_err(|e| open_err(format!("starting a reactor to probe the target: {e}")))?;
         let s2 = shared.clone();
-        let r =
-            block_on(rt.handles()[0].call(move || async move {
-                s2.reserve_io_queue().await.map(drop).map_err(|f| f.msg)
-            }));
-        shared.drop_association("probe finished");
-        rt.shutdown();
+        let r = block_on(on.call(move || async move {
+            let r = s2.reserve_io_queue().await.map(drop).map_err(|f| f.msg);
+            s2.drop_association("probe finished");
+            r
+        }));
         r.map_err(open_err)?;
         Ok(NvmfDevice {
             name: name.to_string(),
@@ -1664,6 +1604,23 @@ impl BlockDevice for NvmfDevice {
     }
     fn fence(&self, key: u64) -> IoFuture<'_, ()> {
         Box::pin(self.do_fence(key))
+    }
+}
+
+/// Parses and opens the `nvmf://` device `uri` as device `name` on reactor `on` (blocking: see
+/// [`NvmfDevice::open`]).
+pub fn open_uri(
+    name: &str,
+    uri: &str,
+    on: &reactor::ReactorHandle,
+) -> std::result::Result<Device, OpenError> {
+    let params = NvmfParams::parse(uri)?;
+    match NvmfDevice::open(name, params, on) {
+        Ok(d) => Ok(Arc::new(d)),
+        Err(error) => Err(OpenError::Device {
+            uri: uri.to_string(),
+            error,
+        }),
     }
 }
 

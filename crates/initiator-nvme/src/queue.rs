@@ -49,7 +49,7 @@ use reactor::sync::{LocalSemaphore, Permit, timeout};
 use reactor::{Chunk, IoBuf, Outbox, StableBuf, TcpStream, spawn_local};
 
 use super::{Failure, Shared};
-use crate::ErrorKind;
+use blockdev::ErrorKind;
 
 /// Size of the staging buffer PDUs are received into (read data mostly bypasses it).
 const RX_BUF: usize = 64 * 1024;

@@ -12,7 +12,7 @@ use reactor::{Config, IoBuf, PollMode, Runtime};
 
 use super::fake::{FakeConfig, FakeTarget, Fault};
 use super::*;
-use crate::{BlockDevice, ErrorKind, WriteFlags, ZeroFlags};
+use blockdev::{BlockDevice, ErrorKind, WriteFlags, ZeroFlags};
 
 /// A boxed future, for joining several of different types.
 type Fut<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
@@ -55,9 +55,21 @@ fn pattern(seed: u64, len: usize) -> IoBuf {
     b
 }
 
+/// The reactor devices are opened (probed) on, as the engine opens them on one of its own.
+fn probe() -> &'static reactor::ReactorHandle {
+    static PROBE: std::sync::OnceLock<reactor::ReactorHandle> = std::sync::OnceLock::new();
+    PROBE.get_or_init(|| {
+        let rt = runtime(1);
+        let h = rt.handles()[0].clone();
+        // Serves every test of this binary until the process exits.
+        std::mem::forget(rt);
+        h
+    })
+}
+
 fn open(t: &FakeTarget, query: &str) -> Arc<NvmfDevice> {
     let p = NvmfParams::parse(&t.uri(query)).expect("parse");
-    Arc::new(NvmfDevice::open("fake", p).expect("open"))
+    Arc::new(NvmfDevice::open("fake", p, probe()).expect("open"))
 }
 
 fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
@@ -144,7 +156,7 @@ fn every_io_path_with_and_without_digests() {
             ..FakeConfig::default()
         });
         // Through the URI registry, as the engine opens it.
-        let dev = crate::open_uri("fake", &t.uri(query)).expect("open_uri");
+        let dev = crate::open_uri("fake", &t.uri(query), probe()).expect("open_uri");
         let g = dev.geometry();
         assert_eq!((g.block_size, g.num_blocks), (512, 32 * 2048));
         assert_eq!(g.max_io, 1 << 20);
@@ -531,7 +543,7 @@ fn open_fails_cleanly_and_drop_disconnects() {
         l.local_addr().unwrap()
     };
     let p = NvmfParams::parse(&format!("nvmf://{closed}/nqn.x:y?timeout=500")).unwrap();
-    let e = NvmfDevice::open("x", p).unwrap_err();
+    let e = NvmfDevice::open("x", p, probe()).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Gone, "{e}");
     assert!(e.to_string().contains("cannot connect"), "{e}");
 

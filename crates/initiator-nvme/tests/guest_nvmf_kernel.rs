@@ -20,8 +20,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use blockdev::nvmf::NvmfDevice;
 use blockdev::{BlockDevice, IoBuf, WriteFlags, ZeroFlags};
+use initiator_nvme::NvmfDevice;
 use reactor::{Config, PollMode, Runtime};
 
 const NQN: &str = "nqn.2024-01.io.ballast:kernel-target";
@@ -308,19 +308,24 @@ fn guest_kernel_target_serves_the_initiator() {
         let started = Instant::now();
         // Through the URI registry, as the engine opens devices (a probe: connect, identify,
         // disconnect).
-        let via_uri = blockdev::open_uri("kernel", &uri).unwrap_or_else(|e| {
-            panic!(
-                "opening {uri}: {e}\n--- guest console ---\n{}",
-                vm.console()
-            )
-        });
+        let via_uri =
+            initiator_nvme::open_uri("kernel", &uri, &rt.handles()[0]).unwrap_or_else(|e| {
+                panic!(
+                    "opening {uri}: {e}\n--- guest console ---\n{}",
+                    vm.console()
+                )
+            });
         eprintln!("round {round}: opened {uri} in {:?}", started.elapsed());
         assert_eq!(via_uri.geometry().size(), SIZE_MIB << 20);
         drop(via_uri);
         // The concrete type, for the NVMe-specific accessors.
         let dev: Arc<NvmfDevice> = Arc::new(
-            NvmfDevice::open("kernel", blockdev::nvmf::NvmfParams::parse(&uri).unwrap())
-                .expect("open"),
+            NvmfDevice::open(
+                "kernel",
+                initiator_nvme::NvmfParams::parse(&uri).unwrap(),
+                &rt.handles()[0],
+            )
+            .expect("open"),
         );
         let g = dev.geometry();
         assert_eq!(g.size(), SIZE_MIB << 20, "{g:?}");

@@ -92,7 +92,6 @@ mod log;
 mod nqn;
 mod pdu;
 mod queue;
-pub mod resv;
 mod status;
 mod wire;
 

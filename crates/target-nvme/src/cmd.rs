@@ -24,7 +24,7 @@ use crate::{
     ERROR_LOG_ENTRIES, IO_IN_CAPSULE, MAX_AER, MAX_IO_QUEUES, MAX_NAMESPACES, MAX_QUEUE_SIZE, MDTS,
     MDTS_BYTES, status_of,
 };
-use proto_nvme::resv::Access;
+use blockdev::fence::Access;
 
 const NSID_ALL: u32 = 0xffff_ffff;
 /// Largest zero buffer written at once when a device cannot write zeroes itself.
@@ -490,7 +490,7 @@ pub(crate) async fn io(
 }
 
 fn check_resv(ctrl: &Controller, ns: &Namespace, access: Access) -> Result<(), Status> {
-    ns.resv.check(&ctrl.hostid, access)
+    crate::resv::check(&ns.resv, &ctrl.hostid, access)
 }
 
 fn writable(ns: &Namespace) -> Result<(), Status> {
@@ -615,35 +615,26 @@ async fn io_ns(
         Command::ReservationRegister(r) => {
             let keys =
                 ReservationKeys::parse(data.as_deref().unwrap_or(&[])).map_err(|e| e.status())?;
-            ns.with_resv(|s| s.register(&ctrl.hostid, ctrl.cntlid, r, keys.crkey, keys.other))?;
+            crate::resv::register(&ns.resv, &ctrl.hostid, ctrl.cntlid, r, keys)?;
             Ok(Reply::ok())
         }
         Command::ReservationAcquire(a) => {
             let keys =
                 ReservationKeys::parse(data.as_deref().unwrap_or(&[])).map_err(|e| e.status())?;
-            ns.with_resv(|s| {
-                s.acquire(
-                    &ctrl.hostid,
-                    a.racqa,
-                    a.iekey,
-                    a.rtype,
-                    keys.crkey,
-                    keys.other,
-                )
-            })?;
+            crate::resv::acquire(&ns.resv, &ctrl.hostid, a, keys)?;
             Ok(Reply::ok())
         }
         Command::ReservationRelease(r) => {
             let keys = ReservationKeys::parse_release(data.as_deref().unwrap_or(&[]))
                 .map_err(|e| e.status())?;
-            ns.with_resv(|s| s.release(&ctrl.hostid, r.rrela, r.iekey, r.rtype, keys.crkey))?;
+            crate::resv::release(&ns.resv, &ctrl.hostid, r, keys.crkey)?;
             Ok(Reply::ok())
         }
         Command::ReservationReport(r) => {
             if !r.eds {
                 return Err(Status::HOST_ID_INCONSISTENT_FORMAT.with_dnr());
             }
-            let page = ns.with_resv(|s| s.report()).encode(true);
+            let page = crate::resv::report(&ns.resv).encode(true);
             Ok(window(sqe, &page, 0, r.len()))
         }
         _ => Err(Status::INVALID_OPCODE.with_dnr()),

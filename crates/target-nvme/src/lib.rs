@@ -31,6 +31,7 @@
 mod cmd;
 mod conn;
 mod errors;
+mod resv;
 mod subsys;
 
 use std::collections::BTreeMap;
@@ -41,6 +42,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use blockdev::Device;
+use blockdev::fence::Reservations;
 use proto_nvme::{AsyncEvent, DISCOVERY_NQN, NqnKind, validate_nqn};
 use reactor::{ReactorHandle, TcpListener};
 
@@ -302,12 +304,15 @@ impl NvmfTarget {
     }
 
     /// Adds `device` as a namespace of subsystem `nqn`, at `nsid` or the lowest free NSID;
-    /// returns the NSID. Connected controllers get a namespace-changed event.
+    /// returns the NSID. Connected controllers get a namespace-changed event. NVMe
+    /// reservations on the namespace are kept in `fencing`, the device's fencing state, which
+    /// its local users share.
     pub fn add_namespace(
         &self,
         nqn: &str,
         nsid: Option<u32>,
         device: Device,
+        fencing: Arc<Reservations>,
         read_only: bool,
     ) -> Result<u32, NvmfError> {
         let s = self.subsystem(nqn)?;
@@ -330,7 +335,6 @@ impl NvmfTarget {
                     .find(|n| !ns.contains_key(n))
                     .ok_or_else(|| NvmfError::Invalid(format!("{nqn:?} has no free NSID")))?,
             };
-            let resv = device.reservations().unwrap_or_default();
             ns.insert(
                 nsid,
                 Arc::new(Namespace {
@@ -344,7 +348,7 @@ impl NvmfTarget {
                         u[8] = (u[8] & 0x3f) | 0x80; // RFC 4122 variant
                         u
                     },
-                    resv,
+                    resv: fencing,
                 }),
             );
             nsid

@@ -21,9 +21,10 @@ pub(crate) struct Namespace {
     pub(crate) read_only: bool,
     pub(crate) nguid: [u8; 16],
     pub(crate) uuid: [u8; 16],
-    /// The device's reservations ([`blockdev::resv`]): shared with local users of the
-    /// device, so a host fenced out here is fenced out there too.
-    pub(crate) resv: Arc<blockdev::resv::Reservations>,
+    /// The device's fencing state ([`blockdev::fence`]), on which NVMe reservations are
+    /// mapped ([`crate::resv`]): shared with local users of the device, so a host fenced
+    /// out here is fenced out there too.
+    pub(crate) resv: Arc<blockdev::fence::Reservations>,
 }
 
 impl std::fmt::Debug for Namespace {
@@ -32,16 +33,6 @@ impl std::fmt::Debug for Namespace {
             .field("nsid", &self.nsid)
             .field("device", &self.device.name())
             .finish()
-    }
-}
-
-impl Namespace {
-    /// Runs `f` on the reservation state.
-    pub(crate) fn with_resv<T>(
-        &self,
-        f: impl FnOnce(&mut proto_nvme::resv::Reservations) -> T,
-    ) -> T {
-        self.resv.with(f)
     }
 }
 

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use blockdev::nbd::{NbdDevice, NbdSpec};
+use initiator_nbd::{NbdDevice, NbdSpec};
 use reactor::{Config, PollMode, Runtime};
 
 /// Two reactors (the machine has two cores), unpinned.
@@ -252,17 +252,7 @@ impl Drop for TempDir {
 
 /// Opens `uri` (an `nbd://` or `nbd+unix://` URI) as an NBD device.
 pub fn open(uri: &str) -> Arc<NbdDevice> {
-    let (scheme, rest) = uri.split_once("://").expect("scheme");
-    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
-    let params: Vec<(String, String)> = query
-        .split('&')
-        .filter(|s| !s.is_empty())
-        .map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            (k.to_string(), v.to_string())
-        })
-        .collect();
-    let spec = NbdSpec::parse(scheme, path, &params).expect("parse NBD URI");
+    let spec = NbdSpec::parse(uri).expect("parse NBD URI");
     Arc::new(NbdDevice::open("nbd0", &spec).unwrap_or_else(|e| panic!("open {uri}: {e}")))
 }
 
