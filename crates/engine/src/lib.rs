@@ -13,6 +13,7 @@ pub mod config;
 pub mod devices;
 mod grpc;
 pub mod health;
+mod named;
 pub mod nexuses;
 pub mod pools;
 

@@ -17,6 +17,7 @@ use pool::meta::MetaError;
 use pool::pool::{CreateOptions, Pool, PoolError, VolumeInfo};
 use pool::superblock::{SUPERBLOCK_SIZE, Superblock, SuperblockError};
 
+use crate::named::Named;
 use crate::{DeviceEntry, EngineState, MgmtError};
 
 /// An online pool.
@@ -242,28 +243,6 @@ fn status_of(pool: &str, v: VolumeInfo) -> VolumeStatus {
     }
 }
 
-/// A device under another name: a pool volume as engine device `POOL/VOLUME` (exports and
-/// statistics know devices by their names).
-struct Named {
-    name: String,
-    inner: Device,
-}
-
-impl std::fmt::Debug for Named {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Named").field("name", &self.name).finish()
-    }
-}
-
-impl blockdev::Layer for Named {
-    fn inner(&self) -> &dyn BlockDevice {
-        &*self.inner
-    }
-    fn name(&self) -> &str {
-        &self.name
-    }
-}
-
 /// Releases a device marked busy when dropped (also when the operation's future is dropped).
 struct BusyGuard<'a> {
     state: &'a EngineState,
@@ -377,13 +356,7 @@ impl EngineState {
             .open(volume)
             .map_err(|e| pool_error(&format!("opening {volume:?} of pool {pool_name:?}"), e))?;
         let name = volume_device_name(pool_name, volume);
-        let entry = DeviceEntry::new(
-            format!("pool://{name}"),
-            Arc::new(Named {
-                name: name.clone(),
-                inner: dev,
-            }),
-        );
+        let entry = DeviceEntry::new(format!("pool://{name}"), Arc::new(Named::new(&name, dev)));
         self.devices
             .lock()
             .expect("devices lock")

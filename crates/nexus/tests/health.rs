@@ -73,7 +73,7 @@ fn opts(store: &Arc<Store>, hold: Duration) -> NexusOptions {
 fn spec(name: &str, c: &Arc<Faulty>, healthy: bool) -> ChildSpec {
     ChildSpec {
         name: name.into(),
-        dev: c.clone(),
+        dev: c.dev.clone(),
         healthy,
     }
 }
@@ -138,7 +138,7 @@ fn a_write_a_failed_child_missed_is_acknowledged_only_once_the_record_without_it
         w.await.unwrap();
 
         // b fails during a write: the write reached a, but b is still healthy in the store.
-        b.fail.store(true, Ordering::SeqCst);
+        b.fail(true);
         let (w1, done1) = write_in_background(&n, 64 << 10, 2);
         reactor::sleep(Duration::from_millis(100)).await;
         assert!(matches!(n.children()[1].state, ChildState::Faulted { .. }));
@@ -197,7 +197,7 @@ fn a_store_that_never_confirms_holds_the_write_then_it_fails_with_eio() {
             .await
             .unwrap();
         // b fails and the record without it is never confirmed: held, then EIO.
-        b.fail.store(true, Ordering::SeqCst);
+        b.fail(true);
         let t = Instant::now();
         let e = n
             .write(4096, pattern(2, 4096), WriteFlags::default())
@@ -223,7 +223,7 @@ fn a_store_that_never_confirms_holds_the_write_then_it_fails_with_eio() {
             .unwrap();
         assert_eq!(n.state(), NexusState::Degraded);
         // Flushes acknowledge no data: they are not held.
-        c.fail.store(true, Ordering::SeqCst);
+        c.fail(true);
         let t = Instant::now();
         n.flush().await.unwrap();
         assert!(t.elapsed() < hold, "flush held {:?}", t.elapsed());
@@ -274,7 +274,7 @@ fn generations_increase_by_one_per_change_and_a_growing_set_is_not_waited_for() 
         );
         // A child added (out of sync) changes nothing; removing an online one does.
         let c = Faulty::new();
-        n.add_child("c", c.clone()).await.unwrap();
+        n.add_child("c", c.dev.clone()).await.unwrap();
         n.remove_child("a").await.unwrap();
         let recs = store.records();
         let got: Vec<(u64, Vec<String>)> = recs
@@ -358,8 +358,8 @@ fn closing_flushes_every_child_and_publishes_a_last_clean_record() {
         n.write(0, pattern(1, 4096), WriteFlags::default())
             .await
             .unwrap();
-        a.fail.store(true, Ordering::SeqCst);
-        b.fail.store(true, Ordering::SeqCst);
+        a.fail(true);
+        b.fail(true);
         assert!(!n.close().await);
         let last = store.last();
         assert!(!last.clean, "{last:?}");

@@ -6,7 +6,6 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use blockdev::malloc::MallocDevice;
@@ -25,7 +24,7 @@ fn opts() -> NexusOptions {
 fn spec(name: &str, c: &Arc<Faulty>, healthy: bool) -> ChildSpec {
     ChildSpec {
         name: name.into(),
-        dev: c.clone(),
+        dev: c.dev.clone(),
         healthy,
     }
 }
@@ -78,7 +77,7 @@ fn writes_reach_every_child_and_a_failing_child_is_retired_without_errors() {
         assert_eq!(a.content().await, b.content().await);
         assert_eq!(a.content().await, c.content().await);
         // Child b fails: the application's writes and reads go on.
-        b.fail.store(true, Ordering::SeqCst);
+        b.fail(true);
         w.extend(write_some(&n, 40, 100).await);
         check(&n, &w).await;
         assert_eq!(n.state(), NexusState::Degraded);
@@ -93,12 +92,9 @@ fn writes_reach_every_child_and_a_failing_child_is_retired_without_errors() {
         assert!(n.drl().dirty_count() > 0);
         assert_eq!(a.content().await, c.content().await);
         // Reads are balanced by outstanding I/O: with 16 at once both online children serve.
-        a.slow.store(true, Ordering::SeqCst);
-        c.slow.store(true, Ordering::SeqCst);
-        let (ra, rc) = (
-            a.reads.load(Ordering::SeqCst),
-            c.reads.load(Ordering::SeqCst),
-        );
+        a.slow(true);
+        c.slow(true);
+        let (ra, rc) = (a.reads(), c.reads());
         let reads: Vec<_> = (0..16u64)
             .map(|i| {
                 let n = n.clone();
@@ -112,19 +108,16 @@ fn writes_reach_every_child_and_a_failing_child_is_retired_without_errors() {
         for r in reads {
             r.await;
         }
-        let (da, dc) = (
-            a.reads.load(Ordering::SeqCst) - ra,
-            c.reads.load(Ordering::SeqCst) - rc,
-        );
+        let (da, dc) = (a.reads() - ra, c.reads() - rc);
         assert_eq!(da + dc, 16);
         assert!(da.abs_diff(dc) <= 2, "reads not balanced: a {da}, c {dc}");
         // A child that hangs is retired after the I/O timeout.
-        c.hang.store(true, Ordering::SeqCst);
+        c.hang(true);
         let t = Instant::now();
         w.extend(write_some(&n, 4, 300).await);
         assert!(t.elapsed() >= Duration::from_millis(250));
         assert!(matches!(n.children()[2].state, ChildState::Faulted { .. }));
-        c.hang.store(false, Ordering::SeqCst);
+        c.hang(false);
         check(&n, &w).await;
         assert_eq!(n.healthy(), vec!["a".to_string()]);
     });
@@ -136,8 +129,8 @@ fn io_is_held_while_no_child_is_online_and_resumes_when_one_answers() {
         let (a, b) = (Faulty::new(), Faulty::new());
         let n = nexus_over(&[("a", &a), ("b", &b)], None).await;
         let w = write_some(&n, 8, 1).await;
-        a.fail.store(true, Ordering::SeqCst);
-        b.fail.store(true, Ordering::SeqCst);
+        a.fail(true);
+        b.fail(true);
         // Both fail: the write is held, not failed...
         let n2 = n.clone();
         let held = reactor::spawn_local(async move {
@@ -146,14 +139,14 @@ fn io_is_held_while_no_child_is_online_and_resumes_when_one_answers() {
         reactor::sleep(Duration::from_millis(300)).await;
         assert_eq!(n.state(), NexusState::Faulted);
         // ... and completes once a child that was online last answers again.
-        b.fail.store(false, Ordering::SeqCst);
+        b.fail(false);
         held.await.expect("held write completes");
         assert_eq!(n.healthy(), vec!["b".to_string()]);
         let got = n.read(0, IoBuf::zeroed(4096)).await.unwrap();
         assert_eq!(&got[..], &pattern(77, 4096)[..]);
         let _ = w;
         // With nothing coming back, held I/O fails after the hold timeout.
-        b.fail.store(true, Ordering::SeqCst);
+        b.fail(true);
         let t = Instant::now();
         let e = n
             .write(0, pattern(78, 4096), WriteFlags::default())
@@ -172,11 +165,11 @@ fn a_new_child_is_rebuilt_fully_skipping_holes_while_writes_go_on() {
         let mut w = write_some(&n, 30, 5).await;
         let data = a.inner.allocated();
         let b = Faulty::new();
-        n.add_child("b", b.clone()).await.unwrap();
+        n.add_child("b", b.dev.clone()).await.unwrap();
         assert_eq!(n.children()[1].state, ChildState::OutOfSync);
         // Writes keep coming while b is rebuilt (every I/O takes 2 ms, so they interleave).
-        a.slow.store(true, Ordering::SeqCst);
-        b.slow.store(true, Ordering::SeqCst);
+        a.slow(true);
+        b.slow(true);
         let n2 = n.clone();
         let writer = reactor::spawn_local(async move { write_some(&n2, 60, 500).await });
         let r = n.rebuild_child("b").await.unwrap();
@@ -185,8 +178,8 @@ fn a_new_child_is_rebuilt_fully_skipping_holes_while_writes_go_on() {
         assert_eq!(r.total, SIZE);
         assert_eq!(r.copied + r.zeroed, SIZE);
         assert!(r.copied < SIZE / 2, "holes were copied: {r:?}");
-        a.slow.store(false, Ordering::SeqCst);
-        b.slow.store(false, Ordering::SeqCst);
+        a.slow(false);
+        b.slow(false);
         assert_eq!(n.state(), NexusState::Online);
         n.flush().await.unwrap();
         assert_eq!(a.content().await, b.content().await);
@@ -194,7 +187,7 @@ fn a_new_child_is_rebuilt_fully_skipping_holes_while_writes_go_on() {
         assert!(b.inner.allocated() <= a.inner.allocated() + (1 << 20));
         assert!(data > 0);
         // Every write is on both: fail a, read from b.
-        a.fail.store(true, Ordering::SeqCst);
+        a.fail(true);
         check(&n, &w).await;
     });
 }
@@ -206,7 +199,7 @@ fn a_returning_child_copies_only_the_dirty_regions_also_after_a_restart() {
         let log: Device = Arc::new(MallocDevice::new("log", MIB, 512));
         let n = nexus_over(&[("a", &a), ("b", &b)], Some(log.clone())).await;
         let mut w = write_some(&n, 50, 1).await;
-        b.fail.store(true, Ordering::SeqCst);
+        b.fail(true);
         // Three 64 KiB writes in three distinct 1 MiB regions while b is away.
         for (i, off) in [0u64, 5 * MIB, 9 * MIB + 4096 * 16].iter().enumerate() {
             n.write(
@@ -224,7 +217,7 @@ fn a_returning_child_copies_only_the_dirty_regions_also_after_a_restart() {
         // healthy (a stale record), the log — saved before any write b missed was
         // acknowledged — keeps it out of sync.
         drop(n);
-        b.fail.store(false, Ordering::SeqCst);
+        b.fail(false);
         let n = Nexus::create(
             "n",
             SIZE,
@@ -246,7 +239,7 @@ fn a_returning_child_copies_only_the_dirty_regions_also_after_a_restart() {
         // In sync again: the log is empty and covers no one.
         assert_eq!(n.drl().dirty_count(), 0);
         assert!(n.drl().absent().is_empty());
-        a.fail.store(true, Ordering::SeqCst);
+        a.fail(true);
         check(&n, &w).await;
     });
 }
@@ -283,7 +276,7 @@ fn a_child_the_log_does_not_cover_is_rebuilt_fully_and_rates_are_limited() {
         assert_eq!(a.content().await, b.content().await);
         // A child added later is not covered either.
         let c = Faulty::new();
-        n.add_child("c", c.clone()).await.unwrap();
+        n.add_child("c", c.dev.clone()).await.unwrap();
         let r = n.rebuild_child("c").await.unwrap();
         assert!(!r.partial);
         let floor = Duration::from_secs_f64((r.copied + r.zeroed) as f64 / (64 * MIB) as f64);

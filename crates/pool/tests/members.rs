@@ -5,13 +5,10 @@ mod common;
 
 use common::run;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use blockdev::crash::CrashDevice;
-use blockdev::{
-    BlockDevice, BlockError, Capabilities, Device, ErrorKind, Geometry, IoBuf, IoFuture, IoKind,
-    WriteFlags,
-};
+use blockdev::fault::{FaultDevice, Ops};
+use blockdev::{Device, ErrorKind, IoBuf, WriteFlags};
 use pool::assemble::{Found, scan};
 use pool::pool::{CreateOptions, Pool, PoolError};
 
@@ -266,67 +263,12 @@ fn labels_are_kept_in_the_superblock() {
     });
 }
 
-/// A device whose writes and flushes fail while `broken` is set (a disk that went away).
-struct Breakable {
-    inner: Device,
-    broken: AtomicBool,
-}
-
-impl std::fmt::Debug for Breakable {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Breakable")
-    }
-}
-
-impl Breakable {
-    fn check(&self, op: IoKind, offset: u64, len: u64) -> Result<(), BlockError> {
-        if self.broken.load(Ordering::Relaxed) {
-            Err(BlockError::new(ErrorKind::Io, op, offset, len))
-        } else {
-            Ok(())
-        }
-    }
-}
-
-impl BlockDevice for Breakable {
-    fn name(&self) -> &str {
-        "breakable"
-    }
-    fn kind(&self) -> &'static str {
-        "test"
-    }
-    fn geometry(&self) -> Geometry {
-        self.inner.geometry()
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-    fn read(&self, offset: u64, buf: IoBuf) -> IoFuture<'_, IoBuf> {
-        self.inner.read(offset, buf)
-    }
-    fn write(&self, offset: u64, buf: IoBuf, flags: WriteFlags) -> IoFuture<'_, IoBuf> {
-        let len = buf.len() as u64;
-        match self.check(IoKind::Write, offset, len) {
-            Ok(()) => self.inner.write(offset, buf, flags),
-            Err(e) => Box::pin(std::future::ready(Err(e))),
-        }
-    }
-    fn flush(&self) -> IoFuture<'_, ()> {
-        match self.check(IoKind::Flush, 0, 0) {
-            Ok(()) => self.inner.flush(),
-            Err(e) => Box::pin(std::future::ready(Err(e))),
-        }
-    }
-}
-
 #[test]
 fn a_failed_metadata_commit_makes_the_pool_read_only_and_loses_nothing_acknowledged() {
     run(|| async {
         let (_raw, inner) = crash_dev(16 << 20);
-        let dev = Arc::new(Breakable {
-            inner: inner.clone(),
-            broken: AtomicBool::new(false),
-        });
+        // Its writes and flushes fail on demand (a disk that went away).
+        let dev = FaultDevice::new(inner.clone());
         let pool = Pool::create(dev.clone(), &opts()).await.unwrap();
         pool.create_volume("v", 1 << 20, true).await.unwrap();
         let v = pool.open("v").unwrap();
@@ -335,10 +277,10 @@ fn a_failed_metadata_commit_makes_the_pool_read_only_and_loses_nothing_acknowled
         v.write(2 * CS, pattern(9, 4096), WriteFlags::default())
             .await
             .unwrap();
-        dev.broken.store(true, Ordering::Relaxed);
+        dev.fail(Ops::WRITES, ErrorKind::Io);
         let e = v.flush().await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Io);
-        dev.broken.store(false, Ordering::Relaxed);
+        dev.heal();
         let why = pool.failure().expect("the pool is read-only");
         assert!(why.contains("metadata commit failed"), "{why}");
         // Even with the disk back, this pool refuses writes, flushes and metadata changes
@@ -368,68 +310,23 @@ fn a_failed_metadata_commit_makes_the_pool_read_only_and_loses_nothing_acknowled
     });
 }
 
-/// A device whose writes at or past `from` wait while `hold` is set (a slow disk).
-struct Slow {
-    inner: Device,
-    hold: Arc<AtomicBool>,
-    from: u64,
-}
-
-impl std::fmt::Debug for Slow {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Slow")
-    }
-}
-
-impl BlockDevice for Slow {
-    fn name(&self) -> &str {
-        "slow"
-    }
-    fn kind(&self) -> &'static str {
-        "test"
-    }
-    fn geometry(&self) -> Geometry {
-        self.inner.geometry()
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-    fn read(&self, offset: u64, buf: IoBuf) -> IoFuture<'_, IoBuf> {
-        self.inner.read(offset, buf)
-    }
-    fn write(&self, offset: u64, buf: IoBuf, flags: WriteFlags) -> IoFuture<'_, IoBuf> {
-        Box::pin(async move {
-            while offset >= self.from && self.hold.load(Ordering::SeqCst) {
-                reactor::sleep(std::time::Duration::from_millis(1)).await;
-            }
-            self.inner.write(offset, buf, flags).await
-        })
-    }
-    fn flush(&self) -> IoFuture<'_, ()> {
-        self.inner.flush()
-    }
-}
-
 #[test]
 fn a_snapshot_waits_for_writes_in_flight_so_none_is_lost() {
     run(|| async {
         let inner = crash_dev(16 << 20).1;
-        let hold = Arc::new(AtomicBool::new(false));
         let probe = Pool::create(inner.clone(), &opts()).await.unwrap();
         let data_start = probe.superblock().data_start;
         drop(probe);
-        let slow: Device = Arc::new(Slow {
-            inner: inner.clone(),
-            hold: hold.clone(),
-            from: data_start,
-        });
+        // Its data writes (past the metadata) stall on demand (a slow disk).
+        let slow = FaultDevice::new(inner.clone());
+        slow.from_offset(data_start);
         Pool::wipe(&inner).await.unwrap();
-        let pool = Pool::create(slow, &opts()).await.unwrap();
+        let pool = Pool::create(slow.clone(), &opts()).await.unwrap();
         pool.create_volume("v", 1 << 20, true).await.unwrap();
         let v = pool.open("v").unwrap();
         fill(&v, 1, 1).await; // cluster 0 allocated, owned by v alone
         // Write A to cluster 0 stalls in the device...
-        hold.store(true, Ordering::SeqCst);
+        slow.hang(Ops::WRITE);
         let v2 = v.clone();
         let a = reactor::spawn_local(async move {
             v2.write(0, pattern(0xA, 4096), WriteFlags::default())
@@ -445,7 +342,7 @@ fn a_snapshot_waits_for_writes_in_flight_so_none_is_lost() {
             pool.list().iter().all(|i| i.name != "s"),
             "snapshot did not wait"
         );
-        hold.store(false, Ordering::SeqCst);
+        slow.release();
         a.await;
         snap.await;
         // Write C to the same cluster after the snapshot copies it, A included.
