@@ -13,6 +13,8 @@ mod bench;
 mod bench_nexus;
 mod bench_nvmf;
 mod demo;
+#[cfg(test)]
+mod deps;
 mod engine_bench;
 mod json;
 mod plot;
