@@ -18,29 +18,77 @@ pub const NEVER: &[(&str, &[&str])] = &[
     ("ballast-api", &["*"]),
     (
         "blockdev",
-        &["proto-nbd", "proto-nvme", "initiator-*", "target-*", "pool", "nexus", "ballast-*"],
+        &[
+            "proto-nbd",
+            "proto-nvme",
+            "initiator-*",
+            "target-*",
+            "pool",
+            "nexus",
+            "ballast-*",
+        ],
     ),
     (
         "initiator-nbd",
-        &["proto-nvme", "initiator-nvme", "target-*", "pool", "nexus", "ballast-*"],
+        &[
+            "proto-nvme",
+            "initiator-nvme",
+            "target-*",
+            "pool",
+            "nexus",
+            "ballast-*",
+        ],
     ),
     (
         "initiator-nvme",
-        &["proto-nbd", "initiator-nbd", "target-*", "pool", "nexus", "ballast-*"],
+        &[
+            "proto-nbd",
+            "initiator-nbd",
+            "target-*",
+            "pool",
+            "nexus",
+            "ballast-*",
+        ],
     ),
     (
         "target-nbd",
-        &["proto-nvme", "initiator-*", "target-nvme", "pool", "nexus", "ballast-*"],
+        &[
+            "proto-nvme",
+            "initiator-*",
+            "target-nvme",
+            "pool",
+            "nexus",
+            "ballast-*",
+        ],
     ),
     (
         "target-nvme",
-        &["proto-nbd", "initiator-*", "target-nbd", "pool", "nexus", "ballast-*"],
+        &[
+            "proto-nbd",
+            "initiator-*",
+            "target-nbd",
+            "pool",
+            "nexus",
+            "ballast-*",
+        ],
     ),
-    ("pool", &["proto-*", "initiator-*", "target-*", "nexus", "ballast-*"]),
-    ("nexus", &["proto-*", "initiator-*", "target-*", "pool", "ballast-*"]),
+    (
+        "pool",
+        &["proto-*", "initiator-*", "target-*", "nexus", "ballast-*"],
+    ),
+    (
+        "nexus",
+        &["proto-*", "initiator-*", "target-*", "pool", "ballast-*"],
+    ),
     (
         "ballast-cli",
-        &["ballast-engine", "initiator-*", "target-*", "nexus", "proto-*"],
+        &[
+            "ballast-engine",
+            "initiator-*",
+            "target-*",
+            "nexus",
+            "proto-*",
+        ],
     ),
     ("ballast-engine", &["ballast-cli"]),
 ];
@@ -55,7 +103,13 @@ fn matches(pattern: &str, name: &str) -> bool {
 /// Workspace crate -> the workspace crates it depends on (normal and build dependencies).
 pub fn graph() -> Result<BTreeMap<String, Vec<String>>, String> {
     let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
         .output()
         .map_err(|e| format!("cargo metadata: {e}"))?;
     if !out.status.success() {

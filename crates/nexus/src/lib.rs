@@ -195,6 +195,18 @@ impl std::fmt::Debug for Child {
 }
 
 impl Child {
+    fn from_spec(c: ChildSpec) -> Arc<Child> {
+        Arc::new(Child {
+            name: c.name,
+            dev: c.dev,
+            state: Mutex::new(if c.healthy {
+                ChildState::Online
+            } else {
+                ChildState::OutOfSync
+            }),
+            inflight: AtomicUsize::new(0),
+        })
+    }
     fn state(&self) -> ChildState {
         self.state.lock().expect("child state").clone()
     }
@@ -304,6 +316,68 @@ impl std::fmt::Debug for ChildSpec {
     }
 }
 
+/// Checks what a nexus is created over: at least one child, one recorded healthy, no name
+/// twice, every child large enough for `size`, which must be a multiple of the largest
+/// block size. Returns that block size.
+fn check_children(size: u64, children: &[ChildSpec]) -> Result<u32, NexusError> {
+    if children.is_empty() {
+        return Err(NexusError::Invalid(
+            "a nexus needs at least one child".into(),
+        ));
+    }
+    if !children.iter().any(|c| c.healthy) {
+        return Err(NexusError::Invalid(
+            "no child is recorded healthy: none can be the source of the others".into(),
+        ));
+    }
+    for (i, c) in children.iter().enumerate() {
+        if children[..i].iter().any(|o| o.name == c.name) {
+            return Err(NexusError::Invalid(format!(
+                "child {:?} given twice",
+                c.name
+            )));
+        }
+    }
+    let block_size = children
+        .iter()
+        .map(|c| c.dev.geometry().block_size)
+        .max()
+        .unwrap_or(512);
+    if size == 0 || !size.is_multiple_of(block_size as u64) {
+        return Err(NexusError::Invalid(format!(
+            "size must be a non-zero multiple of {block_size}"
+        )));
+    }
+    for c in children {
+        let have = c.dev.geometry().size();
+        if have < size {
+            return Err(NexusError::Invalid(format!(
+                "child {:?} has {have} bytes, the nexus needs {size}",
+                c.name
+            )));
+        }
+    }
+    Ok(block_size)
+}
+
+/// What the nexus offers: flush, FUA and block status always; unmap and write-zeroes when
+/// every child has them.
+fn combined_capabilities(children: &[ChildSpec]) -> Capabilities {
+    children
+        .iter()
+        .map(|c| c.dev.capabilities())
+        .fold(Capabilities::default(), |a, c| Capabilities {
+            flush: true,
+            fua: true,
+            unmap: c.unmap && (a.unmap || a == Capabilities::default()),
+            write_zeroes: c.write_zeroes && (a.write_zeroes || a == Capabilities::default()),
+            fast_zero: false,
+            block_status: true,
+            read_only: false,
+            rotational: false,
+        })
+}
+
 impl Nexus {
     /// A nexus of `size` bytes over `children`, with its dirty-region log on `drl_store`
     /// (`None`: memory only, so it does not survive a restart). At least one child must be
@@ -317,58 +391,8 @@ impl Nexus {
         drl_store: Option<Device>,
         opts: NexusOptions,
     ) -> Result<Arc<Nexus>, NexusError> {
-        if children.is_empty() {
-            return Err(NexusError::Invalid(
-                "a nexus needs at least one child".into(),
-            ));
-        }
-        if !children.iter().any(|c| c.healthy) {
-            return Err(NexusError::Invalid(
-                "no child is recorded healthy: none can be the source of the others".into(),
-            ));
-        }
-        for (i, c) in children.iter().enumerate() {
-            if children[..i].iter().any(|o| o.name == c.name) {
-                return Err(NexusError::Invalid(format!(
-                    "child {:?} given twice",
-                    c.name
-                )));
-            }
-        }
-        let block_size = children
-            .iter()
-            .map(|c| c.dev.geometry().block_size)
-            .max()
-            .unwrap_or(512);
-        if size == 0 || !size.is_multiple_of(block_size as u64) {
-            return Err(NexusError::Invalid(format!(
-                "size must be a non-zero multiple of {block_size}"
-            )));
-        }
-        for c in &children {
-            let have = c.dev.geometry().size();
-            if have < size {
-                return Err(NexusError::Invalid(format!(
-                    "child {:?} has {have} bytes, the nexus needs {size}",
-                    c.name
-                )));
-            }
-        }
-        let caps =
-            children
-                .iter()
-                .map(|c| c.dev.capabilities())
-                .fold(Capabilities::default(), |a, c| Capabilities {
-                    flush: true,
-                    fua: true,
-                    unmap: c.unmap && (a.unmap || a == Capabilities::default()),
-                    write_zeroes: c.write_zeroes
-                        && (a.write_zeroes || a == Capabilities::default()),
-                    fast_zero: false,
-                    block_status: true,
-                    read_only: false,
-                    rotational: false,
-                });
+        let block_size = check_children(size, &children)?;
+        let caps = combined_capabilities(&children);
         let max_io = children
             .iter()
             .map(|c| c.dev.geometry().max_io)
@@ -393,23 +417,7 @@ impl Nexus {
             max_io,
             caps,
             opts,
-            children: Mutex::new(
-                children
-                    .into_iter()
-                    .map(|c| {
-                        Arc::new(Child {
-                            name: c.name,
-                            dev: c.dev,
-                            state: Mutex::new(if c.healthy {
-                                ChildState::Online
-                            } else {
-                                ChildState::OutOfSync
-                            }),
-                            inflight: AtomicUsize::new(0),
-                        })
-                    })
-                    .collect(),
-            ),
+            children: Mutex::new(children.into_iter().map(Child::from_spec).collect()),
             drl,
             locks: RangeLocks::default(),
             epoch: AtomicU64::new(0),
@@ -419,33 +427,48 @@ impl Nexus {
             closed: AtomicBool::new(false),
             active: AtomicUsize::new(0),
         };
-        // Claim the children for this incarnation before anything is written.
-        for c in nexus.snapshot() {
-            if let Err(e) = nexus.fence_child(&c).await {
+        nexus.claim_children().await?;
+        nexus.settle_sources()?;
+        nexus.drl.save().await?;
+        nexus.publish_first_record();
+        Ok(Arc::new(nexus))
+    }
+
+    /// Claims every child for this incarnation before anything is written; a child that
+    /// cannot be claimed is faulted. Fails when no child in sync is left.
+    async fn claim_children(&self) -> Result<(), NexusError> {
+        for c in self.snapshot() {
+            if let Err(e) = self.fence_child(&c).await {
                 *c.state.lock().expect("child state") = ChildState::Faulted {
                     reason: format!("fencing failed: {e}"),
                 };
             }
         }
-        if !nexus.snapshot().iter().any(|c| c.online()) {
+        if !self.snapshot().iter().any(|c| c.online()) {
             return Err(NexusError::Invalid(
                 "no child in sync could be fenced for this incarnation".into(),
             ));
         }
+        Ok(())
+    }
+
+    /// Decides which children may be read from: not those the log records as away, and
+    /// after an unclean shutdown only the first healthy one until the others are rebuilt.
+    fn settle_sources(&self) -> Result<(), NexusError> {
         // An out-of-sync child the loaded log covers copies only the dirty regions; one it
         // does not cover (never in this nexus, or the log was lost) needs a full copy, so it
         // must not be added now: the log would only know the writes from now on.
         // The log is the durable record of who is out of sync: it is saved before any write
         // that a retired child missed is acknowledged. A child it lists as away is never
         // taken as healthy, whatever the caller says, so it is never a rebuild source.
-        for name in nexus.drl.absent() {
-            if let Some(c) = nexus.child(&name)
+        for name in self.drl.absent() {
+            if let Some(c) = self.child(&name)
                 && c.online()
             {
                 *c.state.lock().expect("child state") = ChildState::OutOfSync;
             }
         }
-        if !nexus.snapshot().iter().any(|c| c.online()) {
+        if !self.snapshot().iter().any(|c| c.online()) {
             return Err(NexusError::Invalid(
                 "the dirty-region log records every child given as healthy as out of sync: \
                  none can be the source of the others"
@@ -455,28 +478,30 @@ impl Nexus {
         // After an unclean shutdown the healthy children may differ where writes were in
         // flight (never acknowledged, landed on some only): the first is the source, the
         // others are rebuilt from it before they serve reads.
-        if nexus.opts.unclean_shutdown {
-            for c in nexus.snapshot().iter().filter(|c| c.online()).skip(1) {
+        if self.opts.unclean_shutdown {
+            for c in self.snapshot().iter().filter(|c| c.online()).skip(1) {
                 *c.state.lock().expect("child state") = ChildState::OutOfSync;
             }
         }
-        nexus.drl.save().await?;
-        // The first record: the store learns that this incarnation runs (a crash from now on
-        // is unclean) and which children it uses, before any write is acknowledged.
-        if let Some(h) = &nexus.health {
+        Ok(())
+    }
+
+    /// The first record: the store learns that this incarnation runs (a crash from now on
+    /// is unclean) and which children it uses, before any write is acknowledged.
+    fn publish_first_record(&self) {
+        if let Some(h) = &self.health {
             let mut st = h.st.lock().expect("health");
-            let healthy = nexus.online_names();
+            let healthy = self.online_names();
             st.generation += 1;
             st.recorded = healthy.clone();
             h.required.store(st.generation, Ordering::SeqCst);
             h.sink.publish(HealthRecord {
-                nexus: nexus.name.clone(),
+                nexus: self.name.clone(),
                 generation: st.generation,
                 healthy,
                 clean: false,
             });
         }
-        Ok(Arc::new(nexus))
     }
 
     /// The nexus's name.
