@@ -384,9 +384,9 @@ pub enum PoolCommand {
     ///
     /// `ballast pool check NAME` checks an online pool through the engine.
     /// `ballast pool check --offline URI` checks the pool on a device no
-    /// engine is using, by running `ballast-engine --pool-check URI` (the
-    /// binary next to `ballast`, else from PATH): exit status 0 clean, 1
-    /// problems found, 2 the pool cannot be imported (the damage is named).
+    /// engine is using, in this process (the device opened read-only): exit
+    /// status 0 clean, 1 problems found, 2 the pool cannot be imported (the
+    /// damage is named).
     #[command(group(clap::ArgGroup::new("what").required(true).args(["name", "offline"])))]
     Check {
         /// Name of an online pool.

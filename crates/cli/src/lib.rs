@@ -62,7 +62,8 @@ pub enum CliError {
         /// Exit status.
         code: u8,
     },
-    /// A local command (the offline pool check) could not be run.
+    /// A command failed before or without asking the engine (bad arguments, a file that
+    /// cannot be read or written).
     Local(String),
 }
 
@@ -137,52 +138,22 @@ fn call_error(url: &str, status: tonic::Status) -> CliError {
     }
 }
 
-/// The `ballast-engine` binary: next to the running `ballast`, else `ballast-engine` from
-/// `PATH`.
-pub fn engine_binary() -> std::path::PathBuf {
-    let name = "ballast-engine";
-    if let Ok(exe) = std::env::current_exe()
-        && let Some(dir) = exe.parent()
-    {
-        let p = dir.join(name);
-        if p.is_file() {
-            return p;
-        }
-    }
-    std::path::PathBuf::from(name)
-}
-
-/// `ballast pool check --offline URI`: runs `ballast-engine --pool-check URI` and relays its
-/// output and exit status.
+/// `ballast pool check --offline URI`: checks the pool on the device(s) in this process
+/// (`pool::check`, read-only, on a private reactor) and prints its report; the exit status
+/// says the verdict (0 clean, 1 problems, 2 damaged).
 pub fn offline_check(uri: &str) -> Result<String, CliError> {
-    let bin = engine_binary();
-    let out = std::process::Command::new(&bin)
-        .arg("--pool-check")
-        .arg(uri)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(|e| CliError::Local(format!("cannot run {}: {e}", bin.display())))?;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    match out.status.code() {
-        Some(0) => {
+    let report = pool::check::check_offline(uri);
+    let (stdout, stderr) = report.render();
+    match report.verdict().exit_status() {
+        0 => {
             // Warnings (if any) still reach the operator.
             eprint!("{stderr}");
             Ok(stdout)
         }
-        Some(code) => Err(CliError::Exit {
+        code => Err(CliError::Exit {
             stdout,
             stderr,
-            code: u8::try_from(code).unwrap_or(1).max(1),
-        }),
-        None => Err(CliError::Exit {
-            stdout,
-            stderr: format!(
-                "{stderr}error: {} was killed ({})\n",
-                bin.display(),
-                out.status
-            ),
-            code: 2,
+            code,
         }),
     }
 }
