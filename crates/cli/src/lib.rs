@@ -382,6 +382,7 @@ pub async fn run(cli: &Cli) -> Result<String, CliError> {
             name,
             devices,
             cluster_size,
+            force,
         }) => {
             let cluster_size = match cluster_size {
                 None => 0,
@@ -394,6 +395,7 @@ pub async fn run(cli: &Cli) -> Result<String, CliError> {
                 device: devices[0].clone(),
                 cluster_size,
                 devices: devices[1..].to_vec(),
+                force: *force,
             };
             let p = client.create_pool(req).await.map_err(err)?.into_inner();
             if json {

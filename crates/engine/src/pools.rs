@@ -626,12 +626,15 @@ impl EngineState {
         })
     }
 
-    /// Formats `devices` (one or several, concatenated in this order) as pool `name`.
+    /// Formats `devices` (one or several, concatenated in this order) as pool `name`. A
+    /// device whose head is not blank (`pool::blank`: a signature or any data in its first
+    /// 1 MiB) is refused unless `force`; one holding a pool is refused either way.
     pub async fn create_pool(
         &self,
         name: &str,
         devices: &[String],
         cluster_size: u32,
+        force: bool,
     ) -> Result<PoolStatus, MgmtError> {
         let _op = self.pool_ops.lock().await;
         check_pool_name(name)?;
@@ -652,7 +655,10 @@ impl EngineState {
                 return Err(MgmtError::Invalid(format!("device {d:?} is given twice")));
             }
             busy.push(self.claim_device(d, false)?);
-            self.require_blank(d).await?;
+            self.require_no_pool(d).await?;
+            if !force {
+                self.require_blank(d).await?;
+            }
         }
         let devs: Vec<Device> = devices
             .iter()
@@ -680,8 +686,25 @@ impl EngineState {
         self.pool_status(name)
     }
 
-    /// Fails unless `device` holds no pool superblock.
+    /// Fails unless `device`'s first 1 MiB is all zeroes, naming what it holds (a file
+    /// system, a partition table, data).
     async fn require_blank(&self, device: &str) -> Result<(), MgmtError> {
+        let dev: Device = self.device_of(device)?;
+        let found = self.reactors[0]
+            .call(move || async move { pool::blank::probe(&dev).await })
+            .await
+            .map_err(|e| MgmtError::Device(format!("device {device:?}: {e}")))?;
+        match found {
+            None => Ok(()),
+            Some(what) => Err(MgmtError::Busy(format!(
+                "device {device:?} is not blank: {what}; formatting it would destroy that. \
+                 Pass --force (gRPC: force) to format it anyway"
+            ))),
+        }
+    }
+
+    /// Fails unless `device` holds no pool superblock.
+    async fn require_no_pool(&self, device: &str) -> Result<(), MgmtError> {
         let dev: Device = self.device_of(device)?;
         let copies = self.reactors[0]
             .call(move || async move { SuperblockCopies::read(&dev).await })
@@ -696,7 +719,7 @@ impl EngineState {
         };
         Err(MgmtError::Exists(format!(
             "device {device:?} already holds {what}; import it with `ballast pool import \
-             {device}`, or zero its first 8 KiB to reuse the device"
+             {device}`, or zero its first 1 MiB to reuse the device"
         )))
     }
 

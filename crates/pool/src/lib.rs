@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod assemble;
+pub mod blank;
 pub mod check;
 pub mod codec;
 pub mod crc;

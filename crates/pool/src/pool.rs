@@ -663,11 +663,25 @@ impl Pool {
     }
 
     /// Erases the pool on `dev`: both superblock copies are zeroed and flushed, so the device
-    /// no longer holds a pool (its data is not erased). The pool must not be open. Wipe every
-    /// member of a pool that spans several devices.
+    /// no longer holds a pool, then the rest of its head ([`crate::blank::HEAD_BYTES`]), so
+    /// the device is blank again for `pool create` ([`crate::blank::probe`]). The data
+    /// beyond is not erased. The pool must not be open. Wipe every member of a pool that
+    /// spans several devices.
     pub async fn wipe(dev: &Device) -> Result<(), PoolError> {
         write_at(dev, 0, &[0u8; 2 * SUPERBLOCK_SIZE]).await?;
         dev.flush().await?;
+        let bs = dev.geometry().block_size.max(1) as u64;
+        let head = (crate::blank::HEAD_BYTES as u64).min(dev.geometry().size() / bs * bs);
+        let sb = (2 * SUPERBLOCK_SIZE as u64).next_multiple_of(bs);
+        if head > sb {
+            dev.write(
+                sb,
+                IoBuf::zeroed((head - sb) as usize),
+                WriteFlags::default(),
+            )
+            .await?;
+            dev.flush().await?;
+        }
         Ok(())
     }
 
