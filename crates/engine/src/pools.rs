@@ -218,7 +218,13 @@ pub fn pool_error(what: &str, e: PoolError) -> MgmtError {
         | PoolError::NoCheckpoint(_)
         | PoolError::Members(_)
         | PoolError::Failed(_)) => MgmtError::Busy(format!("{what}: {e}")),
-        e => MgmtError::Device(format!("{what}: {e}")),
+        e @ (PoolError::Device(_)
+        | PoolError::Meta(
+            MetaError::NoVolume(_)
+            | MetaError::IdTaken(_)
+            | MetaError::OutOfRange
+            | MetaError::Corrupt(_),
+        )) => MgmtError::Device(format!("{what}: {e}")),
     }
 }
 
