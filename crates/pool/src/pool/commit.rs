@@ -18,6 +18,7 @@ impl Pool {
         let freed = st.meta.apply(&rec)?;
         st.seq += 1;
         let seq = st.seq;
+        self.applied.store(seq, Ordering::Release);
         st.freed_pending.extend(freed.into_iter().map(|c| (c, seq)));
         st.pending.push(rec);
         Ok(())
@@ -108,13 +109,14 @@ impl Pool {
             None => st.journal_used += encoded.len() as u64,
         }
         st.durable_seq = last_seq;
+        self.durable.store(last_seq, Ordering::Release);
         st.freed_pending.retain(|_, &mut s| s > last_seq);
         Ok(())
     }
 
     /// Flushes every member device.
     pub(super) async fn flush_data(&self) -> Result<(), BlockError> {
-        let devs = self.layout.read().expect("layout lock").devs.clone();
+        let devs = self.devices();
         if let [only] = &devs[..] {
             return only.flush().await;
         }
@@ -162,8 +164,9 @@ impl Pool {
         Ok(())
     }
 
-    /// Whether metadata changes are waiting for a commit.
+    /// Whether applied metadata changes are not durable yet: waiting for a commit, or in
+    /// one that has not finished. Takes no lock.
     pub fn has_pending(&self) -> bool {
-        !self.state.lock().expect("pool lock").pending.is_empty()
+        self.not_durable()
     }
 }

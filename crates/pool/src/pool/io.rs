@@ -5,13 +5,13 @@ use std::sync::atomic::Ordering;
 use std::task::Poll;
 
 use blockdev::{
-    BlockDevice, BlockError, Capabilities, ErrorKind, Extent, ExtentState, Geometry, IoBuf,
+    BlockDevice, BlockError, Capabilities, Device, ErrorKind, Extent, ExtentState, Geometry, IoBuf,
     IoFuture, IoKind, WriteFlags, ZeroFlags, check_range,
 };
 
 use crate::meta::{Mapping, Record};
 
-use super::{Layout, PieceFuture, Pool, Run, join_all, push_run};
+use super::{PieceFuture, Pool, Run, join_all, push_run};
 
 /// A volume or snapshot of a pool, as a block device.
 pub struct PoolVolume {
@@ -47,29 +47,60 @@ impl Drop for BusyGuard<'_> {
     }
 }
 
+/// What [`PoolVolume::probe`] found.
+struct Probe {
+    /// The volume's size in bytes.
+    size: u64,
+    mapping: Mapping,
+    /// The mapped cluster's reference count (0 for a hole).
+    rc: u32,
+    /// For data: the member device and byte offset of the cluster.
+    data: Option<(Device, u64)>,
+}
+
+impl Probe {
+    /// Where to write in place: the cluster is data this volume alone references.
+    fn owned(self) -> Option<(Device, u64)> {
+        self.data.filter(|_| self.rc == 1)
+    }
+}
+
 impl PoolVolume {
     fn size(&self) -> u64 {
         let st = self.pool.state.lock().expect("pool lock");
         st.meta.volumes.get(&self.id).map(|v| v.size).unwrap_or(0)
     }
 
-    /// The volume's size and logical cluster `index`'s mapping and reference count, under one
-    /// lock.
-    fn probe(&self, index: u64) -> Result<(u64, Mapping, u32), BlockError> {
+    /// Everything the I/O path needs to know about logical cluster `index`, under one lock:
+    /// the volume's size, the cluster's mapping and reference count, and where its data lies
+    /// (member device and byte offset) when it is mapped to data.
+    fn probe(&self, index: u64) -> Result<Probe, BlockError> {
         let st = self.pool.state.lock().expect("pool lock");
         let v = st
             .meta
             .volumes
             .get(&self.id)
             .ok_or_else(|| BlockError::new(ErrorKind::Gone, IoKind::Read, 0, 0))?;
-        let m = Mapping::decode(v.map.get(index as usize).copied().unwrap_or(0));
-        let rc = m.cluster().map(|c| st.meta.refcount(c)).unwrap_or(0);
-        Ok((v.size, m, rc))
+        let mapping = Mapping::decode(v.map.get(index as usize).copied().unwrap_or(0));
+        let rc = mapping.cluster().map(|c| st.meta.refcount(c)).unwrap_or(0);
+        let data = match mapping {
+            Mapping::Data(c) => {
+                let (dev, off) = st.layout.locate(c);
+                Some((dev.clone(), off))
+            }
+            Mapping::Hole | Mapping::Zero(_) => None,
+        };
+        Ok(Probe {
+            size: v.size,
+            mapping,
+            rc,
+            data,
+        })
     }
 
     /// Logical cluster `index`'s mapping and reference count.
     fn mapping(&self, index: u64) -> Result<(Mapping, u32), BlockError> {
-        self.probe(index).map(|(_, m, rc)| (m, rc))
+        self.probe(index).map(|p| (p.mapping, p.rc))
     }
 
     /// The logical cluster and offset within it, when `[offset, offset+len)` is non-empty
@@ -126,25 +157,25 @@ impl PoolVolume {
         let len = buf.len() as u64;
         if let Some((index, within)) = self.single_cluster(offset, len) {
             // Fast path: one cluster, one lock, read straight into the caller's buffer.
-            let (size, m, _) = self.probe(index)?;
-            check_range(&self.geometry_for(size), IoKind::Read, offset, len)?;
-            if let Mapping::Data(c) = m {
-                let (dev, off) = self.pool.locate(c);
+            let p = self.probe(index)?;
+            check_range(&self.geometry_for(p.size), IoKind::Read, offset, len)?;
+            if let Some((dev, off)) = p.data {
                 return dev.read(off + within, buf).await;
             }
         }
-        check_range(&self.geometry(), IoKind::Read, offset, len)?;
         // Allocated clusters that lie next to each other on one member are read as one run;
         // runs are read concurrently. A request that is one run reads straight into `buf`.
-        let layout = self.pool.layout();
+        // The size check, the map and the layout are read under one lock.
         let mut runs: Vec<Run> = Vec::new();
-        {
+        let layout = {
             let st = self.pool.state.lock().expect("pool lock");
             let v = st
                 .meta
                 .volumes
                 .get(&self.id)
                 .ok_or_else(|| BlockError::new(ErrorKind::Gone, IoKind::Read, offset, len))?;
+            check_range(&self.geometry_for(v.size), IoKind::Read, offset, len)?;
+            let layout = st.layout.clone();
             for (index, within, at, n) in self.pieces(offset, len) {
                 let (at, n) = (at as usize, n as usize);
                 match Mapping::decode(v.map.get(index as usize).copied().unwrap_or(0)) {
@@ -155,7 +186,8 @@ impl PoolVolume {
                     }
                 }
             }
-        }
+            layout
+        };
         if let [r] = &runs[..]
             && r.len == buf.len()
         {
@@ -175,25 +207,32 @@ impl PoolVolume {
         Ok(buf)
     }
 
-    /// Where the whole of `[offset, offset+len)` lies when every cluster of it is owned by
-    /// this volume alone and they are contiguous on one member: (member, byte offset).
-    fn owned_run(&self, layout: &Layout, offset: u64, len: u64) -> Option<(usize, u64)> {
+    /// Checks that `[offset, offset+len)` lies inside the volume and finds where the whole of
+    /// it lies when every cluster of it is owned by this volume alone and they are contiguous
+    /// on one member: (member device, byte offset). One lock.
+    fn owned_run(&self, offset: u64, len: u64) -> Result<Option<(Device, u64)>, BlockError> {
         let st = self.pool.state.lock().expect("pool lock");
-        let v = st.meta.volumes.get(&self.id)?;
+        let size = st.meta.volumes.get(&self.id).map_or(0, |v| v.size);
+        check_range(&self.geometry_for(size), IoKind::Write, offset, len)?;
+        let Some(v) = st.meta.volumes.get(&self.id) else {
+            return Ok(None);
+        };
         let mut runs: Vec<Run> = Vec::new();
         for (index, within, at, n) in self.pieces(offset, len) {
             match Mapping::decode(v.map.get(index as usize).copied().unwrap_or(0)) {
                 Mapping::Data(c) if st.meta.refcount(c) == 1 => {
-                    let (member, off) = layout.locate_member(c);
+                    let (member, off) = st.layout.locate_member(c);
                     push_run(&mut runs, at as usize, n as usize, member, off + within);
                 }
-                _ => return None,
+                _ => return Ok(None),
             }
             if runs.len() > 1 {
-                return None;
+                return Ok(None);
             }
         }
-        runs.first().map(|r| (r.member, r.dev_off))
+        Ok(runs
+            .first()
+            .map(|r| (st.layout.devs[r.member].clone(), r.dev_off)))
     }
 
     /// Writes one piece inside logical cluster `index`.
@@ -206,21 +245,21 @@ impl PoolVolume {
     ) -> Result<(), BlockError> {
         let cs = self.pool.sb.cluster_size as u64;
         let err = |k| BlockError::new(k, IoKind::Write, index * cs + within, data.len() as u64);
-        let in_place = |c: u64| async move {
-            let (dev, off) = self.pool.locate(c);
+        let in_place = |(dev, off): (Device, u64)| async move {
             dev.write(off + within, IoBuf::from_slice(data), WriteFlags { fua })
                 .await
                 .map(drop)
         };
-        if let (Mapping::Data(c), 1) = self.mapping(index)? {
+        if let Some(at) = self.probe(index)?.owned() {
             // Owned cluster: in place.
-            return in_place(c).await;
+            return in_place(at).await;
         }
         let _guard = self.lock_cluster(index).await;
         // Re-read the mapping: another writer may have allocated it meanwhile.
-        let (m, rc) = self.mapping(index)?;
-        if let (Mapping::Data(c), 1) = (m, rc) {
-            return in_place(c).await;
+        let p = self.probe(index)?;
+        let (m, rc) = (p.mapping, p.rc);
+        if let Some(at) = p.owned() {
+            return in_place(at).await;
         }
         // Build the whole new cluster: the old contents (zeroes, or the shared cluster's data
         // for copy-on-write) with the new piece on top.
@@ -286,15 +325,15 @@ impl PoolVolume {
         let len = buf.len() as u64;
         if let Some((index, within)) = self.single_cluster(offset, len) {
             // Fast path: one cluster this volume owns alone, written in place from the
-            // caller's buffer (one lock for the size check and the lookup).
-            let (size, m, rc) = self.probe(index)?;
-            check_range(&self.geometry_for(size), IoKind::Write, offset, len)?;
-            if let (Mapping::Data(c), 1) = (m, rc) {
-                let (dev, off) = self.pool.locate(c);
+            // caller's buffer (one lock for the size check, the lookup and its place).
+            let p = self.probe(index)?;
+            check_range(&self.geometry_for(p.size), IoKind::Write, offset, len)?;
+            if let Some((dev, off)) = p.owned() {
                 let buf = dev.write(off + within, buf, flags).await?;
                 // FUA promises the data survives a crash, so the mapping that leads to it
-                // must too: commit if any metadata is still pending.
-                if flags.fua && self.pool.has_pending() {
+                // must too: commit if any metadata is not durable yet (a commit in flight
+                // included: commit() waits for it).
+                if flags.fua && self.pool.not_durable() {
                     self.pool
                         .commit()
                         .await
@@ -303,12 +342,10 @@ impl PoolVolume {
                 return Ok(buf);
             }
         }
-        check_range(&self.geometry(), IoKind::Write, offset, len)?;
         // Clusters this volume owns, contiguous on one member: one write, in place.
-        let layout = self.pool.layout();
-        if let Some((member, off)) = self.owned_run(&layout, offset, len) {
-            let buf = layout.devs[member].write(off, buf, flags).await?;
-            if flags.fua && self.pool.has_pending() {
+        if let Some((dev, off)) = self.owned_run(offset, len)? {
+            let buf = dev.write(off, buf, flags).await?;
+            if flags.fua && self.pool.not_durable() {
                 self.pool
                     .commit()
                     .await

@@ -1,8 +1,8 @@
 //! The pool as a whole: formatting, import, wipe, grow and labels.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use blockdev::{Device, IoBuf, WriteFlags};
 
@@ -143,10 +143,12 @@ impl Pool {
         journal_next: u64,
         slot: u8,
     ) -> Pool {
+        let layout = Arc::new(Layout::new(devs, &sb));
         Pool {
-            dev: devs[0].clone(),
-            layout: RwLock::new(Arc::new(Layout::new(devs, &sb))),
+            dev: layout.devs[0].clone(),
             current: Mutex::new(sb.clone()),
+            applied: AtomicU64::new(seq),
+            durable: AtomicU64::new(seq),
             sb,
             warnings: Vec::new(),
             failed: AtomicBool::new(false),
@@ -168,6 +170,7 @@ impl Pool {
                 waiters: Waiters(Vec::new()),
                 committing: false,
                 failure: None,
+                layout,
             }),
         }
     }
@@ -266,7 +269,7 @@ impl Pool {
         let cs = self.sb.cluster_size as u64;
         let mut sb = self.superblock();
         let old_clusters = sb.total_clusters;
-        let mut devs = self.layout.read().expect("layout lock").devs.clone();
+        let mut devs = self.devices();
         if devs.len() + new_devices.len() > MAX_DEVICES {
             return Err(PoolError::Invalid(format!(
                 "a pool has at most {MAX_DEVICES} devices"
@@ -333,7 +336,7 @@ impl Pool {
         let layout = Arc::new(Layout::new(devs, &sb));
         let mut st = self.state.lock().expect("pool lock");
         st.meta.grow(sb.total_clusters);
-        *self.layout.write().expect("layout lock") = layout;
+        st.layout = layout;
         Ok(GrowReport {
             old_clusters,
             new_clusters: sb.total_clusters,
@@ -363,7 +366,7 @@ impl Pool {
             )));
         }
         sb.generation += 1;
-        let devs = self.layout.read().expect("layout lock").devs.clone();
+        let devs = self.devices();
         self.rewrite_superblocks(&devs, &sb).await
     }
 }

@@ -10,8 +10,8 @@
 //!   copy-on-write writes, write-zeroes, block status.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
 
 use blockdev::{BlockError, Device, IoBuf, WriteFlags};
@@ -128,6 +128,9 @@ struct State {
     committing: bool,
     /// Why the pool went read-only (a metadata write failed), if it did.
     failure: Option<String>,
+    /// Where clusters live. Under this lock with the maps, so the I/O path finds a cluster's
+    /// mapping and its place on a member in one lock; replaced whole by a grow.
+    layout: Arc<Layout>,
 }
 
 /// Where clusters live: the member devices and the segments in pool order.
@@ -210,8 +213,12 @@ pub struct Pool {
     /// metadata areas) never change. The current one (grown, relabelled) is `current`.
     sb: Superblock,
     current: Mutex<Superblock>,
-    layout: RwLock<Arc<Layout>>,
     state: Mutex<State>,
+    /// The sequence number of the last record applied (`State::seq`) and of the last durable
+    /// one (`State::durable_seq`), readable without the lock: a FUA write finds out whether
+    /// it must commit without taking it.
+    applied: AtomicU64,
+    durable: AtomicU64,
     warnings: Vec<String>,
     /// A metadata write failed: writes and changes are refused (`State::failure` says why).
     failed: AtomicBool,
@@ -498,15 +505,21 @@ impl Pool {
         guard
     }
 
-    fn layout(&self) -> Arc<Layout> {
-        self.layout.read().expect("layout lock").clone()
+    /// The member devices, in order.
+    fn devices(&self) -> Vec<Device> {
+        self.state.lock().expect("pool lock").layout.devs.clone()
     }
 
     /// The member device and byte offset of cluster `c`.
     fn locate(&self, c: u64) -> (Device, u64) {
-        let l = self.layout.read().expect("layout lock");
-        let (d, off) = l.locate(c);
+        let st = self.state.lock().expect("pool lock");
+        let (d, off) = st.layout.locate(c);
         (d.clone(), off)
+    }
+
+    /// Whether some applied metadata is not durable yet (pending, or being committed).
+    fn not_durable(&self) -> bool {
+        self.applied.load(Ordering::Acquire) > self.durable.load(Ordering::Acquire)
     }
 }
 
