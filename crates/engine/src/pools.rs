@@ -17,7 +17,7 @@ use blockdev::{
 use pool::assemble::{Found, scan};
 use pool::meta::MetaError;
 use pool::pool::{CreateOptions, Pool, PoolError, VolumeInfo};
-use pool::superblock::{SUPERBLOCK_SIZE, Superblock, SuperblockError};
+use pool::superblock::{Superblock, SuperblockError};
 
 use crate::{DeviceEntry, EngineState, MgmtError};
 
@@ -141,24 +141,12 @@ pub struct SuperblockCopies {
 }
 
 impl SuperblockCopies {
-    /// Reads both copies.
+    /// Reads both copies (`pool::check::read_copies`).
     pub async fn read(dev: &Device) -> Result<SuperblockCopies, String> {
-        let bs = dev.geometry().block_size.max(1) as usize;
-        let len = (2 * SUPERBLOCK_SIZE).next_multiple_of(bs);
-        if dev.geometry().size() < len as u64 {
-            let e = || Err(SuperblockError::NotAPool);
-            return Ok(SuperblockCopies { copies: [e(), e()] });
-        }
-        let buf = dev
-            .read(0, IoBuf::zeroed(len))
+        pool::check::read_copies(dev)
             .await
-            .map_err(|e| format!("cannot read the superblocks: {e}"))?;
-        Ok(SuperblockCopies {
-            copies: [
-                Superblock::decode(&buf[..SUPERBLOCK_SIZE]),
-                Superblock::decode(&buf[SUPERBLOCK_SIZE..2 * SUPERBLOCK_SIZE]),
-            ],
-        })
+            .map(|copies| SuperblockCopies { copies })
+            .map_err(|e| format!("cannot read the superblocks: {e}"))
     }
 
     /// True when neither copy looks like a pool superblock at all.
