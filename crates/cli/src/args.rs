@@ -300,7 +300,10 @@ pub enum PoolCommand {
     /// Everything on them is lost.
     ///
     /// Each DEVICE is an engine device (see `ballast device list`) that is
-    /// neither exported nor holding a pool already. The first holds the
+    /// neither exported nor holding a pool already, and whose first 1 MiB is
+    /// all zeroes (a new file or disk): a device with a file system,
+    /// partition table or other signature, or any data there, is refused,
+    /// naming what was found, unless --force is given. The first holds the
     /// metadata; every one carries the pool's superblocks, so the engine finds
     /// and orders them again at start.
     Create {
@@ -314,6 +317,11 @@ pub enum PoolCommand {
         /// a whole cluster on the first write to it [default: 128KiB].
         #[arg(long, value_name = "SIZE", value_parser = parse_size)]
         cluster_size: Option<u64>,
+        /// Format the devices even if their first 1 MiB holds a file system,
+        /// partition table or other data (it is overwritten). A device that
+        /// holds a Ballast pool is refused even so.
+        #[arg(long)]
+        force: bool,
     },
 
     /// Open the pool on DEVICE and register its volumes as devices POOL/VOLUME.
@@ -384,9 +392,9 @@ pub enum PoolCommand {
     ///
     /// `ballast pool check NAME` checks an online pool through the engine.
     /// `ballast pool check --offline URI` checks the pool on a device no
-    /// engine is using, by running `ballast-engine --pool-check URI` (the
-    /// binary next to `ballast`, else from PATH): exit status 0 clean, 1
-    /// problems found, 2 the pool cannot be imported (the damage is named).
+    /// engine is using, in this process (the device opened read-only): exit
+    /// status 0 clean, 1 problems found, 2 the pool cannot be imported (the
+    /// damage is named).
     #[command(group(clap::ArgGroup::new("what").required(true).args(["name", "offline"])))]
     Check {
         /// Name of an online pool.

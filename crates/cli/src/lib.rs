@@ -62,7 +62,8 @@ pub enum CliError {
         /// Exit status.
         code: u8,
     },
-    /// A local command (the offline pool check) could not be run.
+    /// A command failed before or without asking the engine (bad arguments, a file that
+    /// cannot be read or written).
     Local(String),
 }
 
@@ -137,52 +138,22 @@ fn call_error(url: &str, status: tonic::Status) -> CliError {
     }
 }
 
-/// The `ballast-engine` binary: next to the running `ballast`, else `ballast-engine` from
-/// `PATH`.
-pub fn engine_binary() -> std::path::PathBuf {
-    let name = "ballast-engine";
-    if let Ok(exe) = std::env::current_exe()
-        && let Some(dir) = exe.parent()
-    {
-        let p = dir.join(name);
-        if p.is_file() {
-            return p;
-        }
-    }
-    std::path::PathBuf::from(name)
-}
-
-/// `ballast pool check --offline URI`: runs `ballast-engine --pool-check URI` and relays its
-/// output and exit status.
+/// `ballast pool check --offline URI`: checks the pool on the device(s) in this process
+/// (`pool::check`, read-only, on a private reactor) and prints its report; the exit status
+/// says the verdict (0 clean, 1 problems, 2 damaged).
 pub fn offline_check(uri: &str) -> Result<String, CliError> {
-    let bin = engine_binary();
-    let out = std::process::Command::new(&bin)
-        .arg("--pool-check")
-        .arg(uri)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(|e| CliError::Local(format!("cannot run {}: {e}", bin.display())))?;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    match out.status.code() {
-        Some(0) => {
+    let report = pool::check::check_offline(uri);
+    let (stdout, stderr) = report.render();
+    match report.verdict().exit_status() {
+        0 => {
             // Warnings (if any) still reach the operator.
             eprint!("{stderr}");
             Ok(stdout)
         }
-        Some(code) => Err(CliError::Exit {
+        code => Err(CliError::Exit {
             stdout,
             stderr,
-            code: u8::try_from(code).unwrap_or(1).max(1),
-        }),
-        None => Err(CliError::Exit {
-            stdout,
-            stderr: format!(
-                "{stderr}error: {} was killed ({})\n",
-                bin.display(),
-                out.status
-            ),
-            code: 2,
+            code,
         }),
     }
 }
@@ -311,7 +282,8 @@ pub async fn run(cli: &Cli) -> Result<String, CliError> {
         _ => None,
     };
     let mut client = connect(&cli.engine).await?;
-    let err = |s| call_error(&cli.engine, s);
+    let url = &cli.engine;
+    let err = |s| call_error(url, s);
     let json = cli.output == OutputFormat::Json;
     let out = match &cli.command {
         Command::Engine(EngineCommand::Info) => {
@@ -326,317 +298,11 @@ pub async fn run(cli: &Cli) -> Result<String, CliError> {
                 table::info(&info)
             }
         }
-        Command::Device(DeviceCommand::Create { name, uri }) => {
-            let req = CreateDeviceRequest {
-                name: name.clone(),
-                uri: uri.clone(),
-            };
-            let dev = client.create_device(req).await.map_err(err)?.into_inner();
-            if json {
-                json::device(&dev)
-            } else {
-                table::devices(std::slice::from_ref(&dev))
-            }
-        }
-        Command::Device(DeviceCommand::Destroy { name }) => {
-            let req = DestroyDeviceRequest { name: name.clone() };
-            client.destroy_device(req).await.map_err(err)?;
-            if json {
-                "{}".to_owned()
-            } else {
-                format!("destroyed device {name:?}\n")
-            }
-        }
-        Command::Device(DeviceCommand::List) => {
-            let list = client
-                .list_devices(ListDevicesRequest {})
-                .await
-                .map_err(err)?
-                .into_inner()
-                .devices;
-            if json {
-                json::devices(&list)
-            } else {
-                table::devices(&list)
-            }
-        }
-        Command::Export(ExportCommand::Create {
-            name,
-            device,
-            read_only,
-            protocol,
-            allow_hosts,
-        }) => {
-            let req = CreateExportRequest {
-                name: name.clone(),
-                device: device.clone(),
-                read_only: *read_only,
-                protocol: match protocol {
-                    Protocol::Nbd => "nbd".into(),
-                    Protocol::Nvmf => "nvmf".into(),
-                },
-                allowed_hosts: allow_hosts.clone(),
-            };
-            let exp = client.create_export(req).await.map_err(err)?.into_inner();
-            if json {
-                json::export(&exp)
-            } else {
-                table::exports(std::slice::from_ref(&exp))
-            }
-        }
+        Command::Device(cmd) => device_command(&mut client, cmd, json, url).await?,
+        Command::Export(cmd) => export_command(&mut client, cmd, json, url).await?,
         Command::Nvmf(cmd) => return nvmf(&mut client, cmd, json, &cli.engine).await,
-        Command::Export(ExportCommand::Destroy { name }) => {
-            let req = DestroyExportRequest { name: name.clone() };
-            client.destroy_export(req).await.map_err(err)?;
-            if json {
-                "{}".to_owned()
-            } else {
-                format!("destroyed export {name:?}\n")
-            }
-        }
-        Command::Export(ExportCommand::List) => {
-            let list = client
-                .list_exports(ListExportsRequest {})
-                .await
-                .map_err(err)?
-                .into_inner()
-                .exports;
-            if json {
-                json::exports(&list)
-            } else {
-                table::exports(&list)
-            }
-        }
-        Command::Pool(PoolCommand::Create {
-            name,
-            devices,
-            cluster_size,
-        }) => {
-            let cluster_size = match cluster_size {
-                None => 0,
-                Some(c) => u32::try_from(*c).map_err(|_| {
-                    CliError::Local(format!("cluster size {c} is too large (at most 4MiB)"))
-                })?,
-            };
-            let req = CreatePoolRequest {
-                name: name.clone(),
-                device: devices[0].clone(),
-                cluster_size,
-                devices: devices[1..].to_vec(),
-            };
-            let p = client.create_pool(req).await.map_err(err)?.into_inner();
-            if json {
-                json::pool(&p)
-            } else {
-                table::pools(std::slice::from_ref(&p))
-            }
-        }
-        Command::Pool(PoolCommand::Grow { name, add }) => {
-            let req = GrowPoolRequest {
-                name: name.clone(),
-                add_devices: add.clone(),
-            };
-            let r = client.grow_pool(req).await.map_err(err)?.into_inner();
-            let p = r.pool.unwrap_or_default();
-            if json {
-                json::pool(&p)
-            } else {
-                format!(
-                    "pool {name:?} grew from {} to {}\n{}",
-                    table::human_bytes(r.old_capacity_bytes),
-                    table::human_bytes(p.capacity_bytes),
-                    table::pools(std::slice::from_ref(&p))
-                )
-            }
-        }
-        Command::Pool(PoolCommand::Label { name, labels }) => {
-            let mut req = SetPoolLabelsRequest {
-                name: name.clone(),
-                ..Default::default()
-            };
-            for l in labels {
-                if let Some((k, v)) = l.split_once('=') {
-                    req.set.insert(k.to_string(), v.to_string());
-                } else if let Some(k) = l.strip_suffix('-') {
-                    req.remove.push(k.to_string());
-                } else {
-                    return Err(CliError::Local(format!(
-                        "label {l:?}: write KEY=VALUE to set it or KEY- to remove it"
-                    )));
-                }
-            }
-            let p = client.set_pool_labels(req).await.map_err(err)?.into_inner();
-            if json {
-                json::pool(&p)
-            } else {
-                table::pools(std::slice::from_ref(&p))
-            }
-        }
-        Command::Pool(PoolCommand::Import { device }) => {
-            let req = ImportPoolRequest {
-                device: device.clone(),
-            };
-            let p = client.import_pool(req).await.map_err(err)?.into_inner();
-            if json {
-                json::pool(&p)
-            } else {
-                table::pools(std::slice::from_ref(&p))
-            }
-        }
-        Command::Pool(PoolCommand::Close { name }) => {
-            let req = ClosePoolRequest { name: name.clone() };
-            client.close_pool(req).await.map_err(err)?;
-            if json {
-                "{}".to_owned()
-            } else {
-                format!("closed pool {name:?}\n")
-            }
-        }
-        Command::Pool(PoolCommand::Destroy { name }) => {
-            let req = DestroyPoolRequest { name: name.clone() };
-            client.destroy_pool(req).await.map_err(err)?;
-            if json {
-                "{}".to_owned()
-            } else {
-                format!("destroyed pool {name:?}\n")
-            }
-        }
-        Command::Pool(PoolCommand::List) => {
-            let list = client
-                .list_pools(ListPoolsRequest {})
-                .await
-                .map_err(err)?
-                .into_inner()
-                .pools;
-            if json {
-                json::pools(&list)
-            } else {
-                table::pools(&list)
-            }
-        }
-        Command::Pool(PoolCommand::Check { name, .. }) => {
-            let name = name.clone().unwrap_or_default();
-            let req = CheckPoolRequest { name: name.clone() };
-            let problems = client
-                .check_pool(req)
-                .await
-                .map_err(err)?
-                .into_inner()
-                .problems;
-            let out = if json {
-                json::check(&name, &problems) + "\n"
-            } else {
-                table::check(&name, &problems)
-            };
-            if !problems.is_empty() {
-                return Err(CliError::Exit {
-                    stdout: out,
-                    stderr: format!(
-                        "error: pool {name:?}: {} problem(s) found\n",
-                        problems.len()
-                    ),
-                    code: 1,
-                });
-            }
-            out
-        }
-        Command::Volume(VolumeCommand::Create {
-            pool,
-            name,
-            size,
-            thick,
-        }) => {
-            let req = CreateVolumeRequest {
-                pool: pool.clone(),
-                name: name.clone(),
-                size_bytes: *size,
-                thin: !thick,
-            };
-            let v = client.create_volume(req).await.map_err(err)?.into_inner();
-            volume_out(json, &v)
-        }
-        Command::Volume(VolumeCommand::Destroy { pool, name }) => {
-            let req = DestroyVolumeRequest {
-                pool: pool.clone(),
-                name: name.clone(),
-            };
-            client.destroy_volume(req).await.map_err(err)?;
-            if json {
-                "{}".to_owned()
-            } else {
-                format!("destroyed {name:?} of pool {pool:?}\n")
-            }
-        }
-        Command::Volume(VolumeCommand::Resize {
-            pool,
-            name,
-            size,
-            force,
-        }) => {
-            let req = ResizeVolumeRequest {
-                pool: pool.clone(),
-                name: name.clone(),
-                size_bytes: *size,
-                force: *force,
-            };
-            let v = client.resize_volume(req).await.map_err(err)?.into_inner();
-            volume_out(json, &v)
-        }
-        Command::Volume(VolumeCommand::Snapshot {
-            pool,
-            volume,
-            snapshot,
-        }) => {
-            let req = SnapshotVolumeRequest {
-                pool: pool.clone(),
-                volume: volume.clone(),
-                snapshot: snapshot.clone(),
-            };
-            let v = client.snapshot_volume(req).await.map_err(err)?.into_inner();
-            volume_out(json, &v)
-        }
-        Command::Volume(VolumeCommand::Clone {
-            pool,
-            snapshot,
-            clone,
-        }) => {
-            let req = CloneSnapshotRequest {
-                pool: pool.clone(),
-                snapshot: snapshot.clone(),
-                clone: clone.clone(),
-            };
-            let v = client.clone_snapshot(req).await.map_err(err)?.into_inner();
-            volume_out(json, &v)
-        }
-        Command::Volume(VolumeCommand::Revert {
-            pool,
-            volume,
-            snapshot,
-        }) => {
-            let req = RevertVolumeRequest {
-                pool: pool.clone(),
-                volume: volume.clone(),
-                snapshot: snapshot.clone(),
-            };
-            let v = client.revert_volume(req).await.map_err(err)?.into_inner();
-            volume_out(json, &v)
-        }
-        Command::Volume(VolumeCommand::List { pool }) => {
-            let req = ListVolumesRequest {
-                pool: pool.clone().unwrap_or_default(),
-            };
-            let list = client
-                .list_volumes(req)
-                .await
-                .map_err(err)?
-                .into_inner()
-                .volumes;
-            if json {
-                json::volumes(&list)
-            } else {
-                table::volumes(&list)
-            }
-        }
+        Command::Pool(cmd) => pool_command(&mut client, cmd, json, url).await?,
+        Command::Volume(cmd) => volume_command(&mut client, cmd, json, url).await?,
         Command::Nexus(cmd) => nexus_command(&mut client, cmd, json, stored.as_ref())
             .await
             .map_err(err)?,
@@ -658,6 +324,378 @@ pub async fn run(cli: &Cli) -> Result<String, CliError> {
         }
     };
     Ok(if out.ends_with('\n') { out } else { out + "\n" })
+}
+
+/// `ballast device ...`.
+async fn device_command(
+    client: &mut EngineClient<Channel>,
+    cmd: &DeviceCommand,
+    json: bool,
+    url: &str,
+) -> Result<String, CliError> {
+    let err = |s| call_error(url, s);
+    Ok(match cmd {
+        DeviceCommand::Create { name, uri } => {
+            let req = CreateDeviceRequest {
+                name: name.clone(),
+                uri: uri.clone(),
+            };
+            let dev = client.create_device(req).await.map_err(err)?.into_inner();
+            if json {
+                json::device(&dev)
+            } else {
+                table::devices(std::slice::from_ref(&dev))
+            }
+        }
+        DeviceCommand::Destroy { name } => {
+            let req = DestroyDeviceRequest { name: name.clone() };
+            client.destroy_device(req).await.map_err(err)?;
+            if json {
+                "{}".to_owned()
+            } else {
+                format!("destroyed device {name:?}\n")
+            }
+        }
+        DeviceCommand::List => {
+            let list = client
+                .list_devices(ListDevicesRequest {})
+                .await
+                .map_err(err)?
+                .into_inner()
+                .devices;
+            if json {
+                json::devices(&list)
+            } else {
+                table::devices(&list)
+            }
+        }
+    })
+}
+
+/// `ballast export ...`.
+async fn export_command(
+    client: &mut EngineClient<Channel>,
+    cmd: &ExportCommand,
+    json: bool,
+    url: &str,
+) -> Result<String, CliError> {
+    let err = |s| call_error(url, s);
+    Ok(match cmd {
+        ExportCommand::Create {
+            name,
+            device,
+            read_only,
+            protocol,
+            allow_hosts,
+        } => {
+            let req = CreateExportRequest {
+                name: name.clone(),
+                device: device.clone(),
+                read_only: *read_only,
+                protocol: match protocol {
+                    Protocol::Nbd => "nbd".into(),
+                    Protocol::Nvmf => "nvmf".into(),
+                },
+                allowed_hosts: allow_hosts.clone(),
+            };
+            let exp = client.create_export(req).await.map_err(err)?.into_inner();
+            if json {
+                json::export(&exp)
+            } else {
+                table::exports(std::slice::from_ref(&exp))
+            }
+        }
+        ExportCommand::Destroy { name } => {
+            let req = DestroyExportRequest { name: name.clone() };
+            client.destroy_export(req).await.map_err(err)?;
+            if json {
+                "{}".to_owned()
+            } else {
+                format!("destroyed export {name:?}\n")
+            }
+        }
+        ExportCommand::List => {
+            let list = client
+                .list_exports(ListExportsRequest {})
+                .await
+                .map_err(err)?
+                .into_inner()
+                .exports;
+            if json {
+                json::exports(&list)
+            } else {
+                table::exports(&list)
+            }
+        }
+    })
+}
+
+/// `ballast pool ...` (all but `check --offline`, which needs no engine).
+async fn pool_command(
+    client: &mut EngineClient<Channel>,
+    cmd: &PoolCommand,
+    json: bool,
+    url: &str,
+) -> Result<String, CliError> {
+    let err = |s| call_error(url, s);
+    Ok(match cmd {
+        PoolCommand::Create {
+            name,
+            devices,
+            cluster_size,
+            force,
+        } => {
+            let cluster_size = match cluster_size {
+                None => 0,
+                Some(c) => u32::try_from(*c).map_err(|_| {
+                    CliError::Local(format!("cluster size {c} is too large (at most 4MiB)"))
+                })?,
+            };
+            let req = CreatePoolRequest {
+                name: name.clone(),
+                device: devices[0].clone(),
+                cluster_size,
+                devices: devices[1..].to_vec(),
+                force: *force,
+            };
+            let p = client.create_pool(req).await.map_err(err)?.into_inner();
+            if json {
+                json::pool(&p)
+            } else {
+                table::pools(std::slice::from_ref(&p))
+            }
+        }
+        PoolCommand::Grow { name, add } => {
+            let req = GrowPoolRequest {
+                name: name.clone(),
+                add_devices: add.clone(),
+            };
+            let r = client.grow_pool(req).await.map_err(err)?.into_inner();
+            let p = r.pool.unwrap_or_default();
+            if json {
+                json::pool(&p)
+            } else {
+                format!(
+                    "pool {name:?} grew from {} to {}\n{}",
+                    table::human_bytes(r.old_capacity_bytes),
+                    table::human_bytes(p.capacity_bytes),
+                    table::pools(std::slice::from_ref(&p))
+                )
+            }
+        }
+        PoolCommand::Label { name, labels } => {
+            let req = labels_request(name, labels)?;
+            let p = client.set_pool_labels(req).await.map_err(err)?.into_inner();
+            if json {
+                json::pool(&p)
+            } else {
+                table::pools(std::slice::from_ref(&p))
+            }
+        }
+        PoolCommand::Import { device } => {
+            let req = ImportPoolRequest {
+                device: device.clone(),
+            };
+            let p = client.import_pool(req).await.map_err(err)?.into_inner();
+            if json {
+                json::pool(&p)
+            } else {
+                table::pools(std::slice::from_ref(&p))
+            }
+        }
+        PoolCommand::Close { name } => {
+            let req = ClosePoolRequest { name: name.clone() };
+            client.close_pool(req).await.map_err(err)?;
+            if json {
+                "{}".to_owned()
+            } else {
+                format!("closed pool {name:?}\n")
+            }
+        }
+        PoolCommand::Destroy { name } => {
+            let req = DestroyPoolRequest { name: name.clone() };
+            client.destroy_pool(req).await.map_err(err)?;
+            if json {
+                "{}".to_owned()
+            } else {
+                format!("destroyed pool {name:?}\n")
+            }
+        }
+        PoolCommand::List => {
+            let list = client
+                .list_pools(ListPoolsRequest {})
+                .await
+                .map_err(err)?
+                .into_inner()
+                .pools;
+            if json {
+                json::pools(&list)
+            } else {
+                table::pools(&list)
+            }
+        }
+        PoolCommand::Check { name, .. } => {
+            let name = name.clone().unwrap_or_default();
+            let req = CheckPoolRequest { name: name.clone() };
+            let problems = client
+                .check_pool(req)
+                .await
+                .map_err(err)?
+                .into_inner()
+                .problems;
+            check_verdict(&name, &problems, json)?
+        }
+    })
+}
+
+/// `ballast pool label NAME KEY=VALUE... KEY-...` as a request.
+fn labels_request(name: &str, labels: &[String]) -> Result<SetPoolLabelsRequest, CliError> {
+    let mut req = SetPoolLabelsRequest {
+        name: name.to_string(),
+        ..Default::default()
+    };
+    for l in labels {
+        if let Some((k, v)) = l.split_once('=') {
+            req.set.insert(k.to_string(), v.to_string());
+        } else if let Some(k) = l.strip_suffix('-') {
+            req.remove.push(k.to_string());
+        } else {
+            return Err(CliError::Local(format!(
+                "label {l:?}: write KEY=VALUE to set it or KEY- to remove it"
+            )));
+        }
+    }
+    Ok(req)
+}
+
+/// What `ballast pool check NAME` prints: the report, and exit status 1 when the engine
+/// found problems.
+fn check_verdict(name: &str, problems: &[String], json: bool) -> Result<String, CliError> {
+    let out = if json {
+        json::check(name, problems) + "\n"
+    } else {
+        table::check(name, problems)
+    };
+    if problems.is_empty() {
+        return Ok(out);
+    }
+    Err(CliError::Exit {
+        stdout: out,
+        stderr: format!(
+            "error: pool {name:?}: {} problem(s) found\n",
+            problems.len()
+        ),
+        code: 1,
+    })
+}
+
+/// `ballast volume ...`.
+async fn volume_command(
+    client: &mut EngineClient<Channel>,
+    cmd: &VolumeCommand,
+    json: bool,
+    url: &str,
+) -> Result<String, CliError> {
+    let err = |s| call_error(url, s);
+    Ok(match cmd {
+        VolumeCommand::Create {
+            pool,
+            name,
+            size,
+            thick,
+        } => {
+            let req = CreateVolumeRequest {
+                pool: pool.clone(),
+                name: name.clone(),
+                size_bytes: *size,
+                thin: !thick,
+            };
+            let v = client.create_volume(req).await.map_err(err)?.into_inner();
+            volume_out(json, &v)
+        }
+        VolumeCommand::Destroy { pool, name } => {
+            let req = DestroyVolumeRequest {
+                pool: pool.clone(),
+                name: name.clone(),
+            };
+            client.destroy_volume(req).await.map_err(err)?;
+            if json {
+                "{}".to_owned()
+            } else {
+                format!("destroyed {name:?} of pool {pool:?}\n")
+            }
+        }
+        VolumeCommand::Resize {
+            pool,
+            name,
+            size,
+            force,
+        } => {
+            let req = ResizeVolumeRequest {
+                pool: pool.clone(),
+                name: name.clone(),
+                size_bytes: *size,
+                force: *force,
+            };
+            let v = client.resize_volume(req).await.map_err(err)?.into_inner();
+            volume_out(json, &v)
+        }
+        VolumeCommand::Snapshot {
+            pool,
+            volume,
+            snapshot,
+        } => {
+            let req = SnapshotVolumeRequest {
+                pool: pool.clone(),
+                volume: volume.clone(),
+                snapshot: snapshot.clone(),
+            };
+            let v = client.snapshot_volume(req).await.map_err(err)?.into_inner();
+            volume_out(json, &v)
+        }
+        VolumeCommand::Clone {
+            pool,
+            snapshot,
+            clone,
+        } => {
+            let req = CloneSnapshotRequest {
+                pool: pool.clone(),
+                snapshot: snapshot.clone(),
+                clone: clone.clone(),
+            };
+            let v = client.clone_snapshot(req).await.map_err(err)?.into_inner();
+            volume_out(json, &v)
+        }
+        VolumeCommand::Revert {
+            pool,
+            volume,
+            snapshot,
+        } => {
+            let req = RevertVolumeRequest {
+                pool: pool.clone(),
+                volume: volume.clone(),
+                snapshot: snapshot.clone(),
+            };
+            let v = client.revert_volume(req).await.map_err(err)?.into_inner();
+            volume_out(json, &v)
+        }
+        VolumeCommand::List { pool } => {
+            let req = ListVolumesRequest {
+                pool: pool.clone().unwrap_or_default(),
+            };
+            let list = client
+                .list_volumes(req)
+                .await
+                .map_err(err)?
+                .into_inner()
+                .volumes;
+            if json {
+                json::volumes(&list)
+            } else {
+                table::volumes(&list)
+            }
+        }
+    })
 }
 
 async fn nexus_command(

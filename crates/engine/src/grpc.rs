@@ -480,7 +480,7 @@ impl EngineService for Service {
             .collect();
         let p = self
             .state
-            .create_pool(&r.name, &devices, r.cluster_size)
+            .create_pool(&r.name, &devices, r.cluster_size, r.force)
             .await
             .map_err(status)?;
         Ok(Response::new(pool_pb(p)))

@@ -150,12 +150,13 @@ fn block_signals() -> libc::sigset_t {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if let Some(uri) = &args.pool_check {
-        let (out, err, code) = ballast_engine::pools::offline_check(uri);
+        let report = pool::check::check_offline(uri);
+        let (out, err) = report.render();
         print!("{out}");
         eprint!("{err}");
         use std::io::Write;
         let _ = std::io::stdout().flush();
-        std::process::exit(code);
+        std::process::exit(report.verdict().exit_status().into());
     }
     if let Some(id) = &args.host_id {
         let id: initiator_nvme::HostId = id

@@ -8,14 +8,13 @@
 //! be neither exported nor destroyed, and a volume's device is destroyed only through the pool.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write as _;
 use std::sync::Arc;
 
 use blockdev::{BlockDevice, Device, IoBuf, Measured};
 use pool::assemble::{Found, scan};
 use pool::meta::MetaError;
 use pool::pool::{CreateOptions, Pool, PoolError, VolumeInfo};
-use pool::superblock::{SUPERBLOCK_SIZE, Superblock, SuperblockError};
+use pool::superblock::{Superblock, SuperblockError};
 
 use crate::named::Named;
 use crate::{DeviceEntry, EngineState, MgmtError};
@@ -140,24 +139,12 @@ pub struct SuperblockCopies {
 }
 
 impl SuperblockCopies {
-    /// Reads both copies.
+    /// Reads both copies (`pool::check::read_copies`).
     pub async fn read(dev: &Device) -> Result<SuperblockCopies, String> {
-        let bs = dev.geometry().block_size.max(1) as usize;
-        let len = (2 * SUPERBLOCK_SIZE).next_multiple_of(bs);
-        if dev.geometry().size() < len as u64 {
-            let e = || Err(SuperblockError::NotAPool);
-            return Ok(SuperblockCopies { copies: [e(), e()] });
-        }
-        let buf = dev
-            .read(0, IoBuf::zeroed(len))
+        pool::check::read_copies(dev)
             .await
-            .map_err(|e| format!("cannot read the superblocks: {e}"))?;
-        Ok(SuperblockCopies {
-            copies: [
-                Superblock::decode(&buf[..SUPERBLOCK_SIZE]),
-                Superblock::decode(&buf[SUPERBLOCK_SIZE..2 * SUPERBLOCK_SIZE]),
-            ],
-        })
+            .map(|copies| SuperblockCopies { copies })
+            .map_err(|e| format!("cannot read the superblocks: {e}"))
     }
 
     /// True when neither copy looks like a pool superblock at all.
@@ -217,7 +204,13 @@ pub fn pool_error(what: &str, e: PoolError) -> MgmtError {
         | PoolError::NoCheckpoint(_)
         | PoolError::Members(_)
         | PoolError::Failed(_)) => MgmtError::Busy(format!("{what}: {e}")),
-        e => MgmtError::Device(format!("{what}: {e}")),
+        e @ (PoolError::Device(_)
+        | PoolError::Meta(
+            MetaError::NoVolume(_)
+            | MetaError::IdTaken(_)
+            | MetaError::OutOfRange
+            | MetaError::Corrupt(_),
+        )) => MgmtError::Device(format!("{what}: {e}")),
     }
 }
 
@@ -567,12 +560,15 @@ impl EngineState {
         })
     }
 
-    /// Formats `devices` (one or several, concatenated in this order) as pool `name`.
+    /// Formats `devices` (one or several, concatenated in this order) as pool `name`. A
+    /// device whose head is not blank (`pool::blank`: a signature or any data in its first
+    /// 1 MiB) is refused unless `force`; one holding a pool is refused either way.
     pub async fn create_pool(
         &self,
         name: &str,
         devices: &[String],
         cluster_size: u32,
+        force: bool,
     ) -> Result<PoolStatus, MgmtError> {
         let _op = self.pool_ops.lock().await;
         check_pool_name(name)?;
@@ -593,7 +589,10 @@ impl EngineState {
                 return Err(MgmtError::Invalid(format!("device {d:?} is given twice")));
             }
             busy.push(self.claim_device(d, false)?);
-            self.require_blank(d).await?;
+            self.require_no_pool(d).await?;
+            if !force {
+                self.require_blank(d).await?;
+            }
         }
         let devs: Vec<Device> = devices
             .iter()
@@ -621,8 +620,25 @@ impl EngineState {
         self.pool_status(name)
     }
 
-    /// Fails unless `device` holds no pool superblock.
+    /// Fails unless `device`'s first 1 MiB is all zeroes, naming what it holds (a file
+    /// system, a partition table, data).
     async fn require_blank(&self, device: &str) -> Result<(), MgmtError> {
+        let dev: Device = self.device_of(device)?;
+        let found = self.reactors[0]
+            .call(move || async move { pool::blank::probe(&dev).await })
+            .await
+            .map_err(|e| MgmtError::Device(format!("device {device:?}: {e}")))?;
+        match found {
+            None => Ok(()),
+            Some(what) => Err(MgmtError::Busy(format!(
+                "device {device:?} is not blank: {what}; formatting it would destroy that. \
+                 Pass --force (gRPC: force) to format it anyway"
+            ))),
+        }
+    }
+
+    /// Fails unless `device` holds no pool superblock.
+    async fn require_no_pool(&self, device: &str) -> Result<(), MgmtError> {
         let dev: Device = self.device_of(device)?;
         let copies = self.reactors[0]
             .call(move || async move { SuperblockCopies::read(&dev).await })
@@ -637,7 +653,7 @@ impl EngineState {
         };
         Err(MgmtError::Exists(format!(
             "device {device:?} already holds {what}; import it with `ballast pool import \
-             {device}`, or zero its first 8 KiB to reuse the device"
+             {device}`, or zero its first 1 MiB to reuse the device"
         )))
     }
 
@@ -1154,257 +1170,9 @@ impl EngineState {
     }
 }
 
-/// A byte count in binary units ("1.5 MiB").
-fn human(n: u64) -> String {
-    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    let mut v = n as f64 / 1024.0;
-    let mut unit = 0;
-    while v >= 1023.95 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    format!("{v:.1} {}", UNITS[unit])
-}
-
-/// The URI opened read-only: `ro` added to file URIs (malloc devices have no such parameter).
-pub fn read_only_uri(uri: &str) -> String {
-    if uri.starts_with("malloc:") {
-        return uri.to_string();
-    }
-    match uri.split_once('?') {
-        Some((_, q)) if q.split('&').any(|kv| kv == "ro" || kv.starts_with("ro=")) => {
-            uri.to_string()
-        }
-        Some(_) => format!("{uri}&ro"),
-        None => format!("{uri}?ro"),
-    }
-}
-
-/// Exit status of `ballast-engine --pool-check` when the pool is consistent.
-pub const CHECK_CLEAN: i32 = 0;
-/// Exit status when the metadata violates invariants.
-pub const CHECK_PROBLEMS: i32 = 1;
-/// Exit status when the pool cannot be imported at all (or the device not opened).
-pub const CHECK_DAMAGED: i32 = 2;
-
-/// The offline check: opens `uri` read-only, imports the pool on a private one-reactor runtime
-/// and verifies it. Returns the report (stdout), the errors (stderr) and the exit status.
-pub fn offline_check(uris: &str) -> (String, String, i32) {
-    let mut out = String::new();
-    // Several devices (a pool over several members) are given comma-separated, in any order.
-    let mut devs: Vec<Device> = Vec::new();
-    let mut names = Vec::new();
-    for (i, uri) in uris.split(',').filter(|u| !u.is_empty()).enumerate() {
-        // A relative path is taken from the current directory.
-        let uri = if !uri.contains("://") && !uri.starts_with('/') {
-            std::env::current_dir()
-                .map(|d| d.join(uri).display().to_string())
-                .unwrap_or_else(|_| uri.to_string())
-        } else {
-            uri.to_string()
-        };
-        let dev = match blockdev::open_uri(&format!("pool-check{i}"), &read_only_uri(&uri)) {
-            Ok(d) => d,
-            Err(e) => return (out, format!("error: {uri}: {e}\n"), CHECK_DAMAGED),
-        };
-        let g = dev.geometry();
-        let _ = writeln!(
-            out,
-            "device {uri}: {} ({} bytes), block size {}, opened read-only",
-            human(g.size()),
-            g.size(),
-            g.block_size
-        );
-        devs.push(dev);
-        names.push(uri);
-    }
-    let Some(uri) = names.first().cloned() else {
-        return (out, "error: no device given\n".into(), CHECK_DAMAGED);
-    };
-    let rt = match reactor::Runtime::start(reactor::Config {
-        cores: 1,
-        pin: false,
-        mode: reactor::PollMode::Interrupt,
-        registered_buffers: 8,
-        ..reactor::Config::default()
-    }) {
-        Ok(rt) => rt,
-        Err(e) => {
-            return (
-                out,
-                format!("error: starting a reactor (io_uring): {e}\n"),
-                CHECK_DAMAGED,
-            );
-        }
-    };
-    let d2 = devs.clone();
-    let result = crate::block_on(rt.handles()[0].call(move || async move {
-        let mut copies = Vec::new();
-        for d in &d2 {
-            copies.push(SuperblockCopies::read(d).await?);
-        }
-        let import = if d2.len() == 1 {
-            Pool::import(d2[0].clone()).await
-        } else {
-            // Order the members as their superblocks say.
-            let found = scan(&d2).await;
-            match found.iter().find(|f| matches!(f, Found::Pool { .. })) {
-                Some(f @ Found::Pool { members, .. }) if f.complete() => {
-                    let ordered = members.iter().map(|m| d2[m.expect("complete")].clone());
-                    Pool::import_members(ordered.collect()).await
-                }
-                Some(f) => Err(PoolError::Members(format!("missing {}", f.missing()))),
-                None => Err(PoolError::NoSuperblock(
-                    "no device holds a valid pool superblock".into(),
-                )),
-            }
-        };
-        Ok::<_, String>((copies, import))
-    }));
-    rt.shutdown();
-    let (copies, import) = match result {
-        Ok(x) => x,
-        Err(e) => return (out, format!("error: {e}\n"), CHECK_DAMAGED),
-    };
-    for (name, copies) in names.iter().zip(&copies) {
-        let prefix = if names.len() > 1 {
-            format!("{name}: ")
-        } else {
-            String::new()
-        };
-        for (n, c) in ["A", "B"].iter().zip(&copies.copies) {
-            match c {
-                Ok(sb) => {
-                    let _ = writeln!(
-                        out,
-                        "{prefix}superblock copy {n}: valid (generation {}, member {} of {})",
-                        sb.generation,
-                        sb.member_index,
-                        sb.members.len()
-                    );
-                }
-                Err(e) => {
-                    let _ = writeln!(out, "{prefix}superblock copy {n}: {e}");
-                }
-            }
-        }
-    }
-    if copies.iter().all(SuperblockCopies::not_a_pool) {
-        return (
-            out,
-            format!(
-                "error: {}: not a Ballast pool (neither superblock copy has the pool magic)\n",
-                names.join(", ")
-            ),
-            CHECK_DAMAGED,
-        );
-    }
-    let pool = match import {
-        Ok(p) => p,
-        Err(e) => {
-            return (
-                out,
-                format!("error: {uri}: the pool cannot be imported: {e}\n"),
-                CHECK_DAMAGED,
-            );
-        }
-    };
-    for w in pool.import_warnings() {
-        let _ = writeln!(out, "warning: {w}");
-    }
-    let sb = pool.superblock();
-    let uuid: String = sb.uuid.iter().map(|b| format!("{b:02x}")).collect();
-    let _ = writeln!(out, "pool {:?}", sb.name);
-    let _ = writeln!(out, "  uuid            {uuid}");
-    let _ = writeln!(out, "  generation      {}", sb.generation);
-    let _ = writeln!(out, "  cluster size    {}", human(sb.cluster_size as u64));
-    let _ = writeln!(out, "  block size      {}", sb.block_size);
-    let _ = writeln!(out, "  clusters        {}", sb.total_clusters);
-    let _ = writeln!(
-        out,
-        "  data start      {} ({})",
-        sb.data_start,
-        human(sb.data_start)
-    );
-    let _ = writeln!(out, "  checkpoint slot {}", human(sb.checkpoint_bytes));
-    let _ = writeln!(out, "  journal         {}", human(sb.journal_bytes));
-    for (i, m) in pool.members().iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "  member {i:<8} uuid {}, {} bytes, {} clusters",
-            pool::assemble::hex(&m.uuid),
-            m.size,
-            m.clusters
-        );
-    }
-    for (k, v) in &sb.labels {
-        let _ = writeln!(out, "  label           {k}={v}");
-    }
-    let u = pool.usage();
-    let _ = writeln!(
-        out,
-        "usage: capacity {}, used {}, committed {}",
-        human(u.capacity),
-        human(u.used),
-        human(u.committed)
-    );
-    let mut list = pool.list();
-    list.sort_by(|a, b| a.name.cmp(&b.name));
-    if list.is_empty() {
-        let _ = writeln!(out, "no volumes");
-    } else {
-        let _ = writeln!(out, "volumes:");
-        for v in &list {
-            let _ = writeln!(
-                out,
-                "  {:<20} {:<8} {:>10} {:>10} allocated  {}{}",
-                v.name,
-                if v.snapshot { "snapshot" } else { "volume" },
-                human(v.size),
-                human(v.allocated),
-                if v.thin { "thin" } else { "thick" },
-                v.origin
-                    .as_deref()
-                    .map(|o| format!("  origin {o}"))
-                    .unwrap_or_default()
-            );
-        }
-    }
-    let problems = pool.check();
-    if problems.is_empty() {
-        let _ = writeln!(out, "pool {}: clean", sb.name);
-        (out, String::new(), CHECK_CLEAN)
-    } else {
-        let _ = writeln!(out, "pool {}: {} problem(s):", sb.name, problems.len());
-        for p in &problems {
-            let _ = writeln!(out, "  {p}");
-        }
-        (
-            out,
-            format!(
-                "error: pool {}: {} problem(s) found\n",
-                sb.name,
-                problems.len()
-            ),
-            CHECK_PROBLEMS,
-        )
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn read_only_uris() {
-        assert_eq!(read_only_uri("/x.img"), "/x.img?ro");
-        assert_eq!(read_only_uri("uring:///x?size=1G"), "uring:///x?size=1G&ro");
-        assert_eq!(read_only_uri("uring:///x?ro"), "uring:///x?ro");
-        assert_eq!(read_only_uri("malloc:///m?size=1M"), "malloc:///m?size=1M");
-    }
 
     #[test]
     fn errors_map_to_the_right_kind() {

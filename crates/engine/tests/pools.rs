@@ -853,3 +853,79 @@ fn pools_over_several_devices_grow_online_and_carry_labels() {
         assert!(status.success(), "{stderr}");
     }
 }
+
+/// A file of `size` bytes starting with `head`.
+fn file_with(path: &Path, head: &[u8], size: u64) {
+    let f = std::fs::File::create(path).expect("create image");
+    f.set_len(size).expect("size image");
+    f.write_all_at(head, 0).expect("write head");
+}
+
+#[test]
+fn pool_create_refuses_a_device_holding_data_unless_forced() {
+    let dir = TempDir::new("pool-blank");
+    let text = b"Dear diary, today I kept my notes on a raw disk.\n";
+    let notes = dir.join("notes.img");
+    file_with(&notes, text, 64 * MIB);
+    // A real ext4 file system, made by mkfs.ext4 (e2fsprogs).
+    let ext4 = dir.join("ext4.img");
+    file_with(&ext4, b"", 64 * MIB);
+    let mkfs = run(
+        tool("mkfs.ext4").args(["-q", "-F"]).arg(&ext4),
+        Duration::from_secs(60),
+    );
+    mkfs.assert_success();
+    let uri = |p: &Path| format!("uring://{}", p.display());
+    let (notes_uri, ext4_uri) = (uri(&notes), uri(&ext4));
+    let blank = file_device(&dir, "blank", "64MiB");
+    let (mut e, api) = engine(&[
+        "--device",
+        &format!("notes={notes_uri}"),
+        "--device",
+        &format!("fs={ext4_uri}"),
+        "--device",
+        &blank,
+    ]);
+
+    // The defect: a file starting with other content was formatted without a word.
+    fails(
+        &api,
+        &["pool", "create", "p0", "notes"],
+        "device \"notes\" is not blank: found data at offset 0",
+    );
+    fails(
+        &api,
+        &["pool", "create", "p0", "fs"],
+        "device \"fs\" is not blank: found an ext4 file system signature at offset 1080",
+    );
+    // With a blank first member, a non-blank second refuses the whole pool.
+    fails(
+        &api,
+        &["pool", "create", "p0", "blank", "fs"],
+        "found an ext4 file system signature at offset 1080",
+    );
+    let mut head = vec![0u8; text.len()];
+    std::fs::File::open(&notes)
+        .and_then(|f| f.read_exact_at(&mut head, 0))
+        .expect("read notes");
+    assert_eq!(head, text, "a refused device was written to");
+    assert_eq!(ok(&api, &["pool", "list"]), "no pools\n");
+    // A fresh sparse file is all zeroes: blank, no --force needed.
+    ok(&api, &["pool", "create", "p0", "blank"]);
+    // --force formats what holds data.
+    let out = ok(&api, &["pool", "create", "p1", "notes", "--force"]);
+    row(&out, &["p1", "online", "notes"]);
+    ok(&api, &["volume", "create", "p1", "v", "8MiB"]);
+    // A device holding a Ballast pool is refused even with --force, as before.
+    ok(&api, &["pool", "close", "p1"]);
+    fails(
+        &api,
+        &["pool", "create", "p2", "notes", "--force"],
+        "device \"notes\" already holds pool \"p1\"",
+    );
+    // Destroyed, a pool leaves a blank device behind.
+    ok(&api, &["pool", "destroy", "p0"]);
+    ok(&api, &["pool", "create", "p3", "blank"]);
+    let (st, stderr) = e.terminate(Duration::from_secs(10));
+    assert!(st.success(), "{stderr}");
+}

@@ -8,6 +8,8 @@
 #![forbid(unsafe_code)]
 
 pub mod assemble;
+pub mod blank;
+pub mod check;
 pub mod codec;
 pub mod crc;
 pub mod meta;
