@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use blockdev::{BlockDevice, Device, IoBuf, Measured};
+use blockdev::{BlockDevice, Device, Measured};
 use pool::assemble::{Found, scan};
 use pool::meta::MetaError;
 use pool::pool::{CreateOptions, Pool, PoolError, VolumeInfo};

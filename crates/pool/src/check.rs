@@ -481,7 +481,10 @@ pub fn check_offline(uris: &str) -> Report {
         match blockdev::open_uri(&format!("pool-check{i}"), &read_only_uri(&uri)) {
             Ok(d) => devices.push((uri, d)),
             Err(error) => {
-                report.findings.push(Finding::Open { uri, error });
+                report.findings.push(Finding::Open {
+                    uri,
+                    error: error.to_string(),
+                });
                 return report;
             }
         }
