@@ -792,8 +792,8 @@ impl EngineState {
         }
     }
 
-    /// Closes pool `name` (see [`EngineState::close_pool`]) and erases its superblocks on
-    /// every member device.
+    /// Closes pool `name` (see [`EngineState::close_pool`]) and wipes every member device
+    /// (`Pool::wipe`: the superblocks, then the rest of the first 1 MiB).
     pub async fn destroy_pool(&self, name: &str) -> Result<(), MgmtError> {
         let devices = self.pool_devices(name)?;
         self.close_pool(name).await?;
