@@ -347,10 +347,11 @@ pub enum PoolCommand {
         name: String,
     },
 
-    /// Destroy a pool: close it and erase both superblock copies.
+    /// Destroy a pool: close it and zero the first 1 MiB of its devices.
     ///
-    /// Its device stays, as a plain device that no longer holds a pool (the data
-    /// area is not erased). Fails while any volume is exported.
+    /// Its devices stay, as plain devices that no longer hold a pool (both
+    /// superblock copies are erased first) and are blank for `pool create`;
+    /// the data beyond is not erased. Fails while any volume is exported.
     Destroy {
         /// Pool name (or a faulted pool's device).
         #[arg(value_name = "NAME")]

@@ -12,8 +12,7 @@ use std::sync::Arc;
 
 use blockdev::{BlockDevice, Device, Measured};
 use pool::assemble::{Found, scan};
-use pool::meta::MetaError;
-use pool::pool::{CreateOptions, Pool, PoolError, VolumeInfo};
+use pool::pool::{CreateOptions, Pool, PoolError, PoolErrorKind, VolumeInfo};
 use pool::superblock::{Superblock, SuperblockError};
 
 use crate::named::Named;
@@ -187,30 +186,27 @@ pub async fn probe(dev: Device) -> Probe {
 /// Maps a pool error to the management error (and so the gRPC status) in one place; `what`
 /// says which operation on what, e.g. `creating volume "v" in pool "p"`.
 pub fn pool_error(what: &str, e: PoolError) -> MgmtError {
-    match e {
-        PoolError::NotFound(n) => {
-            MgmtError::NotFound(format!("{what}: no volume or snapshot {n:?}"))
+    let m = e.context();
+    match e.kind() {
+        PoolErrorKind::NotFound => {
+            MgmtError::NotFound(format!("{what}: no volume or snapshot {m:?}"))
         }
-        PoolError::Invalid(m) => MgmtError::Invalid(format!("{what}: {m}")),
-        PoolError::NoSpace(m) => MgmtError::NoSpace(format!("{what}: pool out of space: {m}")),
-        PoolError::Meta(MetaError::NameTaken(n)) => MgmtError::Exists(format!(
-            "{what}: the name {n:?} is taken by another volume or snapshot of the pool"
+        PoolErrorKind::Invalid => MgmtError::Invalid(format!("{what}: {m}")),
+        PoolErrorKind::NoSpace => MgmtError::NoSpace(format!("{what}: pool out of space: {m}")),
+        PoolErrorKind::NameTaken => MgmtError::Exists(format!(
+            "{what}: the name {m:?} is taken by another volume or snapshot of the pool"
         )),
-        PoolError::Meta(MetaError::WrongKind(_)) => MgmtError::Busy(format!(
+        PoolErrorKind::WrongKind => MgmtError::Busy(format!(
             "{what}: not allowed on this kind of object (a snapshot where a volume is needed, \
              or the other way round)"
         )),
-        e @ (PoolError::NoSuperblock(_)
-        | PoolError::NoCheckpoint(_)
-        | PoolError::Members(_)
-        | PoolError::Failed(_)) => MgmtError::Busy(format!("{what}: {e}")),
-        e @ (PoolError::Device(_)
-        | PoolError::Meta(
-            MetaError::NoVolume(_)
-            | MetaError::IdTaken(_)
-            | MetaError::OutOfRange
-            | MetaError::Corrupt(_),
-        )) => MgmtError::Device(format!("{what}: {e}")),
+        PoolErrorKind::NoSuperblock
+        | PoolErrorKind::NoCheckpoint
+        | PoolErrorKind::Members
+        | PoolErrorKind::ReadOnly => MgmtError::Busy(format!("{what}: {e}")),
+        PoolErrorKind::Device | PoolErrorKind::Metadata => {
+            MgmtError::Device(format!("{what}: {e}"))
+        }
     }
 }
 
@@ -732,8 +728,8 @@ impl EngineState {
         }
     }
 
-    /// Closes pool `name` (see [`EngineState::close_pool`]) and erases its superblocks on
-    /// every member device.
+    /// Closes pool `name` (see [`EngineState::close_pool`]) and wipes every member device
+    /// (`Pool::wipe`: the superblocks, then the rest of the first 1 MiB).
     pub async fn destroy_pool(&self, name: &str) -> Result<(), MgmtError> {
         let devices = self.pool_devices(name)?;
         self.close_pool(name).await?;
@@ -1173,29 +1169,27 @@ impl EngineState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pool::meta::MetaError;
 
     #[test]
     fn errors_map_to_the_right_kind() {
         assert!(matches!(
-            pool_error("x", PoolError::NotFound("v".into())),
+            pool_error("x", PoolError::new(PoolErrorKind::NotFound, "v")),
             MgmtError::NotFound(_)
         ));
         assert!(matches!(
-            pool_error("x", PoolError::NoSpace("full".into())),
+            pool_error("x", PoolError::no_space("full")),
             MgmtError::NoSpace(_)
         ));
         assert!(matches!(
-            pool_error("x", PoolError::Meta(MetaError::NameTaken("v".into()))),
+            pool_error("x", PoolError::from(MetaError::NameTaken("v".into()))),
             MgmtError::Exists(_)
         ));
         assert!(matches!(
-            pool_error("x", PoolError::Invalid("bad".into())),
+            pool_error("x", PoolError::invalid("bad")),
             MgmtError::Invalid(_)
         ));
-        let m = pool_error(
-            "creating volume \"v\"",
-            PoolError::NoSpace("pool is full".into()),
-        );
+        let m = pool_error("creating volume \"v\"", PoolError::no_space("pool is full"));
         assert_eq!(
             m.to_string(),
             "creating volume \"v\": pool out of space: pool is full"

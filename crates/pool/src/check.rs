@@ -15,7 +15,7 @@ use std::sync::Arc;
 use blockdev::{Device, IoBuf};
 
 use crate::assemble::{Found, hex, scan};
-use crate::pool::{MemberInfo, Pool, PoolError, PoolUsage, VolumeInfo};
+use crate::pool::{MemberInfo, Pool, PoolError, PoolErrorKind, PoolUsage, VolumeInfo};
 use crate::superblock::{SUPERBLOCK_SIZE, Superblock, SuperblockError};
 
 /// How bad a finding is.
@@ -418,9 +418,10 @@ async fn import_any_order(devs: Vec<Device>) -> Result<Arc<Pool>, PoolError> {
             let ordered = members.iter().map(|m| devs[m.expect("complete")].clone());
             Pool::import_members(ordered.collect()).await
         }
-        Some(f) => Err(PoolError::Members(format!("missing {}", f.missing()))),
-        None => Err(PoolError::NoSuperblock(
-            "no device holds a valid pool superblock".into(),
+        Some(f) => Err(PoolError::members(format!("missing {}", f.missing()))),
+        None => Err(PoolError::new(
+            PoolErrorKind::NoSuperblock,
+            "no device holds a valid pool superblock",
         )),
     }
 }

@@ -12,6 +12,7 @@ pub mod blank;
 pub mod check;
 pub mod codec;
 pub mod crc;
+pub mod error;
 pub mod meta;
 pub mod pool;
 pub mod superblock;

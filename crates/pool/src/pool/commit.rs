@@ -8,12 +8,12 @@ use blockdev::BlockError;
 use crate::codec::{JOURNAL_BLOCK, encode_checkpoint, encode_journal_block};
 use crate::meta::Record;
 
-use super::{CHECKPOINT_START, Pool, PoolError, State, join_all, write_at};
+use super::{CHECKPOINT_START, Pool, PoolError, PoolErrorKind, State, join_all, write_at};
 
 impl Pool {
     pub(super) fn push(&self, st: &mut State, rec: Record) -> Result<(), PoolError> {
         if let Some(f) = &st.failure {
-            return Err(PoolError::Failed(f.clone()));
+            return Err(PoolError::new(PoolErrorKind::ReadOnly, f.clone()));
         }
         let freed = st.meta.apply(&rec)?;
         st.seq += 1;
@@ -147,8 +147,8 @@ impl Pool {
         .await?;
         if let Some((bytes, slot)) = checkpoint {
             if bytes.len() as u64 > self.sb.checkpoint_bytes {
-                return Err(PoolError::NoSpace(
-                    "metadata does not fit its checkpoint slot".into(),
+                return Err(PoolError::no_space(
+                    "metadata does not fit its checkpoint slot",
                 ));
             }
             // The journal blocks must be durable before the checkpoint that skips them.

@@ -17,8 +17,8 @@ use crate::superblock::{
 };
 
 use super::{
-    CHECKPOINT_START, CreateOptions, FlagGuard, GrowReport, Layout, Pool, PoolError, State,
-    Waiters, read_at, read_superblock, uuid_from, write_at, write_superblocks,
+    CHECKPOINT_START, CreateOptions, FlagGuard, GrowReport, Layout, Pool, PoolError, PoolErrorKind,
+    State, Waiters, read_at, read_superblock, uuid_from, write_at, write_superblocks,
 };
 
 impl Pool {
@@ -34,7 +34,7 @@ impl Pool {
         opts: &CreateOptions,
     ) -> Result<Arc<Pool>, PoolError> {
         if devs.is_empty() || devs.len() > MAX_DEVICES {
-            return Err(PoolError::Invalid(format!(
+            return Err(PoolError::invalid(format!(
                 "a pool has 1 to {MAX_DEVICES} devices"
             )));
         }
@@ -42,12 +42,12 @@ impl Pool {
         if !opts.cluster_size.is_power_of_two()
             || !(64 * 1024..=4 << 20).contains(&opts.cluster_size)
         {
-            return Err(PoolError::Invalid(
-                "cluster size must be a power of two from 64 KiB to 4 MiB".into(),
+            return Err(PoolError::invalid(
+                "cluster size must be a power of two from 64 KiB to 4 MiB",
             ));
         }
         if opts.name.is_empty() || opts.name.len() > 64 {
-            return Err(PoolError::Invalid("pool name must be 1 to 64 bytes".into()));
+            return Err(PoolError::invalid("pool name must be 1 to 64 bytes"));
         }
         let block_size = devs
             .iter()
@@ -57,7 +57,7 @@ impl Pool {
         let size = devs[0].geometry().size();
         let others: Vec<u64> = devs[1..].iter().map(|d| d.geometry().size()).collect();
         if let Some(i) = others.iter().position(|&s| s < 2 * cs) {
-            return Err(PoolError::NoSpace(format!(
+            return Err(PoolError::no_space(format!(
                 "device {} of {} bytes is too small to join a pool (at least two clusters)",
                 i + 1,
                 others[i]
@@ -72,7 +72,7 @@ impl Pool {
         let data_start =
             (CHECKPOINT_START + 2 * checkpoint_bytes + journal_bytes).next_multiple_of(cs);
         if data_start + if devs.len() == 1 { cs } else { 0 } > size {
-            return Err(PoolError::NoSpace(format!(
+            return Err(PoolError::no_space(format!(
                 "device of {size} bytes is too small for a pool"
             )));
         }
@@ -186,7 +186,7 @@ impl Pool {
     /// every member, the newest valid checkpoint, then the journal after it.
     pub async fn import_members(devs: Vec<Device>) -> Result<Arc<Pool>, PoolError> {
         if devs.is_empty() {
-            return Err(PoolError::Members("no devices given".into()));
+            return Err(PoolError::members("no devices given"));
         }
         let mut warnings = Vec::new();
         let copies = read_member_superblocks(&devs, &mut warnings).await?;
@@ -237,8 +237,8 @@ impl Pool {
             return Err(self.failed_error());
         }
         if self.admin.swap(true, Ordering::AcqRel) {
-            return Err(PoolError::Invalid(
-                "another grow or label change of this pool is in progress".into(),
+            return Err(PoolError::invalid(
+                "another grow or label change of this pool is in progress",
             ));
         }
         Ok(FlagGuard(&self.admin))
@@ -271,7 +271,7 @@ impl Pool {
         let old_clusters = sb.total_clusters;
         let mut devs = self.devices();
         if devs.len() + new_devices.len() > MAX_DEVICES {
-            return Err(PoolError::Invalid(format!(
+            return Err(PoolError::invalid(format!(
                 "a pool has at most {MAX_DEVICES} devices"
             )));
         }
@@ -297,13 +297,13 @@ impl Pool {
             let g = dev.geometry();
             let size = g.size();
             if g.block_size > self.sb.block_size {
-                return Err(PoolError::Invalid(format!(
+                return Err(PoolError::invalid(format!(
                     "a device with {}-byte blocks cannot join a pool of {}-byte blocks",
                     g.block_size, self.sb.block_size
                 )));
             }
             if size < 2 * cs {
-                return Err(PoolError::NoSpace(format!(
+                return Err(PoolError::no_space(format!(
                     "a device of {size} bytes is too small to join the pool (at least two \
                      clusters)"
                 )));
@@ -320,7 +320,7 @@ impl Pool {
             devs.push(dev.clone());
         }
         if sb.segments.len() > MAX_SEGMENTS {
-            return Err(PoolError::NoSpace(format!(
+            return Err(PoolError::no_space(format!(
                 "the superblock holds at most {MAX_SEGMENTS} segments"
             )));
         }
@@ -350,7 +350,7 @@ impl Pool {
         for (k, v) in changes {
             match v {
                 Some(v) => {
-                    check_label(k, v).map_err(|w| PoolError::Invalid(w.into()))?;
+                    check_label(k, v).map_err(PoolError::invalid)?;
                     match sb.labels.iter_mut().find(|(key, _)| key == k) {
                         Some(l) => l.1 = v.clone(),
                         None => sb.labels.push((k.clone(), v.clone())),
@@ -361,7 +361,7 @@ impl Pool {
         }
         sb.labels.sort();
         if labels_len(&sb.labels) > LABEL_BYTES {
-            return Err(PoolError::NoSpace(format!(
+            return Err(PoolError::no_space(format!(
                 "labels take at most {LABEL_BYTES} bytes (as key=value lines)"
             )));
         }
@@ -385,7 +385,10 @@ async fn read_member_superblocks(
             format!("member {i}: ")
         };
         let (own, damage) = read_superblock(dev).await?.map_err(|[e1, e2]| {
-            PoolError::NoSuperblock(format!("{member}superblock copy A: {e1}; copy B: {e2}"))
+            PoolError::new(
+                PoolErrorKind::NoSuperblock,
+                format!("{member}superblock copy A: {e1}; copy B: {e2}"),
+            )
         })?;
         for (copy, e) in ["A", "B"].iter().zip(damage) {
             if let Some(e) = e {
@@ -408,7 +411,7 @@ fn check_members(
     warnings: &mut Vec<String>,
 ) -> Result<(), PoolError> {
     if devs.len() != sb.members.len() {
-        return Err(PoolError::Members(format!(
+        return Err(PoolError::members(format!(
             "pool {:?} has {} member device(s), {} given",
             sb.name,
             sb.members.len(),
@@ -417,13 +420,13 @@ fn check_members(
     }
     for (i, (own, dev)) in copies.iter().zip(devs).enumerate() {
         if own.uuid != sb.uuid {
-            return Err(PoolError::Members(format!(
+            return Err(PoolError::members(format!(
                 "device {i} belongs to another pool ({:?})",
                 own.name
             )));
         }
         if own.member_uuid() != sb.members[i].uuid {
-            return Err(PoolError::Members(format!(
+            return Err(PoolError::members(format!(
                 "device {i} is member {} of pool {:?}, not member {i}",
                 own.member_index, sb.name
             )));
@@ -444,7 +447,7 @@ fn check_members(
             .unwrap_or(0);
         let have = dev.geometry().size();
         if have < needed {
-            return Err(PoolError::Members(format!(
+            return Err(PoolError::members(format!(
                 "member {i} has {have} bytes, the pool uses {needed}: the device shrank \
                  or is the wrong one"
             )));
@@ -489,7 +492,8 @@ async fn load_checkpoint(
             Err(e) => why.push(format!("checkpoint slot {slot}: {e}")),
         }
     }
-    let (h, meta, slot) = best.ok_or_else(|| PoolError::NoCheckpoint(why.join("; ")))?;
+    let (h, meta, slot) =
+        best.ok_or_else(|| PoolError::new(PoolErrorKind::NoCheckpoint, why.join("; ")))?;
     for w in why {
         warnings.push(format!(
             "{w} (damaged, or torn by a crash while it was written)"
@@ -539,7 +543,7 @@ async fn replay_journal(
             Ok((first, recs)) if first == r.seq + 1 && !recs.is_empty() => {
                 for rec in &recs {
                     meta.apply(rec).map_err(|e| {
-                        PoolError::Meta(MetaError::Corrupt(match e {
+                        PoolError::from(MetaError::Corrupt(match e {
                             MetaError::Corrupt(w) => w,
                             _ => "journal record does not apply to the checkpoint",
                         }))

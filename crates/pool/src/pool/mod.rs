@@ -16,65 +16,10 @@ use std::task::{Poll, Waker};
 
 use blockdev::{BlockError, Device, IoBuf, WriteFlags};
 
-use crate::meta::{Kind, Mapping, Meta, MetaError, Record};
+use crate::meta::{Kind, Mapping, Meta, Record};
 use crate::superblock::{SUPERBLOCK_SIZE, Segment, Superblock};
 
-/// Why a pool operation failed. Used only inside this workspace, so not `#[non_exhaustive]`:
-/// a new kind makes the compiler list every mapping that must decide what it means (the
-/// engine's `pools::pool_error`).
-#[derive(Debug)]
-pub enum PoolError {
-    /// The device failed.
-    Device(BlockError),
-    /// No valid superblock: not a pool, or both copies damaged (reasons given).
-    NoSuperblock(String),
-    /// No valid checkpoint in either slot.
-    NoCheckpoint(String),
-    /// Metadata inconsistent or rejected.
-    Meta(MetaError),
-    /// No such volume or snapshot.
-    NotFound(String),
-    /// Bad arguments.
-    Invalid(String),
-    /// Out of space (clusters or metadata room).
-    NoSpace(String),
-    /// A metadata write failed: the pool refuses changes until it is imported again.
-    Failed(String),
-    /// The member devices given do not make up the pool.
-    Members(String),
-}
-
-impl std::fmt::Display for PoolError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            PoolError::Device(e) => write!(f, "device error: {e}"),
-            PoolError::NoSuperblock(w) => write!(f, "no valid pool superblock: {w}"),
-            PoolError::NoCheckpoint(w) => write!(f, "no valid metadata checkpoint: {w}"),
-            PoolError::Meta(e) => write!(f, "metadata: {e}"),
-            PoolError::NotFound(n) => write!(f, "{n:?} not found"),
-            PoolError::Invalid(w) => write!(f, "{w}"),
-            PoolError::NoSpace(w) => write!(f, "no space: {w}"),
-            PoolError::Failed(w) => write!(
-                f,
-                "pool is read-only: {w}; import it again once the device is healthy"
-            ),
-            PoolError::Members(w) => write!(f, "pool members: {w}"),
-        }
-    }
-}
-
-impl std::error::Error for PoolError {}
-
-impl From<BlockError> for PoolError {
-    fn from(e: BlockError) -> Self {
-        PoolError::Device(e)
-    }
-}
-impl From<MetaError> for PoolError {
-    fn from(e: MetaError) -> Self {
-        PoolError::Meta(e)
-    }
-}
+pub use crate::error::{PoolError, PoolErrorKind};
 
 /// Pool creation parameters.
 #[derive(Clone, Debug)]
@@ -386,7 +331,8 @@ impl Pool {
     }
 
     fn failed_error(&self) -> PoolError {
-        PoolError::Failed(
+        PoolError::new(
+            PoolErrorKind::ReadOnly,
             self.failure()
                 .unwrap_or_else(|| "a metadata write failed".into()),
         )

@@ -6,7 +6,7 @@ use blockdev::{Device, IoKind, ZeroFlags};
 
 use crate::meta::{Kind, Mapping, Record};
 
-use super::{Pool, PoolError, PoolVolume, State};
+use super::{Pool, PoolError, PoolErrorKind, PoolVolume, State};
 
 impl Pool {
     pub(super) fn id_of(st: &State, name: &str) -> Result<u64, PoolError> {
@@ -15,7 +15,7 @@ impl Pool {
             .values()
             .find(|v| v.name == name)
             .map(|v| v.id)
-            .ok_or_else(|| PoolError::NotFound(name.into()))
+            .ok_or_else(|| PoolError::new(PoolErrorKind::NotFound, name))
     }
 
     pub(super) fn next_id(st: &State) -> u64 {
@@ -27,7 +27,7 @@ impl Pool {
             || name.len() > crate::codec::MAX_NAME
             || name.chars().any(|c| c.is_control() || c == '/')
         {
-            return Err(PoolError::Invalid(format!("bad name {name:?}")));
+            return Err(PoolError::invalid(format!("bad name {name:?}")));
         }
         Ok(())
     }
@@ -37,7 +37,7 @@ impl Pool {
         Self::check_name(name)?;
         let bs = self.sb.block_size as u64;
         if size == 0 || !size.is_multiple_of(bs) {
-            return Err(PoolError::Invalid(format!(
+            return Err(PoolError::invalid(format!(
                 "size must be a non-zero multiple of {bs}"
             )));
         }
@@ -46,7 +46,7 @@ impl Pool {
             let id = Self::next_id(&st);
             let clusters = size.div_ceil(self.sb.cluster_size as u64);
             if !thin && clusters > st.meta.free_count() {
-                return Err(PoolError::NoSpace(format!(
+                return Err(PoolError::no_space(format!(
                     "thick volume needs {clusters} clusters"
                 )));
             }
@@ -148,17 +148,15 @@ impl Pool {
             let id = Self::id_of(&st, volume)?;
             let v = &st.meta.volumes[&id];
             if v.kind != Kind::Volume {
-                return Err(PoolError::Invalid(format!("{volume:?} is a snapshot")));
+                return Err(PoolError::invalid(format!("{volume:?} is a snapshot")));
             }
             (id, v.size, v.thin)
         };
         if size < old && !force {
-            return Err(PoolError::Invalid(
-                "shrinking loses data; pass force".into(),
-            ));
+            return Err(PoolError::invalid("shrinking loses data; pass force"));
         }
         if size == 0 || !size.is_multiple_of(self.sb.block_size as u64) {
-            return Err(PoolError::Invalid("bad size".into()));
+            return Err(PoolError::invalid("bad size"));
         }
         if size < old {
             // The cluster the new end falls in keeps its allocation: zero what lies past the
@@ -178,7 +176,7 @@ impl Pool {
                     ZeroFlags::default(),
                 )
                 .await
-                .map_err(PoolError::Device)?;
+                .map_err(PoolError::from)?;
             }
         }
         let _quiet = self.quiesce().await;
@@ -186,7 +184,7 @@ impl Pool {
             let mut st = self.state.lock().expect("pool lock");
             let (first_new, end) = (old.div_ceil(cs), size.div_ceil(cs));
             if !thin && end > first_new && end - first_new > st.meta.free_count() {
-                return Err(PoolError::NoSpace(format!(
+                return Err(PoolError::no_space(format!(
                     "growing a thick volume needs {} more clusters",
                     end - first_new
                 )));
@@ -224,7 +222,7 @@ impl Pool {
         for index in range {
             let c = self
                 .alloc_locked(st)
-                .ok_or_else(|| PoolError::NoSpace("pool is full".into()))?;
+                .ok_or_else(|| PoolError::no_space("pool is full"))?;
             st.reserved.remove(&c);
             self.push(
                 st,
