@@ -109,7 +109,7 @@ fn python_has_nbd() -> bool {
 /// Installs the Debian packages the tests use, when their tools are missing.
 fn ensure_tools() -> Result<(), String> {
     let mut missing: Vec<&str> = Vec::new();
-    let checks: [(&str, &str, &str); 10] = [
+    let checks: [(&str, &str, &str); 12] = [
         ("fio", "--version", "fio"),
         ("nbdinfo", "--version", "libnbd-bin"),
         ("nbdcopy", "--version", "libnbd-bin"),
@@ -118,6 +118,9 @@ fn ensure_tools() -> Result<(), String> {
         ("qemu-img", "--version", "qemu-utils"),
         ("qemu-io", "--version", "qemu-utils"),
         ("qemu-storage-daemon", "--version", "qemu-system-common"),
+        // Pool tests make real file systems and swap to prove `pool create` refuses them.
+        ("mkfs.ext4", "-V", "e2fsprogs"),
+        ("mkswap", "--version", "util-linux"),
         // Multi-node tests: namespaces and veth (ip), link cuts (iptables).
         ("ip", "-V", "iproute2"),
         ("iptables", "-V", "iptables"),
