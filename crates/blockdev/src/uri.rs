@@ -223,7 +223,9 @@ impl DeviceSpec {
     pub fn parse(uri: &str) -> Result<DeviceSpec, UriError> {
         let parts = match split(uri) {
             Some(p) => p,
-            None if uri.starts_with('/') => return Ok(DeviceSpec::file(uri.to_string())),
+            // A plain path is a `uring://` URI without its scheme (it may take the same
+            // parameters).
+            None if uri.starts_with('/') => return DeviceSpec::parse(&format!("uring://{uri}")),
             None => {
                 return Err(UriError::new(
                     uri,
@@ -275,15 +277,6 @@ impl DeviceSpec {
             other => Err(parts.error(format!(
                 "{other:?} is not a local device scheme (malloc, uring, file)"
             ))),
-        }
-    }
-
-    fn file(path: String) -> DeviceSpec {
-        DeviceSpec::Uring {
-            path,
-            size: None,
-            read_only: false,
-            direct: true,
         }
     }
 
@@ -373,6 +366,16 @@ mod tests {
                 direct: true
             }
         );
+        assert_eq!(
+            DeviceSpec::parse("/tmp/x.img?ro&size=1M").unwrap(),
+            DeviceSpec::Uring {
+                path: "/tmp/x.img".into(),
+                size: Some(1 << 20),
+                read_only: true,
+                direct: true
+            }
+        );
+        assert!(DeviceSpec::parse("/tmp/x.img?bogus").is_err());
         assert!(DeviceSpec::parse("malloc:///x").is_err());
         assert!(DeviceSpec::parse("malloc:///x?size=1G&bogus=1").is_err());
         // Remote schemes are the initiators' (the engine wires them).
