@@ -122,6 +122,15 @@ enum ReadEnd {
     Protocol(String),
 }
 
+/// What a reply chunk is checked against: its request (whose range was checked not to
+/// overflow before it was sent).
+#[derive(Clone, Copy)]
+struct Req {
+    command: u16,
+    offset: u64,
+    len: u64,
+}
+
 fn proto<T>(msg: impl Into<String>) -> std::result::Result<T, ReadEnd> {
     Err(ReadEnd::Protocol(msg.into()))
 }
@@ -704,17 +713,13 @@ impl Conn {
         h: ChunkHeader,
         rx: &mut Rx,
     ) -> std::result::Result<(), ReadEnd> {
-        let Some((command, offset, len)) = self
-            .inflight
-            .borrow()
-            .get(&h.cookie)
-            .map(|p| (p.command, p.offset, p.len))
-        else {
+        let Some(req) = self.inflight.borrow().get(&h.cookie).map(|p| Req {
+            command: p.command,
+            offset: p.offset,
+            len: p.len,
+        }) else {
             return proto(format!("reply chunk for unknown handle {:#x}", h.cookie));
         };
-        // Checked before sending: the request's range does not overflow.
-        let end = offset + len;
-        let sock = &self.sock;
         match h.reply_type {
             REPLY_TYPE_NONE => {
                 if h.length != 0 {
@@ -724,141 +729,200 @@ impl Conn {
                     return proto("NBD_REPLY_TYPE_NONE without NBD_REPLY_FLAG_DONE");
                 }
             }
-            REPLY_TYPE_OFFSET_DATA => {
-                if command != CMD_READ {
-                    return proto("data chunk in reply to a command that is not a read");
-                }
-                if h.length < 9 {
-                    return proto(format!("data chunk of {} bytes", h.length));
-                }
-                let n = u64::from(h.length - 8);
-                rx.fill(sock, 8).await?;
-                let at = be_u64(rx.take(8), 0);
-                if at < offset || at.checked_add(n).is_none_or(|e| e > end) {
-                    return proto(format!(
-                        "data chunk of {n} bytes at {at} outside the request ({len} bytes at {offset})"
-                    ));
-                }
-                let buf = self
-                    .inflight
-                    .borrow_mut()
-                    .get_mut(&h.cookie)
-                    .and_then(|p| p.buf.take());
-                match buf {
-                    Some(buf) => {
-                        let rel = (at - offset) as usize;
-                        let (res, buf) = rx.read_into(sock, buf, rel, n as usize).await;
-                        res?;
-                        if let Some(p) = self.inflight.borrow_mut().get_mut(&h.cookie) {
-                            p.buf = Some(buf);
-                        }
-                    }
-                    None => rx.skip(sock, n).await?,
-                }
-                self.cover(h.cookie, n)?;
-            }
-            REPLY_TYPE_OFFSET_HOLE => {
-                if command != CMD_READ {
-                    return proto("hole chunk in reply to a command that is not a read");
-                }
-                if h.length != 12 {
-                    return proto(format!("hole chunk of {} bytes", h.length));
-                }
-                rx.fill(sock, 12).await?;
-                let d = rx.take(12);
-                let (at, n) = (be_u64(d, 0), u64::from(be_u32(d, 8)));
-                if n == 0 {
-                    return proto("hole chunk of length 0");
-                }
-                if at < offset || at + n > end {
-                    return proto(format!(
-                        "hole of {n} bytes at {at} outside the request ({len} bytes at {offset})"
-                    ));
-                }
-                if let Some(b) = self
-                    .inflight
-                    .borrow_mut()
-                    .get_mut(&h.cookie)
-                    .and_then(|p| p.buf.as_mut())
-                {
-                    let rel = (at - offset) as usize;
-                    b[rel..rel + n as usize].fill(0);
-                }
-                self.cover(h.cookie, n)?;
-            }
-            REPLY_TYPE_BLOCK_STATUS => {
-                if command != CMD_BLOCK_STATUS {
-                    return proto("block status chunk in reply to another command");
-                }
-                if h.length < 12 || !(h.length - 4).is_multiple_of(8) {
-                    return proto(format!("block status chunk of {} bytes", h.length));
-                }
-                if h.length > MAX_STATUS_CHUNK {
-                    return proto(format!(
-                        "block status chunk of {} bytes (limit {MAX_STATUS_CHUNK})",
-                        h.length
-                    ));
-                }
-                let d = rx.read_vec(sock, h.length as usize).await?;
-                let context = be_u32(&d, 0);
-                if Some(context) != self.info.allocation_context {
-                    return proto(format!(
-                        "block status for unknown metadata context {context}"
-                    ));
-                }
-                let extents = to_extents(offset, len, &d[4..])?;
-                if let Some(p) = self.inflight.borrow_mut().get_mut(&h.cookie) {
-                    if p.extents.is_some() {
-                        return proto("two block status chunks for one metadata context");
-                    }
-                    p.extents = Some(extents);
-                }
-            }
-            t if t & REPLY_TYPE_FLAG_ERROR != 0 => {
-                if h.length < 6 || h.length > MAX_ERROR_CHUNK {
-                    return proto(format!("error chunk of {} bytes", h.length));
-                }
-                let d = rx.read_vec(sock, h.length as usize).await?;
-                let errno = be_u32(&d, 0);
-                let mlen = usize::from(be_u16(&d, 4));
-                if 6 + mlen > d.len() {
-                    return proto("error message longer than its chunk");
-                }
-                if errno == 0 {
-                    return proto("error chunk with error value 0");
-                }
-                let msg = String::from_utf8_lossy(&d[6..6 + mlen]).into_owned();
-                if t == REPLY_TYPE_ERROR_OFFSET {
-                    if d.len() != 6 + mlen + 8 {
-                        return proto("NBD_REPLY_TYPE_ERROR_OFFSET of the wrong length");
-                    }
-                    let at = be_u64(&d, 6 + mlen);
-                    if at < offset || at >= end {
-                        return proto(format!(
-                            "error offset {at} outside the request ({len} bytes at {offset})"
-                        ));
-                    }
-                }
-                // Unknown error types (bit 15) still fail the request ("Structured reply
-                // types"); the first error of a reply is the one reported.
-                let e = self
-                    .inflight
-                    .borrow()
-                    .get(&h.cookie)
-                    .map(|p| self.errno_error(p, errno, &msg));
-                if let Some(p) = self.inflight.borrow_mut().get_mut(&h.cookie)
-                    && p.error.is_none()
-                {
-                    p.error = e;
-                }
-                if errno == Errno::Eshutdown.to_wire() {
-                    self.retire();
-                }
-            }
+            REPLY_TYPE_OFFSET_DATA => self.on_data(&h, req, rx).await?,
+            REPLY_TYPE_OFFSET_HOLE => self.on_hole(&h, req, rx).await?,
+            REPLY_TYPE_BLOCK_STATUS => self.on_block_status(&h, req, rx).await?,
+            t if t & REPLY_TYPE_FLAG_ERROR != 0 => self.on_error(&h, req, rx).await?,
             t => return proto(format!("unknown reply chunk type {t}")),
         }
         if h.is_done() {
             self.complete(h.cookie)?;
+        }
+        Ok(())
+    }
+
+    /// An `OFFSET_DATA` chunk: its data goes straight into the read's buffer.
+    async fn on_data(
+        &self,
+        h: &ChunkHeader,
+        req: Req,
+        rx: &mut Rx,
+    ) -> std::result::Result<(), ReadEnd> {
+        let Req {
+            command,
+            offset,
+            len,
+        } = req;
+        let end = offset + len;
+        let sock = &self.sock;
+        if command != CMD_READ {
+            return proto("data chunk in reply to a command that is not a read");
+        }
+        if h.length < 9 {
+            return proto(format!("data chunk of {} bytes", h.length));
+        }
+        let n = u64::from(h.length - 8);
+        rx.fill(sock, 8).await?;
+        let at = be_u64(rx.take(8), 0);
+        if at < offset || at.checked_add(n).is_none_or(|e| e > end) {
+            return proto(format!(
+                "data chunk of {n} bytes at {at} outside the request ({len} bytes at {offset})"
+            ));
+        }
+        let buf = self
+            .inflight
+            .borrow_mut()
+            .get_mut(&h.cookie)
+            .and_then(|p| p.buf.take());
+        match buf {
+            Some(buf) => {
+                let rel = (at - offset) as usize;
+                let (res, buf) = rx.read_into(sock, buf, rel, n as usize).await;
+                res?;
+                if let Some(p) = self.inflight.borrow_mut().get_mut(&h.cookie) {
+                    p.buf = Some(buf);
+                }
+            }
+            None => rx.skip(sock, n).await?,
+        }
+        self.cover(h.cookie, n)?;
+        Ok(())
+    }
+
+    /// An `OFFSET_HOLE` chunk: that part of the read's buffer is zeroed.
+    async fn on_hole(
+        &self,
+        h: &ChunkHeader,
+        req: Req,
+        rx: &mut Rx,
+    ) -> std::result::Result<(), ReadEnd> {
+        let Req {
+            command,
+            offset,
+            len,
+        } = req;
+        let end = offset + len;
+        let sock = &self.sock;
+        if command != CMD_READ {
+            return proto("hole chunk in reply to a command that is not a read");
+        }
+        if h.length != 12 {
+            return proto(format!("hole chunk of {} bytes", h.length));
+        }
+        rx.fill(sock, 12).await?;
+        let d = rx.take(12);
+        let (at, n) = (be_u64(d, 0), u64::from(be_u32(d, 8)));
+        if n == 0 {
+            return proto("hole chunk of length 0");
+        }
+        if at < offset || at + n > end {
+            return proto(format!(
+                "hole of {n} bytes at {at} outside the request ({len} bytes at {offset})"
+            ));
+        }
+        if let Some(b) = self
+            .inflight
+            .borrow_mut()
+            .get_mut(&h.cookie)
+            .and_then(|p| p.buf.as_mut())
+        {
+            let rel = (at - offset) as usize;
+            b[rel..rel + n as usize].fill(0);
+        }
+        self.cover(h.cookie, n)?;
+        Ok(())
+    }
+
+    /// A `BLOCK_STATUS` chunk: the extents of `base:allocation`.
+    async fn on_block_status(
+        &self,
+        h: &ChunkHeader,
+        req: Req,
+        rx: &mut Rx,
+    ) -> std::result::Result<(), ReadEnd> {
+        let Req {
+            command,
+            offset,
+            len,
+        } = req;
+        let sock = &self.sock;
+        if command != CMD_BLOCK_STATUS {
+            return proto("block status chunk in reply to another command");
+        }
+        if h.length < 12 || !(h.length - 4).is_multiple_of(8) {
+            return proto(format!("block status chunk of {} bytes", h.length));
+        }
+        if h.length > MAX_STATUS_CHUNK {
+            return proto(format!(
+                "block status chunk of {} bytes (limit {MAX_STATUS_CHUNK})",
+                h.length
+            ));
+        }
+        let d = rx.read_vec(sock, h.length as usize).await?;
+        let context = be_u32(&d, 0);
+        if Some(context) != self.info.allocation_context {
+            return proto(format!(
+                "block status for unknown metadata context {context}"
+            ));
+        }
+        let extents = to_extents(offset, len, &d[4..])?;
+        if let Some(p) = self.inflight.borrow_mut().get_mut(&h.cookie) {
+            if p.extents.is_some() {
+                return proto("two block status chunks for one metadata context");
+            }
+            p.extents = Some(extents);
+        }
+        Ok(())
+    }
+
+    /// An error chunk: the request fails with the first error its reply carries.
+    async fn on_error(
+        self: &Rc<Self>,
+        h: &ChunkHeader,
+        req: Req,
+        rx: &mut Rx,
+    ) -> std::result::Result<(), ReadEnd> {
+        let Req { offset, len, .. } = req;
+        let end = offset + len;
+        let sock = &self.sock;
+        if h.length < 6 || h.length > MAX_ERROR_CHUNK {
+            return proto(format!("error chunk of {} bytes", h.length));
+        }
+        let d = rx.read_vec(sock, h.length as usize).await?;
+        let errno = be_u32(&d, 0);
+        let mlen = usize::from(be_u16(&d, 4));
+        if 6 + mlen > d.len() {
+            return proto("error message longer than its chunk");
+        }
+        if errno == 0 {
+            return proto("error chunk with error value 0");
+        }
+        let msg = String::from_utf8_lossy(&d[6..6 + mlen]).into_owned();
+        if h.reply_type == REPLY_TYPE_ERROR_OFFSET {
+            if d.len() != 6 + mlen + 8 {
+                return proto("NBD_REPLY_TYPE_ERROR_OFFSET of the wrong length");
+            }
+            let at = be_u64(&d, 6 + mlen);
+            if at < offset || at >= end {
+                return proto(format!(
+                    "error offset {at} outside the request ({len} bytes at {offset})"
+                ));
+            }
+        }
+        // Unknown error types (bit 15) still fail the request ("Structured reply
+        // types"); the first error of a reply is the one reported.
+        let e = self
+            .inflight
+            .borrow()
+            .get(&h.cookie)
+            .map(|p| self.errno_error(p, errno, &msg));
+        if let Some(p) = self.inflight.borrow_mut().get_mut(&h.cookie)
+            && p.error.is_none()
+        {
+            p.error = e;
+        }
+        if errno == Errno::Eshutdown.to_wire() {
+            self.retire();
         }
         Ok(())
     }

@@ -893,38 +893,7 @@ impl Shared {
         let cap = Cap::from_u64(property_get(admin, register::CAP, PropertySize::Eight).await?);
         let vs =
             Version::from_u32(property_get(admin, register::VS, PropertySize::Four).await? as u32);
-        let cc = Cc {
-            en: true,
-            css: 0,
-            mps: 0,
-            ams: 0,
-            shn: 0,
-            iosqes: 6,
-            iocqes: 4,
-            crime: false,
-        };
-        property_set(admin, register::CC, cc.to_u32().into()).await?;
-        let ready_within = Duration::from_millis(500 * u64::from(cap.to.max(1))).min(p.timeout());
-        let started = Instant::now();
-        loop {
-            let csts = proto_nvme::Csts::from_u32(
-                property_get(admin, register::CSTS, PropertySize::Four).await? as u32,
-            );
-            if csts.cfs {
-                return Err(Failure::io(
-                    "the controller reports a fatal status (CSTS.CFS)",
-                ));
-            }
-            if csts.rdy {
-                break;
-            }
-            if started.elapsed() > ready_within {
-                return Err(Failure::gone(format!(
-                    "the controller was not ready (CSTS.RDY) within {ready_within:?}"
-                )));
-            }
-            reactor::sleep(RDY_POLL).await;
-        }
+        enable(admin, &cap, p.timeout()).await?;
         let ctrl = IdentifyController::parse(&identify(admin, cns::CONTROLLER, 0).await?)
             .map_err(|e| Failure::io(format!("Identify Controller: {e}")))?;
         if ctrl.cntrltype == CNTRLTYPE_DISCOVERY {
@@ -941,62 +910,10 @@ impl Shared {
         }
         let ns = IdentifyNamespace::parse(&identify(admin, cns::NAMESPACE, p.nsid).await?)
             .map_err(|e| Failure::io(format!("Identify Namespace: {e}")))?;
-        if ns.nsze == 0 {
-            return Err(Failure::gone(format!(
-                "namespace {} of {} is not active",
-                p.nsid, p.subnqn
-            )));
-        }
-        let fmt = ns
-            .current_format()
-            .copied()
-            .ok_or_else(|| Failure::io("the namespace's LBA format is not described"))?;
-        if fmt.ms != 0 {
-            return Err(Failure::io(format!(
-                "the namespace has {} bytes of metadata per block, which is not supported",
-                fmt.ms
-            )));
-        }
-        if !(9..=16).contains(&fmt.lbads) {
-            return Err(Failure::io(format!(
-                "unsupported block size 2^{} bytes",
-                fmt.lbads
-            )));
-        }
-        let block_size = 1u32 << fmt.lbads;
-        let want = p.queues.saturating_sub(1);
-        let c = admin
-            .submit(
-                Command::SetFeatures(SetFeatures {
-                    fid: feature_id::NUMBER_OF_QUEUES,
-                    cdw11: NumberOfQueues {
-                        nsq: want,
-                        ncq: want,
-                    }
-                    .to_dword(),
-                    ..SetFeatures::default()
-                })
-                .to_sqe(0, 0, Sgl::null()),
-                Xfer::None,
-            )
-            .await?;
-        check_admin(&c, "Set Features (Number of Queues)")?;
-        let granted = NumberOfQueues::from_dword(c.cqe.dw0);
-        let nr_queues = granted.nsq.min(granted.ncq).saturating_add(1).min(p.queues);
-
-        let page = 4096u64 << cap.mpsmin;
-        let mdts = if ctrl.mdts == 0 {
-            u64::MAX
-        } else {
-            page << ctrl.mdts.min(20)
-        };
-        let max_io = mdts
-            .min(u64::from(MAX_TRANSFER))
-            .min(65536 * u64::from(block_size));
-        let max_io = (max_io / u64::from(block_size) * u64::from(block_size))
-            .max(u64::from(block_size)) as u32;
-        let write_protected = ns.nsattr & 1 != 0;
-        let read_only = p.read_only || write_protected;
+        let block_size = block_size_of(&ns, p)?;
+        let nr_queues = set_number_of_queues(admin, p.queues).await?;
+        let max_io = max_transfer(&cap, &ctrl, block_size);
+        let read_only = p.read_only || ns.nsattr & 1 != 0;
         let caps = Capabilities {
             flush: ctrl.vwc & VWC_PRESENT != 0,
             fua: !read_only,
@@ -1007,23 +924,11 @@ impl Shared {
             read_only,
             rotational: false,
         };
-        let fixed = *self.fixed.get_or_init(|| Fixed {
+        let fixed = self.same_shape(Fixed {
             block_size,
             max_io,
             caps,
-        });
-        if fixed.block_size != block_size {
-            return Err(Failure::io(format!(
-                "the namespace's block size changed from {} to {block_size} bytes",
-                fixed.block_size
-            )));
-        }
-        if fixed.max_io > max_io {
-            return Err(Failure::io(format!(
-                "the controller's transfer limit shrank from {} to {max_io} bytes",
-                fixed.max_io
-            )));
-        }
+        })?;
         self.num_blocks.store(ns.nsze, Ordering::Relaxed);
         let qsize = p
             .qsize
@@ -1053,6 +958,25 @@ impl Shared {
             qsize,
             in_capsule,
         })
+    }
+
+    /// The shape the device was first seen with (it is fixed for its life); a reconnection
+    /// must find the same block size and a transfer limit no smaller.
+    fn same_shape(&self, now: Fixed) -> std::result::Result<Fixed, Failure> {
+        let fixed = *self.fixed.get_or_init(|| now);
+        if fixed.block_size != now.block_size {
+            return Err(Failure::io(format!(
+                "the namespace's block size changed from {} to {} bytes",
+                fixed.block_size, now.block_size
+            )));
+        }
+        if fixed.max_io > now.max_io {
+            return Err(Failure::io(format!(
+                "the controller's transfer limit shrank from {} to {} bytes",
+                fixed.max_io, now.max_io
+            )));
+        }
+        Ok(fixed)
     }
 
     /// This reactor's I/O queue if it is connected and belongs to the current association.
@@ -1179,6 +1103,113 @@ async fn property_set(
         )
         .await?;
     check_admin(&c, &format!("Property Set {offset:#x}"))
+}
+
+/// Sets CC.EN and waits for CSTS.RDY (at most CAP.TO and `timeout`); a fatal status
+/// (CSTS.CFS) fails at once.
+async fn enable(
+    admin: &Rc<Queue>,
+    cap: &Cap,
+    timeout: Duration,
+) -> std::result::Result<(), Failure> {
+    let cc = Cc {
+        en: true,
+        css: 0,
+        mps: 0,
+        ams: 0,
+        shn: 0,
+        iosqes: 6,
+        iocqes: 4,
+        crime: false,
+    };
+    property_set(admin, register::CC, cc.to_u32().into()).await?;
+    let ready_within = Duration::from_millis(500 * u64::from(cap.to.max(1))).min(timeout);
+    let started = Instant::now();
+    loop {
+        let csts = proto_nvme::Csts::from_u32(
+            property_get(admin, register::CSTS, PropertySize::Four).await? as u32,
+        );
+        if csts.cfs {
+            return Err(Failure::io(
+                "the controller reports a fatal status (CSTS.CFS)",
+            ));
+        }
+        if csts.rdy {
+            return Ok(());
+        }
+        if started.elapsed() > ready_within {
+            return Err(Failure::gone(format!(
+                "the controller was not ready (CSTS.RDY) within {ready_within:?}"
+            )));
+        }
+        reactor::sleep(RDY_POLL).await;
+    }
+}
+
+/// The namespace's block size, if it is active and its format is one this initiator serves
+/// (no metadata, 512 B to 64 KiB blocks).
+fn block_size_of(ns: &IdentifyNamespace, p: &NvmfParams) -> std::result::Result<u32, Failure> {
+    if ns.nsze == 0 {
+        return Err(Failure::gone(format!(
+            "namespace {} of {} is not active",
+            p.nsid, p.subnqn
+        )));
+    }
+    let fmt = ns
+        .current_format()
+        .copied()
+        .ok_or_else(|| Failure::io("the namespace's LBA format is not described"))?;
+    if fmt.ms != 0 {
+        return Err(Failure::io(format!(
+            "the namespace has {} bytes of metadata per block, which is not supported",
+            fmt.ms
+        )));
+    }
+    if !(9..=16).contains(&fmt.lbads) {
+        return Err(Failure::io(format!(
+            "unsupported block size 2^{} bytes",
+            fmt.lbads
+        )));
+    }
+    Ok(1u32 << fmt.lbads)
+}
+
+/// Asks for `queues` I/O queues (Set Features Number of Queues); returns how many to use.
+async fn set_number_of_queues(admin: &Rc<Queue>, queues: u16) -> std::result::Result<u16, Failure> {
+    let want = queues.saturating_sub(1);
+    let c = admin
+        .submit(
+            Command::SetFeatures(SetFeatures {
+                fid: feature_id::NUMBER_OF_QUEUES,
+                cdw11: NumberOfQueues {
+                    nsq: want,
+                    ncq: want,
+                }
+                .to_dword(),
+                ..SetFeatures::default()
+            })
+            .to_sqe(0, 0, Sgl::null()),
+            Xfer::None,
+        )
+        .await?;
+    check_admin(&c, "Set Features (Number of Queues)")?;
+    let granted = NumberOfQueues::from_dword(c.cqe.dw0);
+    Ok(granted.nsq.min(granted.ncq).saturating_add(1).min(queues))
+}
+
+/// The largest transfer: the controller's MDTS (in units of its minimum page), this
+/// initiator's limit and 64 Ki blocks, rounded down to whole blocks.
+fn max_transfer(cap: &Cap, ctrl: &IdentifyController, block_size: u32) -> u32 {
+    let page = 4096u64 << cap.mpsmin;
+    let mdts = if ctrl.mdts == 0 {
+        u64::MAX
+    } else {
+        page << ctrl.mdts.min(20)
+    };
+    let max_io = mdts
+        .min(u64::from(MAX_TRANSFER))
+        .min(65536 * u64::from(block_size));
+    (max_io / u64::from(block_size) * u64::from(block_size)).max(u64::from(block_size)) as u32
 }
 
 async fn identify(admin: &Rc<Queue>, cns: u8, nsid: u32) -> std::result::Result<IoBuf, Failure> {
