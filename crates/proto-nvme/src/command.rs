@@ -843,7 +843,9 @@ impl Command {
         })
     }
 
-    /// Opcode, fabrics type, and CDW10-15 of this command.
+    /// Opcode, fabrics type, and CDW10-15 of this command. Long by design: one short arm per
+    /// command, a table kept whole so that every encoding sits beside the others and beside
+    /// [`Command::parse`]'s.
     fn wire(&self) -> (u8, Option<u8>, [u32; 6]) {
         let uuid = |u: u8| u32::from(u & 0x7f);
         let b = |v: bool, n: u32| u32::from(v) << n;
