@@ -53,8 +53,14 @@ mod tests {
             s(ErrorKind::Conflict, IoKind::Write),
             Status::RESERVATION_CONFLICT.with_dnr()
         );
-        assert_eq!(s(ErrorKind::Gone, IoKind::Read), Status::UNRECOVERED_READ_ERROR);
-        assert_eq!(s(ErrorKind::Timeout, IoKind::Write), Status::COMMAND_INTERRUPTED);
+        assert_eq!(
+            s(ErrorKind::Gone, IoKind::Read),
+            Status::UNRECOVERED_READ_ERROR
+        );
+        assert_eq!(
+            s(ErrorKind::Timeout, IoKind::Write),
+            Status::COMMAND_INTERRUPTED
+        );
         assert_eq!(
             s(ErrorKind::Unsupported, IoKind::Unmap),
             Status::INVALID_FIELD.with_dnr()
