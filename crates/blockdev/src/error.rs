@@ -28,7 +28,6 @@ pub enum IoKind {
 
 /// The class of a block error, which protocol targets map to their wire status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum ErrorKind {
     /// The device failed the I/O (media or transport error).
     Io,

@@ -19,7 +19,6 @@ pub mod pools;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -574,10 +573,8 @@ impl Engine {
     /// API, commits every pool, flushes every device and stops the reactors. Returns the
     /// failures.
     pub fn shutdown(mut self) -> Vec<String> {
-        self.state.nbd.stop(Some(self.listener.as_raw_fd()));
-        self.state
-            .nvmf
-            .stop(self.nvmf_listener.as_ref().map(|l| l.as_raw_fd()));
+        self.state.nbd.stop();
+        self.state.nvmf.stop();
         let deadline = Instant::now() + Duration::from_secs(5);
         while (self.state.nbd.connection_count() > 0 || self.state.nvmf.connection_count() > 0)
             && Instant::now() < deadline
@@ -607,21 +604,6 @@ impl Engine {
     }
 }
 
-/// Runs a `Send` future to completion on the calling (non-reactor) thread.
-pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    struct Unpark(std::thread::Thread);
-    impl std::task::Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark()
-        }
-    }
-    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
-    let mut cx = std::task::Context::from_waker(&waker);
-    let mut f = std::pin::pin!(f);
-    loop {
-        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
-        }
-        std::thread::park();
-    }
-}
+/// Runs a future to completion on the calling (non-reactor) thread: the runtime's
+/// [`reactor::block_on`], re-exported for the engine's users.
+pub use reactor::block_on;

@@ -12,6 +12,12 @@
 //! - a pool of **registered aligned buffers** ([`alloc_buf`]) used with `READ_FIXED` /
 //!   `WRITE_FIXED`.
 //!
+//! It also owns the socket layer every protocol shares: [`TcpStream`] / [`TcpListener`] over
+//! the ring, [`BufReader`] (the buffered receive side of a stream protocol), [`Server`] (the
+//! accept loop: connection cap, per-connection tasks spread over the reactors, stop), and
+//! [`ShutdownHandle`] (shutting a socket down from another thread, safely); plus
+//! [`block_on`] and [`percent_decode`].
+//!
 //! How an idle reactor waits is its [`PollMode`]: `poll` spins, `interrupt` blocks in
 //! `io_uring_enter`, `adaptive` (default) spins for a window sized from the measured event
 //! rate and blocks once work dries up ([`mode::Adaptive`]).
@@ -28,8 +34,11 @@ pub mod mode;
 mod net;
 pub mod op;
 mod outbox;
+mod reader;
+pub mod server;
 pub mod sync;
 pub mod testing;
+mod util;
 
 pub use buf::{ALIGN, IoBuf, StableBuf, StableBufMut};
 pub use core::{
@@ -37,6 +46,9 @@ pub use core::{
     current_id, spawn_local, spawn_now,
 };
 pub use mode::PollMode;
-pub use net::{TcpListener, TcpStream};
+pub use net::{ShutdownHandle, TcpListener, TcpStream};
 pub use op::sleep;
 pub use outbox::{Chunk, Outbox, SMALL_CHUNK};
+pub use reader::BufReader;
+pub use server::{Connection, IdleWatch, ListenerLimits, Server, ServerStats};
+pub use util::{PercentDecodeError, block_on, fd_limits, percent_decode, raise_fd_limit};

@@ -3,29 +3,91 @@
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, Mutex};
 
 use io_uring::{opcode, types};
 
 use crate::buf::{StableBuf, StableBufMut};
 use crate::op::{self, Op};
 
+/// Shuts a socket down from any thread, for as long as the socket is open, and does nothing
+/// once it is closed: obtained from [`TcpStream::shutdown_handle`] or
+/// [`TcpListener::shutdown_handle`]. Lets a server stop its live connections (or wake the
+/// accept it is blocked in) without owning them, and without the raw descriptor that, once
+/// closed and reused, would shut down some other socket.
+#[derive(Clone, Debug)]
+pub struct ShutdownHandle {
+    /// The descriptor while the socket is open; `None` once its owner let it go.
+    fd: Arc<Mutex<Option<RawFd>>>,
+}
+
+impl ShutdownHandle {
+    /// Shuts both directions down: a pending receive or accept completes (end of stream, or
+    /// an error for an accept), and the peer sees the connection end. Does nothing after the
+    /// socket was closed.
+    pub fn shutdown(&self) {
+        let fd = self.fd.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(fd) = *fd {
+            // SAFETY: shutdown(2) takes no memory. `fd` is open: its owner (a `HandleGuard`)
+            // sets it to `None` under this lock before the socket is closed, and we hold the
+            // lock, so the descriptor cannot be closed and reused under us.
+            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+        }
+    }
+
+    /// Whether the socket is still open.
+    pub fn is_open(&self) -> bool {
+        self.fd.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+    }
+}
+
+/// Held by a socket that gave out [`ShutdownHandle`]s: disarms them when dropped, which a
+/// socket type ensures happens before its descriptor closes (it is declared before the
+/// descriptor's owner, and fields drop in declaration order).
+#[derive(Debug)]
+struct HandleGuard(ShutdownHandle);
+
+impl HandleGuard {
+    fn new(fd: RawFd) -> HandleGuard {
+        HandleGuard(ShutdownHandle {
+            fd: Arc::new(Mutex::new(Some(fd))),
+        })
+    }
+}
+
+impl Drop for HandleGuard {
+    fn drop(&mut self) {
+        *self.0.fd.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
 /// A listening TCP socket whose accepts go through the ring.
 #[derive(Debug)]
 pub struct TcpListener {
+    /// Before `inner`: disarms the shutdown handles before the socket closes.
+    guard: Option<HandleGuard>,
     inner: std::net::TcpListener,
 }
 
 impl TcpListener {
     /// Binds (with `SO_REUSEADDR`, as std does) to `addr`.
     pub fn bind(addr: impl ToSocketAddrs) -> io::Result<TcpListener> {
-        Ok(TcpListener {
-            inner: std::net::TcpListener::bind(addr)?,
-        })
+        Ok(TcpListener::from_std(std::net::TcpListener::bind(addr)?))
     }
 
     /// Wraps an already bound std listener.
     pub fn from_std(inner: std::net::TcpListener) -> TcpListener {
-        TcpListener { inner }
+        TcpListener { guard: None, inner }
+    }
+
+    /// A handle that shuts this listener down from any thread, waking a pending
+    /// [`accept`](Self::accept) with an error; inert once the listener is dropped.
+    pub fn shutdown_handle(&mut self) -> ShutdownHandle {
+        let fd = self.inner.as_raw_fd();
+        self.guard
+            .get_or_insert_with(|| HandleGuard::new(fd))
+            .0
+            .clone()
     }
 
     /// The bound address.
@@ -44,7 +106,7 @@ impl TcpListener {
             SocketAddr::from(([0, 0, 0, 0], 0))
         });
         let _ = stream.set_nodelay(true);
-        Ok((TcpStream { inner: stream }, peer))
+        Ok((TcpStream::from_std(stream), peer))
     }
 }
 
@@ -52,6 +114,8 @@ impl TcpListener {
 /// accepted on one reactor can be handed to another.
 #[derive(Debug)]
 pub struct TcpStream {
+    /// Before `inner`: disarms the shutdown handles before the socket closes.
+    guard: Option<HandleGuard>,
     inner: std::net::TcpStream,
 }
 
@@ -60,7 +124,7 @@ impl TcpStream {
     pub fn connect(addr: impl ToSocketAddrs) -> io::Result<TcpStream> {
         let s = std::net::TcpStream::connect(addr)?;
         s.set_nodelay(true)?;
-        Ok(TcpStream { inner: s })
+        Ok(TcpStream::from_std(s))
     }
 
     /// Connects through the ring (`IORING_OP_CONNECT`): the reactor keeps running while the
@@ -96,20 +160,29 @@ impl TcpStream {
         }
         let s = std::net::TcpStream::from(res.sock);
         s.set_nodelay(true)?;
-        Ok(TcpStream { inner: s })
+        Ok(TcpStream::from_std(s))
     }
 
     /// Another handle to the same socket (a duplicated descriptor), e.g. for another thread
     /// to [`shutdown`](Self::shutdown) a connection a reactor is blocked receiving on.
     pub fn try_clone(&self) -> io::Result<TcpStream> {
-        Ok(TcpStream {
-            inner: self.inner.try_clone()?,
-        })
+        Ok(TcpStream::from_std(self.inner.try_clone()?))
     }
 
     /// Wraps a std stream.
     pub fn from_std(inner: std::net::TcpStream) -> TcpStream {
-        TcpStream { inner }
+        TcpStream { guard: None, inner }
+    }
+
+    /// A handle that shuts this connection down from any thread (another reactor, the
+    /// management plane) without owning it; inert once the stream is dropped. Every handle
+    /// of a stream is the same one.
+    pub fn shutdown_handle(&mut self) -> ShutdownHandle {
+        let fd = self.inner.as_raw_fd();
+        self.guard
+            .get_or_insert_with(|| HandleGuard::new(fd))
+            .0
+            .clone()
     }
 
     /// The raw descriptor.
@@ -215,9 +288,11 @@ impl TcpStream {
         let _ = self.inner.shutdown(std::net::Shutdown::Both);
     }
 
-    /// Gives the descriptor up.
+    /// Gives the descriptor up (its shutdown handles become inert).
     pub fn into_fd(self) -> OwnedFd {
-        self.inner.into()
+        let TcpStream { guard, inner } = self;
+        drop(guard);
+        inner.into()
     }
 }
 

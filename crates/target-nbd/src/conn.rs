@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use blockdev::{BlockError, ExtentState, WriteFlags, ZeroFlags};
 use proto_nbd::{self as nbd, Command, Errno, Request, consts::*};
 use reactor::sync::LocalSemaphore;
-use reactor::{Chunk, IoBuf, Outbox, TcpStream, spawn_now};
+use reactor::{BufReader, Chunk, Connection, IdleWatch, IoBuf, Outbox, TcpStream, spawn_now};
 
 use crate::errors::errno_of;
 use crate::negotiate::{BASE_ALLOCATION_ID, Negotiated, negotiate};
@@ -28,6 +28,8 @@ struct Conn {
     /// Every reply goes through here: replies ready together leave in one send.
     outbox: Outbox,
     broken: Cell<bool>,
+    /// Requests seen and in flight, for the listener's idle limit.
+    activity: Rc<IdleWatch>,
 }
 
 /// A reply to send: header bytes and optional data.
@@ -116,78 +118,23 @@ impl Conn {
     }
 }
 
-/// A buffered reader over the socket for headers; payloads bypass the buffer where possible.
-struct Reader {
-    buf: IoBuf,
-    start: usize,
-}
-
-impl Reader {
-    async fn fill(&mut self, stream: &TcpStream, need: usize) -> io::Result<()> {
-        if self.buf.len() - self.start >= need {
-            return Ok(());
-        }
-        // Compact, then receive until `need` bytes are buffered.
-        let avail = self.buf.len() - self.start;
-        if self.start > 0 {
-            self.buf.copy_within(self.start.., 0);
-            self.buf.set_len(avail);
-            self.start = 0;
-        }
-        while self.buf.len() < need {
-            let buf = std::mem::take(&mut self.buf);
-            let at = buf.len();
-            let (r, b) = stream.recv(buf, at).await;
-            self.buf = b;
-            match r {
-                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-
-    fn take(&mut self, n: usize) -> &[u8] {
-        let s = &self.buf[self.start..self.start + n];
-        self.start += n;
-        s
-    }
-
-    /// Reads `len` payload bytes into a fresh buffer.
-    async fn payload(&mut self, stream: &TcpStream, len: usize) -> io::Result<IoBuf> {
-        let mut data = reactor::alloc_buf(len);
-        let have = (self.buf.len() - self.start).min(len);
-        data[..have].copy_from_slice(&self.buf[self.start..self.start + have]);
-        self.start += have;
-        if have < len {
-            data.set_len(have);
-            let (r, d) = stream.recv_exact(data, have, len).await;
-            r?;
-            data = d;
-        }
-        Ok(data)
-    }
-
-    /// Reads and drops `len` payload bytes.
-    async fn discard(&mut self, stream: &TcpStream, mut len: usize) -> io::Result<()> {
-        while len > 0 {
-            let n = len.min(RECV_BUF);
-            self.fill(stream, n.min(RECV_BUF)).await?;
-            self.take(n);
-            len -= n;
-        }
-        Ok(())
-    }
-}
-
-/// Serves one accepted connection until the client disconnects or misbehaves.
-pub(crate) async fn serve_connection(server: &NbdServer, stream: TcpStream) {
-    let neg = match negotiate(server, &stream).await {
-        Ok(Some(n)) => n,
-        Ok(None) | Err(_) => return,
-    };
+/// Serves one accepted connection until the client disconnects or misbehaves. A client that
+/// has not finished negotiating within the listener's `negotiate_timeout` is closed, and so
+/// is a negotiated one idle for its `idle_timeout`.
+pub(crate) async fn serve_connection(server: &NbdServer, c: Connection) {
+    let Connection {
+        stream,
+        shutdown,
+        limits,
+        ..
+    } = c;
+    // Dropping the handshake's future at the deadline closes the connection: nothing after
+    // it would be read.
+    let neg =
+        match reactor::sync::timeout(limits.negotiate_timeout, negotiate(server, &stream)).await {
+            Some(Ok(Some(n))) => n,
+            Some(Ok(None) | Err(_)) | None => return,
+        };
     let Negotiated {
         export,
         structured,
@@ -195,6 +142,10 @@ pub(crate) async fn serve_connection(server: &NbdServer, stream: TcpStream) {
     } = neg;
     export.connections.fetch_add(1, Ordering::Relaxed);
     let stream = Rc::new(stream);
+    let activity = Rc::new(IdleWatch::default());
+    if let Some(idle) = limits.idle_timeout {
+        activity.watch(idle, shutdown);
+    }
     let conn = Rc::new(Conn {
         stream: stream.clone(),
         export: export.clone(),
@@ -202,6 +153,7 @@ pub(crate) async fn serve_connection(server: &NbdServer, stream: TcpStream) {
         base_allocation,
         outbox: Outbox::new(stream),
         broken: Cell::new(false),
+        activity,
     });
     let requests = LocalSemaphore::new(MAX_IN_FLIGHT);
     let bytes = LocalSemaphore::new(MAX_IN_FLIGHT_BYTES / BYTE_UNIT);
@@ -216,10 +168,7 @@ async fn transmission(
     requests: &LocalSemaphore,
     bytes: &LocalSemaphore,
 ) -> io::Result<()> {
-    let mut rd = Reader {
-        buf: IoBuf::with_capacity(RECV_BUF),
-        start: 0,
-    };
+    let mut rd = BufReader::new(RECV_BUF);
     loop {
         rd.fill(&conn.stream, nbd::REQUEST_LEN).await?;
         let req = match Request::parse(rd.take(nbd::REQUEST_LEN)) {
@@ -227,6 +176,7 @@ async fn transmission(
             // A bad magic means we lost framing: nothing can be trusted after it.
             Err(_) => return Err(io::ErrorKind::InvalidData.into()),
         };
+        conn.activity.request();
         if conn.export.removed.load(Ordering::SeqCst) || conn.broken.get() {
             conn.reply(&req, Err(Errno::Eshutdown)).await;
             return Ok(());
@@ -242,12 +192,14 @@ async fn transmission(
                 return Err(io::ErrorKind::InvalidData.into());
             }
             if let Err(e) = validate(conn, &req) {
-                rd.discard(&conn.stream, req.length as usize).await?;
+                rd.skip(&conn.stream, u64::from(req.length)).await?;
                 conn.reply(&req, Err(e)).await;
+                conn.activity.done();
                 continue;
             }
         } else if let Err(e) = validate(conn, &req) {
             conn.reply(&req, Err(e)).await;
+            conn.activity.done();
             continue;
         }
         let permit = requests.acquire().await;
@@ -257,13 +209,21 @@ async fn transmission(
         };
         let byte_permits = bytes.acquire_many(units).await;
         if req.command == Command::Write {
-            payload = Some(rd.payload(&conn.stream, req.length as usize).await?);
+            // Straight into a registered buffer, which the device then writes with
+            // WRITE_FIXED.
+            let len = req.length as usize;
+            let (r, data) = rd
+                .read_into(&conn.stream, reactor::alloc_buf(len), 0, len)
+                .await;
+            r?;
+            payload = Some(data);
         }
         let c = conn.clone();
         // Polled at once: the device I/O is queued before the loop reads the next request.
         spawn_now(async move {
             let r = execute(&c, &req, payload).await;
             c.reply(&req, r).await;
+            c.activity.done();
             drop(byte_permits);
             drop(permit);
         });

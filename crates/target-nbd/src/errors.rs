@@ -1,4 +1,7 @@
 //! The one place block errors become NBD error numbers.
+//!
+//! The match has no wildcard arm: a new [`ErrorKind`] does not compile until it is given its
+//! errno here (and in `target_nvme::status_of`). The table is in docs/nbd.md.
 
 use blockdev::{BlockError, ErrorKind, IoKind};
 use proto_nbd::Errno;
@@ -16,7 +19,10 @@ pub fn errno_of(e: &BlockError) -> Errno {
         ErrorKind::Unsupported | ErrorKind::NotFast => Errno::Enotsup,
         ErrorKind::ReadOnly => Errno::Eperm,
         ErrorKind::NoSpace => Errno::Enospc,
-        _ => Errno::Eio,
+        // Fenced out (a newer nexus incarnation or another host holds the device): the
+        // client may not write here; EPERM is the protocol's "operation not permitted",
+        // distinct from a failed medium (EIO), so a client need not retry.
+        ErrorKind::Conflict => Errno::Eperm,
     }
 }
 
@@ -33,5 +39,12 @@ mod tests {
         assert_eq!(e(ErrorKind::ReadOnly, IoKind::Write), Errno::Eperm);
         assert_eq!(e(ErrorKind::NotFast, IoKind::WriteZeroes), Errno::Enotsup);
         assert_eq!(e(ErrorKind::Io, IoKind::Flush), Errno::Eio);
+        assert_eq!(e(ErrorKind::Conflict, IoKind::Write), Errno::Eperm);
+        assert_eq!(e(ErrorKind::Conflict, IoKind::Flush), Errno::Eperm);
+        assert_eq!(e(ErrorKind::Timeout, IoKind::Read), Errno::Eio);
+        assert_eq!(e(ErrorKind::Gone, IoKind::Read), Errno::Eio);
+        assert_eq!(e(ErrorKind::Misaligned, IoKind::Read), Errno::Einval);
+        assert_eq!(e(ErrorKind::InvalidArgument, IoKind::Read), Errno::Einval);
+        assert_eq!(e(ErrorKind::Unsupported, IoKind::Unmap), Errno::Enotsup);
     }
 }

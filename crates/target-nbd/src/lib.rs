@@ -6,8 +6,10 @@
 //! transmission phase READ, WRITE, FLUSH, TRIM, WRITE_ZEROES (with `FAST_ZERO` and
 //! `NO_HOLE`), CACHE, BLOCK_STATUS and DISC, with FUA. Exports may be read-only.
 //!
-//! Connections are accepted on one reactor and spread round-robin over all reactors; each
-//! connection then lives entirely on its reactor. Requests on a connection run concurrently
+//! Connections are accepted by a [`reactor::Server`] on one reactor and spread round-robin
+//! over all reactors; each connection then lives entirely on its reactor. The listener's
+//! [`ListenerLimits`] cap the connections, bound the handshake (a client that has not chosen
+//! an export by then is closed) and optionally the time a connection may sit idle. Requests on a connection run concurrently
 //! (bounded: [`MAX_IN_FLIGHT`] requests and [`MAX_IN_FLIGHT_BYTES`] of payload) and replies go
 //! out in completion order. Every device is shared by all connections, and a flush on one makes
 //! the writes completed on all of them durable, so exports advertise `CAN_MULTI_CONN`.
@@ -20,17 +22,18 @@
 //! skipped safely and close the connection after the error reply. Nothing is allocated from an
 //! untrusted length beyond these bounds.
 
+#![forbid(unsafe_code)]
+
 mod conn;
 mod errors;
 mod negotiate;
 
 use std::collections::BTreeMap;
-use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, RwLock};
 
 use blockdev::Device;
-use reactor::{ReactorHandle, TcpListener};
+use reactor::{ListenerLimits, ReactorHandle, Server};
 
 pub use errors::errno_of;
 
@@ -40,8 +43,9 @@ pub const MAX_PAYLOAD: u32 = 32 << 20;
 pub const MAX_IN_FLIGHT: usize = 128;
 /// Payload bytes buffered concurrently per connection.
 pub const MAX_IN_FLIGHT_BYTES: usize = 64 << 20;
-/// Connections served at once; more are closed right after accept.
-pub const MAX_CONNECTIONS: usize = 1024;
+/// Connections served at once by default ([`ListenerLimits::max_connections`]); more are
+/// closed right after accept.
+pub const MAX_CONNECTIONS: usize = ListenerLimits::MAX_CONNECTIONS;
 /// Block status descriptors sent in one reply (the client asks again for the rest).
 pub const MAX_EXTENTS: usize = 1024;
 
@@ -86,9 +90,8 @@ pub struct ExportInfo {
 /// The server: a set of exports and the connections to them.
 pub struct NbdServer {
     exports: RwLock<BTreeMap<String, Arc<Export>>>,
-    conns: Mutex<BTreeMap<u64, RawFd>>,
-    next_conn: AtomicU64,
-    stopping: AtomicBool,
+    /// The accept loop and the live connections.
+    server: Arc<Server>,
 }
 
 impl std::fmt::Debug for NbdServer {
@@ -131,13 +134,16 @@ impl std::fmt::Display for ExportError {
 impl std::error::Error for ExportError {}
 
 impl NbdServer {
-    /// A server with no exports.
+    /// A server with no exports and the default [`ListenerLimits`].
     pub fn new() -> Arc<NbdServer> {
+        NbdServer::with_limits(ListenerLimits::default())
+    }
+
+    /// A server with no exports whose listener enforces `limits`.
+    pub fn with_limits(limits: ListenerLimits) -> Arc<NbdServer> {
         Arc::new(NbdServer {
             exports: RwLock::new(BTreeMap::new()),
-            conns: Mutex::new(BTreeMap::new()),
-            next_conn: AtomicU64::new(1),
-            stopping: AtomicBool::new(false),
+            server: Server::new("nbd", limits),
         })
     }
 
@@ -231,66 +237,26 @@ impl NbdServer {
     /// Starts accepting on `listener` (on reactor `reactors[0]`), handing connections to the
     /// reactors round-robin.
     pub fn serve(self: &Arc<Self>, listener: std::net::TcpListener, reactors: Vec<ReactorHandle>) {
-        let server = self.clone();
-        let first = reactors[0].clone();
-        first.spawn(move || async move {
-            let listener = TcpListener::from_std(listener);
-            let mut next = 0usize;
-            loop {
-                let (stream, _peer) = match listener.accept().await {
-                    Ok(s) => s,
-                    Err(e) => {
-                        if server.stopping.load(Ordering::SeqCst) {
-                            return;
-                        }
-                        // EMFILE and friends: back off instead of spinning.
-                        eprintln!("nbd: accept failed: {e}");
-                        reactor::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                if server.stopping.load(Ordering::SeqCst) {
-                    return;
-                }
-                if server.conns.lock().expect("conns lock").len() >= MAX_CONNECTIONS {
-                    drop(stream);
-                    continue;
-                }
-                let id = server.next_conn.fetch_add(1, Ordering::Relaxed);
-                server
-                    .conns
-                    .lock()
-                    .expect("conns lock")
-                    .insert(id, stream.fd());
-                let target = reactors[next % reactors.len()].clone();
-                next += 1;
-                let s2 = server.clone();
-                target.spawn(move || async move {
-                    conn::serve_connection(&s2, stream).await;
-                    s2.conns.lock().expect("conns lock").remove(&id);
-                });
-            }
+        let nbd = self.clone();
+        self.server.serve(listener, reactors, move |c| {
+            let nbd = nbd.clone();
+            async move { conn::serve_connection(&nbd, c).await }
         });
     }
 
     /// Stops accepting and shuts every open connection down (their in-flight requests still
     /// complete on the device).
-    pub fn stop(&self, listener_fd: Option<RawFd>) {
-        self.stopping.store(true, Ordering::SeqCst);
-        if let Some(fd) = listener_fd {
-            // SAFETY: shutdown(2) on a descriptor the caller keeps open; it only wakes the
-            // pending accept, which then sees `stopping`.
-            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
-        }
-        for &fd in self.conns.lock().expect("conns lock").values() {
-            // SAFETY: fd belongs to a live connection (removed from the map before it closes,
-            // under this lock); shutdown does not close it.
-            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
-        }
+    pub fn stop(&self) {
+        self.server.stop();
     }
 
     /// Connections currently open.
     pub fn connection_count(&self) -> usize {
-        self.conns.lock().expect("conns lock").len()
+        self.server.connection_count()
+    }
+
+    /// The listener's counters (open, accepted, refused at the cap, accept errors).
+    pub fn listener_stats(&self) -> reactor::ServerStats {
+        self.server.stats()
     }
 }

@@ -18,7 +18,7 @@ use proto_nvme::{
 };
 use reactor::IoBuf;
 
-use crate::conn::{Conn, Reply};
+use crate::queue::{QueueCtx, Reply};
 use crate::subsys::{Controller, Namespace};
 use crate::{
     ERROR_LOG_ENTRIES, IO_IN_CAPSULE, MAX_AER, MAX_IO_QUEUES, MAX_NAMESPACES, MAX_QUEUE_SIZE, MDTS,
@@ -72,7 +72,7 @@ fn version(discovery: bool) -> Version {
 
 /// Executes an admin command.
 pub(crate) async fn admin(
-    conn: &Conn,
+    conn: &QueueCtx,
     ctrl: &Arc<Controller>,
     sqe: &Sqe,
     cmd: Command,
@@ -233,7 +233,7 @@ fn lbads(bs: u32) -> u8 {
     bs.trailing_zeros() as u8
 }
 
-fn identify(conn: &Conn, ctrl: &Arc<Controller>, sqe: &Sqe, c: u8) -> Reply {
+fn identify(conn: &QueueCtx, ctrl: &Arc<Controller>, sqe: &Sqe, c: u8) -> Reply {
     let sub = &ctrl.subsys;
     let page: Vec<u8> = match c {
         cns::CONTROLLER => identify_controller(ctrl).encode(),
@@ -350,7 +350,7 @@ fn identify_namespace(ns: &Namespace) -> IdentifyNamespace {
 }
 
 fn log_page(
-    conn: &Conn,
+    conn: &QueueCtx,
     ctrl: &Arc<Controller>,
     lid: u8,
     lsp: u8,
@@ -428,7 +428,7 @@ fn log_page(
     })
 }
 
-fn discovery_log(conn: &Conn, hostnqn: &str) -> DiscoveryLog {
+fn discovery_log(conn: &QueueCtx, hostnqn: &str) -> DiscoveryLog {
     let t = &conn.target;
     let listen = t.listen_addr();
     // Report the address the host reached us on when listening on a wildcard address.
@@ -471,7 +471,7 @@ fn discovery_log(conn: &Conn, hostnqn: &str) -> DiscoveryLog {
 
 /// Executes an I/O command.
 pub(crate) async fn io(
-    conn: &Conn,
+    conn: &QueueCtx,
     ctrl: &Arc<Controller>,
     sqe: &Sqe,
     cmd: Command,

@@ -2,9 +2,8 @@
 //! capsules, H2CData), R2T, and completions (CapsuleResp, C2HData).
 
 use std::cell::{Cell, OnceCell, RefCell};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -16,9 +15,13 @@ use proto_nvme::{
     connect_invalid_parameter_dw0, connect_success_dw0, crc32c, fctype,
 };
 use reactor::sync::{LocalSemaphore, Permit};
-use reactor::{Chunk, IoBuf, Outbox, TcpStream, spawn_local, spawn_now};
+use reactor::{
+    BufReader, Chunk, Connection, IdleWatch, IoBuf, Outbox, ShutdownHandle, TcpStream, spawn_local,
+    spawn_now,
+};
 
-use crate::subsys::{Controller, Namespace, Subsystem};
+use crate::queue::{QueueCtx, Reply};
+use crate::subsys::Controller;
 use crate::{IO_IN_CAPSULE, MAX_IN_FLIGHT_BYTES, MAX_IO_QUEUES, MAX_QUEUE_SIZE, MAXH2CDATA};
 use crate::{MDTS_BYTES, NvmfTarget, cmd};
 
@@ -28,44 +31,6 @@ const RECV_BUF: usize = 64 * 1024;
 const BYTE_UNIT: usize = 64 * 1024;
 /// Command tasks per connection (at most a queue's worth, plus slack for misbehaving hosts).
 const MAX_TASKS: usize = 2 * MAX_QUEUE_SIZE as usize;
-/// Time a new connection has to send ICReq and Connect.
-const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A command's completion.
-#[derive(Debug)]
-pub(crate) struct Reply {
-    pub(crate) status: Status,
-    pub(crate) dw0: u32,
-    pub(crate) dw1: u32,
-    /// Data for the host (C2HData), sent before the completion.
-    pub(crate) data: Option<IoBuf>,
-}
-
-impl Reply {
-    pub(crate) fn ok() -> Reply {
-        Reply::status(Status::SUCCESS)
-    }
-
-    pub(crate) fn status(status: Status) -> Reply {
-        Reply {
-            status,
-            dw0: 0,
-            dw1: 0,
-            data: None,
-        }
-    }
-
-    pub(crate) fn dw0(dw0: u32) -> Reply {
-        Reply { dw0, ..Reply::ok() }
-    }
-
-    pub(crate) fn data(data: IoBuf) -> Reply {
-        Reply {
-            data: Some(data),
-            ..Reply::ok()
-        }
-    }
-}
 
 /// Write data being collected with R2T/H2CData.
 struct Transfer {
@@ -81,9 +46,14 @@ struct Transfer {
 
 /// Shared state of one connection, owned by its reactor.
 pub(crate) struct Conn {
-    pub(crate) target: Arc<NvmfTarget>,
+    /// What commands see of this queue.
+    ctx: QueueCtx,
     stream: Rc<TcpStream>,
-    pub(crate) local: Option<SocketAddr>,
+    /// Registered with the controller by Connect, so that tearing the controller down
+    /// closes this queue.
+    shutdown: ShutdownHandle,
+    /// Commands seen and in flight, for the listener's idle limit.
+    activity: Rc<IdleWatch>,
     enc: Cell<PduEncoder>,
     /// Everything sent goes through here: completions ready together leave in one send.
     outbox: Outbox,
@@ -100,26 +70,6 @@ pub(crate) struct Conn {
     next_ttag: Cell<u16>,
     bytes: LocalSemaphore,
     tasks: LocalSemaphore,
-    ns_cache: RefCell<NsCache>,
-}
-
-/// The subsystem's namespaces as one queue last saw them (at a generation of the
-/// subsystem's namespace list), behind handles of this thread: looking one up per command
-/// touches no atomic reference count.
-#[derive(Default)]
-struct NsCache {
-    generation: u64,
-    map: BTreeMap<u32, Rc<QueueNs>>,
-}
-
-/// A namespace as a queue holds it.
-pub(crate) struct QueueNs(Arc<Namespace>);
-
-impl std::ops::Deref for QueueNs {
-    type Target = Namespace;
-    fn deref(&self) -> &Namespace {
-        &self.0
-    }
 }
 
 /// The command identifiers in flight on a queue: one bit per identifier (8 KiB), set and
@@ -150,80 +100,6 @@ impl CidSet {
     }
 }
 
-/// Buffered receive side: headers and capsules are parsed from `buf`, large data goes straight
-/// into its destination buffer.
-struct Reader {
-    buf: IoBuf,
-    start: usize,
-}
-
-impl Reader {
-    fn avail(&self) -> &[u8] {
-        &self.buf[self.start..]
-    }
-
-    fn consume(&mut self, n: usize) {
-        self.start += n;
-    }
-
-    async fn fill(&mut self, stream: &TcpStream, need: usize) -> io::Result<()> {
-        if self.buf.len() - self.start >= need {
-            return Ok(());
-        }
-        let have = self.buf.len() - self.start;
-        if self.start > 0 {
-            self.buf.copy_within(self.start.., 0);
-            self.buf.set_len(have);
-            self.start = 0;
-        }
-        if need > self.buf.capacity() {
-            return Err(io::ErrorKind::InvalidData.into());
-        }
-        while self.buf.len() < need {
-            let buf = std::mem::replace(&mut self.buf, IoBuf::empty());
-            let at = buf.len();
-            let (r, b) = stream.recv(buf, at).await;
-            self.buf = b;
-            match r {
-                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-
-    /// Appends `n` bytes of the stream to `dst` (whose capacity must allow it).
-    async fn read_into(
-        &mut self,
-        stream: &TcpStream,
-        mut dst: IoBuf,
-        n: usize,
-    ) -> io::Result<IoBuf> {
-        let have = (self.buf.len() - self.start).min(n);
-        dst.extend_from_slice(&self.buf[self.start..self.start + have]);
-        self.start += have;
-        if have < n {
-            let at = dst.len();
-            let (r, d) = stream.recv_exact(dst, at, at + n - have).await;
-            r?;
-            dst = d;
-        }
-        Ok(dst)
-    }
-
-    async fn skip(&mut self, stream: &TcpStream, mut n: usize) -> io::Result<()> {
-        while n > 0 {
-            let k = n.min(RECV_BUF / 2);
-            self.fill(stream, k).await?;
-            self.consume(k);
-            n -= k;
-        }
-        Ok(())
-    }
-}
-
 /// How the receive loop goes on after a PDU.
 enum Next {
     Continue,
@@ -231,14 +107,22 @@ enum Next {
 }
 
 /// Serves one accepted connection until the host disconnects, misbehaves, or its controller
-/// is torn down.
-pub(crate) async fn serve_connection(target: Arc<NvmfTarget>, stream: TcpStream, id: u64) {
+/// is torn down. A connection that has not sent ICReq and Connect within the listener's
+/// `negotiate_timeout` is closed, and so is one idle for its `idle_timeout`.
+pub(crate) async fn serve_connection(target: Arc<NvmfTarget>, c: Connection) {
+    let Connection {
+        stream,
+        shutdown,
+        limits,
+        ..
+    } = c;
     let local = stream.local_addr().ok();
     let stream = Rc::new(stream);
     let conn = Rc::new(Conn {
-        target: target.clone(),
+        ctx: QueueCtx::new(target, local),
         stream: stream.clone(),
-        local,
+        shutdown,
+        activity: Rc::new(IdleWatch::default()),
         enc: Cell::new(PduEncoder::new()),
         outbox: Outbox::new(stream),
         broken: Cell::new(false),
@@ -252,18 +136,21 @@ pub(crate) async fn serve_connection(target: Arc<NvmfTarget>, stream: TcpStream,
         next_ttag: Cell::new(0),
         bytes: LocalSemaphore::new(MAX_IN_FLIGHT_BYTES / BYTE_UNIT),
         tasks: LocalSemaphore::new(MAX_TASKS),
-        ns_cache: RefCell::new(NsCache::default()),
     });
     // A connection that does not finish setting up in time is dropped.
     let weak: Weak<Conn> = Rc::downgrade(&conn);
+    let setup = limits.negotiate_timeout;
     spawn_local(async move {
-        reactor::sleep(SETUP_TIMEOUT).await;
+        reactor::sleep(setup).await;
         if let Some(c) = weak.upgrade()
             && c.ctrl.get().is_none()
         {
             c.stream.shutdown();
         }
     });
+    if let Some(idle) = limits.idle_timeout {
+        conn.activity.watch(idle, conn.shutdown.clone());
+    }
     let _ = conn.run().await;
     conn.broken.set(true);
     conn.transfers.borrow_mut().clear();
@@ -279,30 +166,11 @@ pub(crate) async fn serve_connection(target: Arc<NvmfTarget>, stream: TcpStream,
             ctrl.teardown();
         }
     }
-    target.forget_conn(id);
 }
 
 impl Conn {
-    /// The namespace `nsid` of the connected subsystem, through the per-queue cache.
-    pub(crate) fn namespace(&self, subsys: &Subsystem, nsid: u32) -> Option<Rc<QueueNs>> {
-        let gen_now = subsys.ns_generation();
-        let mut c = self.ns_cache.borrow_mut();
-        if c.generation != gen_now {
-            let all = subsys.namespaces.read().expect("namespaces lock");
-            c.map = all
-                .iter()
-                .map(|(&id, ns)| (id, Rc::new(QueueNs(ns.clone()))))
-                .collect();
-            c.generation = gen_now;
-        }
-        c.map.get(&nsid).cloned()
-    }
-
     async fn run(self: &Rc<Self>) -> io::Result<()> {
-        let mut rd = Reader {
-            buf: IoBuf::with_capacity(RECV_BUF),
-            start: 0,
-        };
+        let mut rd = BufReader::new(RECV_BUF);
         let mut dec = PduDecoder::new(Role::Controller);
         // Connection setup: ICReq.
         let frame = match self.header(&mut rd, &dec).await? {
@@ -341,16 +209,16 @@ impl Conn {
     }
 
     /// Decodes the next PDU header; on a fatal error sends a C2HTermReq and returns `None`.
-    async fn header(&self, rd: &mut Reader, dec: &PduDecoder) -> io::Result<Option<Frame>> {
+    async fn header(&self, rd: &mut BufReader, dec: &PduDecoder) -> io::Result<Option<Frame>> {
         loop {
-            match dec.decode_header(rd.avail()) {
+            match dec.decode_header(rd.buffered()) {
                 Ok(HeaderDecoded::Header(f)) => return Ok(Some(f)),
                 Ok(HeaderDecoded::Incomplete { more }) => {
-                    let need = rd.avail().len() + more;
+                    let need = rd.buffered().len() + more;
                     rd.fill(&self.stream, need).await?;
                 }
                 Err(e) => {
-                    self.fatal(&e, rd.avail()).await;
+                    self.fatal(&e, rd.buffered()).await;
                     return Ok(None);
                 }
             }
@@ -377,29 +245,34 @@ impl Conn {
     /// A command capsule: parse, check, and start the command.
     async fn capsule(
         self: &Rc<Self>,
-        rd: &mut Reader,
+        rd: &mut BufReader,
         dec: &mut PduDecoder,
         frame: &Frame,
     ) -> io::Result<Next> {
         let PduHeader::CapsuleCmd(sqe) = frame.header else {
             return Ok(Next::Close);
         };
+        // Every capsule ends in exactly one completion (`queue_completion`), which marks it
+        // done.
+        self.activity.request();
         // The header (checked by `header`) is buffered; the data, as for H2CData, goes from
         // the staging buffer as far as it was received and straight from the socket for the
         // rest, into a buffer of its own: a capsule never has to be whole in the staging
         // buffer.
         rd.consume(frame.header_len);
-        rd.skip(&self.stream, frame.padding()).await?;
+        rd.skip(&self.stream, frame.padding() as u64).await?;
         let mut data = IoBuf::empty();
         if frame.data_len > 0 {
             let mut buf = reactor::alloc_buf(frame.data_len);
             buf.set_len(0);
-            data = rd.read_into(&self.stream, buf, frame.data_len).await?;
+            let (r, buf) = rd.read_into(&self.stream, buf, 0, frame.data_len).await;
+            r?;
+            data = buf;
         }
         let mut bad_digest = false;
         if frame.data_digest {
             rd.fill(&self.stream, 4).await?;
-            let got = u32::from_le_bytes(rd.avail()[..4].try_into().expect("4 bytes"));
+            let got = u32::from_le_bytes(rd.buffered()[..4].try_into().expect("4 bytes"));
             rd.consume(4);
             bad_digest = crc32c(&data) != got;
         }
@@ -547,12 +420,13 @@ impl Conn {
     /// H2CData for a pending R2T.
     async fn h2c_data(
         self: &Rc<Self>,
-        rd: &mut Reader,
+        rd: &mut BufReader,
         frame: &Frame,
         h: proto_nvme::H2CData,
     ) -> io::Result<Next> {
         // The header as received, quoted in a TermReq if the PDU is refused.
-        let header = |rd: &Reader| rd.avail()[..frame.header_len.min(rd.avail().len())].to_vec();
+        let header =
+            |rd: &BufReader| rd.buffered()[..frame.header_len.min(rd.buffered().len())].to_vec();
         let t = self.transfers.borrow_mut().remove(&h.ttag);
         let mut t = match t {
             Some(t) if t.sqe.cid == h.cccid => t,
@@ -579,12 +453,16 @@ impl Conn {
             return Ok(Next::Close);
         }
         rd.consume(frame.header_len);
-        rd.skip(&self.stream, frame.padding()).await?;
+        rd.skip(&self.stream, frame.padding() as u64).await?;
         let at = t.buf.len();
-        t.buf = rd.read_into(&self.stream, t.buf, h.datal as usize).await?;
+        let (r, buf) = rd
+            .read_into(&self.stream, t.buf, at, h.datal as usize)
+            .await;
+        t.buf = buf;
+        r?;
         if frame.data_digest {
             rd.fill(&self.stream, 4).await?;
-            let got = u32::from_le_bytes(rd.avail()[..4].try_into().expect("4 bytes"));
+            let got = u32::from_le_bytes(rd.buffered()[..4].try_into().expect("4 bytes"));
             rd.consume(4);
             if crc32c(&t.buf[at..]) != got {
                 t.bad_digest = true;
@@ -625,7 +503,7 @@ impl Conn {
                 let _task = task;
                 let _bytes = c.data_budget(&sqe, bytes).await;
                 let ctrl = c.ctrl.get().expect("a command runs on a connected queue");
-                if let Some(r) = cmd::admin(&c, ctrl, &sqe, cmd, data).await {
+                if let Some(r) = cmd::admin(&c.ctx, ctrl, &sqe, cmd, data).await {
                     c.complete(&sqe, r).await;
                 }
             });
@@ -635,7 +513,7 @@ impl Conn {
                 let _task = task;
                 let _bytes = c.data_budget(&sqe, bytes).await;
                 let ctrl = c.ctrl.get().expect("a command runs on a connected queue");
-                let r = cmd::io(&c, ctrl, &sqe, cmd, data).await;
+                let r = cmd::io(&c.ctx, ctrl, &sqe, cmd, data).await;
                 c.complete(&sqe, r).await;
             });
         }
@@ -681,6 +559,7 @@ impl Conn {
     ) -> Option<impl Future<Output = io::Result<()>> + '_> {
         let cid = sqe.cid;
         self.inflight.borrow_mut().remove(cid);
+        self.activity.done();
         if !r.status.is_success()
             && let Some(ctrl) = self.ctrl.get()
             && sqe.opcode != proto_nvme::admin_opcode::ASYNC_EVENT_REQUEST
@@ -790,7 +669,7 @@ impl Conn {
             } => invalid(in_data, offset),
             other => Reply::status(other.status()),
         })?;
-        let Some(sub) = self.target.find(cd.subnqn) else {
+        let Some(sub) = self.ctx.target.find(cd.subnqn) else {
             return Err(invalid(true, proto_nvme::CONNECT_SUBNQN_OFFSET as u16));
         };
         if sub.removed.load(Ordering::SeqCst) {
@@ -845,7 +724,7 @@ impl Conn {
             if q.contains_key(&c.qid) {
                 return Err(invalid(false, 42));
             }
-            q.insert(c.qid, self.stream.fd());
+            q.insert(c.qid, self.shutdown.clone());
         }
         if c.qid > 0 {
             dec.set_max_in_capsule(IO_IN_CAPSULE);

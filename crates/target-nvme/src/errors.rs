@@ -1,4 +1,7 @@
 //! The one place block errors become NVMe completion status.
+//!
+//! The match has no wildcard arm: a new [`ErrorKind`] does not compile until it is given its
+//! status here (and in `target_nbd::errno_of`). The table is in docs/nvme.md.
 
 use blockdev::{BlockError, ErrorKind, IoKind};
 use proto_nvme::Status;
@@ -16,7 +19,9 @@ pub fn status_of(e: &BlockError) -> Status {
         ErrorKind::Unsupported | ErrorKind::NotFast => Status::INVALID_FIELD.with_dnr(),
         ErrorKind::ReadOnly => Status::NAMESPACE_WRITE_PROTECTED.with_dnr(),
         ErrorKind::NoSpace => Status::CAPACITY_EXCEEDED.with_dnr(),
-        _ => Status::INTERNAL_ERROR,
+        // Fenced out: the same status a host gets from a namespace another host reserved,
+        // which hosts already handle (no retry on this path, no media error counted).
+        ErrorKind::Conflict => Status::RESERVATION_CONFLICT.with_dnr(),
     }
 }
 
@@ -43,6 +48,22 @@ mod tests {
         assert_eq!(
             s(ErrorKind::ReadOnly, IoKind::Write),
             Status::NAMESPACE_WRITE_PROTECTED.with_dnr()
+        );
+        assert_eq!(
+            s(ErrorKind::Conflict, IoKind::Write),
+            Status::RESERVATION_CONFLICT.with_dnr()
+        );
+        assert_eq!(
+            s(ErrorKind::Gone, IoKind::Read),
+            Status::UNRECOVERED_READ_ERROR
+        );
+        assert_eq!(
+            s(ErrorKind::Timeout, IoKind::Write),
+            Status::COMMAND_INTERRUPTED
+        );
+        assert_eq!(
+            s(ErrorKind::Unsupported, IoKind::Unmap),
+            Status::INVALID_FIELD.with_dnr()
         );
     }
 }

@@ -6,8 +6,10 @@
 //! QID 0 creates a controller (dynamic controller model, CNTLID allocated by the subsystem);
 //! I/O queues join it with Connect carrying that CNTLID and the same host NQN.
 //!
-//! Connections are accepted on one reactor and handed round-robin to all reactors; a queue
-//! then lives on its reactor. Controller and subsystem state is shared behind short-held
+//! Connections are accepted by a [`reactor::Server`] on one reactor and handed round-robin to
+//! all reactors; a queue then lives on its reactor. The listener's [`ListenerLimits`] cap the
+//! connections, bound the setup (ICReq and Connect) and optionally the time a queue may sit
+//! idle. Controller and subsystem state is shared behind short-held
 //! locks; the I/O path reads namespaces through a per-queue cache.
 //!
 //! Supported: ICReq/ICResp with header and data digests, in-capsule data ([`IO_IN_CAPSULE`]
@@ -28,23 +30,25 @@
 //! and are recorded in the Error Information log. Nothing is allocated from an untrusted
 //! length beyond [`MDTS_BYTES`] per command and [`MAX_IN_FLIGHT_BYTES`] per connection.
 
+#![forbid(unsafe_code)]
+
 mod cmd;
 mod conn;
 mod errors;
+mod queue;
 mod resv;
 mod subsys;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use blockdev::Device;
 use blockdev::fence::Reservations;
 use proto_nvme::{AsyncEvent, DISCOVERY_NQN, NqnKind, validate_nqn};
-use reactor::{ReactorHandle, TcpListener};
+use reactor::{ListenerLimits, ReactorHandle, Server};
 
 pub use errors::status_of;
 use subsys::{Namespace, Subsystem, stable_id};
@@ -63,8 +67,9 @@ pub const MAX_QUEUE_SIZE: u32 = 128;
 pub const MAX_IO_QUEUES: u16 = 32;
 /// Payload bytes buffered concurrently per connection.
 pub const MAX_IN_FLIGHT_BYTES: usize = 64 << 20;
-/// Connections served at once; more are closed right after accept.
-pub const MAX_CONNECTIONS: usize = 1024;
+/// Connections served at once by default ([`ListenerLimits::max_connections`]); more are
+/// closed right after accept.
+pub const MAX_CONNECTIONS: usize = ListenerLimits::MAX_CONNECTIONS;
 /// Largest NSID (Identify Controller NN).
 pub const MAX_NAMESPACES: u32 = 1024;
 /// Async Event Requests held per controller (AERL + 1).
@@ -144,9 +149,8 @@ pub struct NvmfTarget {
     subsystems: RwLock<BTreeMap<String, Arc<Subsystem>>>,
     discovery: Arc<Subsystem>,
     listen: Mutex<Option<SocketAddr>>,
-    conns: Mutex<BTreeMap<u64, RawFd>>,
-    next_conn: AtomicU64,
-    stopping: AtomicBool,
+    /// The accept loop and the live connections.
+    server: Arc<Server>,
     genctr: AtomicU64,
     started: Instant,
 }
@@ -173,15 +177,18 @@ fn check_nqn(nqn: &str) -> Result<(), NvmfError> {
 }
 
 impl NvmfTarget {
-    /// A target with only the discovery subsystem.
+    /// A target with only the discovery subsystem and the default [`ListenerLimits`].
     pub fn new() -> Arc<NvmfTarget> {
+        NvmfTarget::with_limits(ListenerLimits::default())
+    }
+
+    /// A target with only the discovery subsystem whose listener enforces `limits`.
+    pub fn with_limits(limits: ListenerLimits) -> Arc<NvmfTarget> {
         Arc::new(NvmfTarget {
             subsystems: RwLock::new(BTreeMap::new()),
             discovery: Arc::new(Subsystem::new(DISCOVERY_NQN, true, &[])),
             listen: Mutex::new(None),
-            conns: Mutex::new(BTreeMap::new()),
-            next_conn: AtomicU64::new(1),
-            stopping: AtomicBool::new(false),
+            server: Server::new("nvmf", limits),
             genctr: AtomicU64::new(1),
             started: Instant::now(),
         })
@@ -427,66 +434,23 @@ impl NvmfTarget {
     pub fn serve(self: &Arc<Self>, listener: std::net::TcpListener, reactors: Vec<ReactorHandle>) {
         *self.listen.lock().expect("listen lock") = listener.local_addr().ok();
         let target = self.clone();
-        let first = reactors[0].clone();
-        first.spawn(move || async move {
-            let listener = TcpListener::from_std(listener);
-            let mut next = 0usize;
-            loop {
-                let (stream, _peer) = match listener.accept().await {
-                    Ok(s) => s,
-                    Err(e) => {
-                        if target.stopping.load(Ordering::SeqCst) {
-                            return;
-                        }
-                        eprintln!("nvmf: accept failed: {e}");
-                        reactor::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                if target.stopping.load(Ordering::SeqCst) {
-                    return;
-                }
-                if target.conns.lock().expect("conns lock").len() >= MAX_CONNECTIONS {
-                    drop(stream);
-                    continue;
-                }
-                let id = target.next_conn.fetch_add(1, Ordering::Relaxed);
-                target
-                    .conns
-                    .lock()
-                    .expect("conns lock")
-                    .insert(id, stream.fd());
-                let r = reactors[next % reactors.len()].clone();
-                next += 1;
-                let t2 = target.clone();
-                r.spawn(move || async move {
-                    conn::serve_connection(t2.clone(), stream, id).await;
-                });
-            }
+        self.server.serve(listener, reactors, move |c| {
+            conn::serve_connection(target.clone(), c)
         });
     }
 
-    pub(crate) fn forget_conn(&self, id: u64) {
-        self.conns.lock().expect("conns lock").remove(&id);
-    }
-
     /// Stops accepting and shuts every open connection down.
-    pub fn stop(&self, listener_fd: Option<RawFd>) {
-        self.stopping.store(true, Ordering::SeqCst);
-        if let Some(fd) = listener_fd {
-            // SAFETY: shutdown(2) on a descriptor the caller keeps open; it only wakes the
-            // pending accept, which then sees `stopping`.
-            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
-        }
-        for &fd in self.conns.lock().expect("conns lock").values() {
-            // SAFETY: fd belongs to a live connection (removed from the map before it closes,
-            // under this lock); shutdown does not close it.
-            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
-        }
+    pub fn stop(&self) {
+        self.server.stop();
     }
 
     /// Connections currently open.
     pub fn connection_count(&self) -> usize {
-        self.conns.lock().expect("conns lock").len()
+        self.server.connection_count()
+    }
+
+    /// The listener's counters (open, accepted, refused at the cap, accept errors).
+    pub fn listener_stats(&self) -> reactor::ServerStats {
+        self.server.stats()
     }
 }

@@ -3,7 +3,6 @@
 //! through per-queue caches ([`Subsystem::ns_generation`]).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::Waker;
@@ -11,6 +10,7 @@ use std::time::Instant;
 
 use blockdev::Device;
 use proto_nvme::{AsyncEvent, ErrorLogEntry, Status, async_event_config, trtype};
+use reactor::ShutdownHandle;
 
 use crate::{ERROR_LOG_ENTRIES, MAX_AER};
 
@@ -204,8 +204,8 @@ pub(crate) struct Controller {
     /// lock; written with `st` held.
     ready: AtomicBool,
     pub(crate) st: Mutex<CtrlState>,
-    /// Open queues: QID to socket.
-    pub(crate) queues: Mutex<BTreeMap<u16, RawFd>>,
+    /// Open queues: QID to the handle that closes its connection.
+    pub(crate) queues: Mutex<BTreeMap<u16, ShutdownHandle>>,
     pub(crate) counters: Counters,
     aer_waker: Mutex<Option<Waker>>,
 }
@@ -392,10 +392,8 @@ impl Controller {
             .lock()
             .expect("ctrls lock")
             .remove(&self.cntlid);
-        for &fd in self.queues.lock().expect("queues lock").values() {
-            // SAFETY: the fd belongs to a live connection; connections remove it from this
-            // map (under this lock) before closing it. shutdown(2) does not close it.
-            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+        for q in self.queues.lock().expect("queues lock").values() {
+            q.shutdown();
         }
         self.wake_aer();
     }
