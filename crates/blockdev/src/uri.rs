@@ -117,7 +117,7 @@ impl<'a> UriParts<'a> {
 
     /// `s` with its `%XX` escapes decoded; it must be UTF-8 then.
     pub fn decode(&self, s: &str) -> Result<String, UriError> {
-        percent_decode(s).map_err(|e| self.error(e))
+        reactor::percent_decode(s).map_err(|e| self.error(format!("{s:?}: {e}")))
     }
 
     /// The authority as host and port: `HOST`, `HOST:PORT`, `[IPV6]` or `[IPV6]:PORT`
@@ -313,28 +313,6 @@ pub fn open_uri(name: &str, uri: &str) -> Result<Device, OpenError> {
     })
 }
 
-/// Decodes `%XX` escapes; the result must be UTF-8.
-fn percent_decode(s: &str) -> Result<String, String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = s
-                .get(i + 1..i + 3)
-                .filter(|h| h.bytes().all(|c| c.is_ascii_hexdigit()))
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| format!("bad percent escape in {s:?}"))?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| format!("{s:?} does not decode to UTF-8"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -413,11 +391,12 @@ mod tests {
 
     #[test]
     fn percent_decoding_takes_only_two_hex_digits() {
-        assert_eq!(percent_decode("a%2Fb%20c").unwrap(), "a/b c");
-        assert!(percent_decode("%+1").is_err(), "a sign is not a hex digit");
-        assert!(percent_decode("%2").is_err());
-        assert!(percent_decode("%zz").is_err());
-        assert!(percent_decode("%ff").is_err(), "not UTF-8 once decoded");
-        assert_eq!(percent_decode("").unwrap(), "");
+        let p = split("x://h/").unwrap();
+        assert_eq!(p.decode("a%2Fb%20c").unwrap(), "a/b c");
+        assert!(p.decode("%+1").is_err(), "a sign is not a hex digit");
+        assert!(p.decode("%2").is_err());
+        assert!(p.decode("%zz").is_err());
+        assert!(p.decode("%ff").is_err(), "not UTF-8 once decoded");
+        assert_eq!(p.decode("").unwrap(), "");
     }
 }

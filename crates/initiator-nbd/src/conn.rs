@@ -213,106 +213,17 @@ fn to_extents(
     Ok(out)
 }
 
-/// The receive side's staging buffer.
-struct Rx {
-    buf: Vec<u8>,
-    start: usize,
-    end: usize,
-}
+/// The reply stream's receive side: the reactor's buffered reader (headers parsed from its
+/// staging buffer, read data received straight into the caller's buffer).
+type Rx = reactor::BufReader;
 
-impl Rx {
-    fn new() -> Rx {
-        Rx {
-            buf: vec![0; RX_BUF],
-            start: 0,
-            end: 0,
+impl From<std::io::Error> for ReadEnd {
+    fn from(e: std::io::Error) -> ReadEnd {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            ReadEnd::Closed("the server closed the connection".into())
+        } else {
+            ReadEnd::Closed(format!("receiving: {e}"))
         }
-    }
-
-    fn avail(&self) -> usize {
-        self.end - self.start
-    }
-
-    /// Receives until at least `n <= RX_BUF` bytes are buffered.
-    async fn fill(&mut self, sock: &TcpStream, n: usize) -> std::result::Result<(), ReadEnd> {
-        debug_assert!(n <= RX_BUF);
-        while self.avail() < n {
-            if self.avail() == 0 {
-                self.start = 0;
-                self.end = 0;
-            } else if RX_BUF - self.start < n {
-                self.buf.copy_within(self.start..self.end, 0);
-                self.end -= self.start;
-                self.start = 0;
-            }
-            let buf = std::mem::take(&mut self.buf);
-            let (r, buf) = sock.recv(buf, self.end).await;
-            self.buf = buf;
-            match r {
-                Ok(0) => return Err(ReadEnd::Closed("the server closed the connection".into())),
-                Ok(k) => self.end += k,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(ReadEnd::Closed(format!("receiving: {e}"))),
-            }
-        }
-        Ok(())
-    }
-
-    /// The next `n` buffered bytes (after [`Rx::fill`]).
-    fn take(&mut self, n: usize) -> &[u8] {
-        let r = self.start..self.start + n;
-        self.start += n;
-        &self.buf[r]
-    }
-
-    /// Receives `n` bytes into `dst[at..at + n]` (within its payload); `dst` keeps its length.
-    async fn read_into(
-        &mut self,
-        sock: &TcpStream,
-        mut dst: IoBuf,
-        at: usize,
-        n: usize,
-    ) -> (std::result::Result<(), ReadEnd>, IoBuf) {
-        let full = dst.len();
-        let k = n.min(self.avail());
-        dst[at..at + k].copy_from_slice(&self.buf[self.start..self.start + k]);
-        self.start += k;
-        if k < n {
-            let (r, mut d) = sock.recv_exact(dst, at + k, at + n).await;
-            d.set_len(full);
-            if let Err(e) = r {
-                return (Err(ReadEnd::Closed(format!("receiving: {e}"))), d);
-            }
-            dst = d;
-        }
-        (Ok(()), dst)
-    }
-
-    /// Receives `n` bytes into a new vector (callers bound `n`).
-    async fn read_vec(
-        &mut self,
-        sock: &TcpStream,
-        n: usize,
-    ) -> std::result::Result<Vec<u8>, ReadEnd> {
-        let mut v = Vec::with_capacity(n);
-        while v.len() < n {
-            let want = (n - v.len()).min(RX_BUF);
-            self.fill(sock, want).await?;
-            v.extend_from_slice(self.take(want));
-        }
-        Ok(v)
-    }
-
-    /// Receives and drops `n` bytes.
-    async fn skip(&mut self, sock: &TcpStream, n: u64) -> std::result::Result<(), ReadEnd> {
-        let mut left = n;
-        while left > 0 {
-            let want = left.min(RX_BUF as u64) as usize;
-            self.fill(sock, want).await?;
-            self.take(want);
-            left -= want as u64;
-        }
-        Ok(())
     }
 }
 
@@ -608,7 +519,7 @@ impl Conn {
     }
 
     async fn reader(self: Rc<Self>) {
-        let mut rx = Rx::new();
+        let mut rx = Rx::new(RX_BUF);
         let end = loop {
             if let Err(e) = self.read_one(&mut rx).await {
                 break e;
@@ -636,7 +547,7 @@ impl Conn {
 
     async fn read_one(self: &Rc<Self>, rx: &mut Rx) -> std::result::Result<(), ReadEnd> {
         rx.fill(&self.sock, 4).await?;
-        let magic = be_u32(&rx.buf, rx.start);
+        let magic = be_u32(rx.buffered(), 0);
         if magic == SIMPLE_REPLY_MAGIC {
             rx.fill(&self.sock, nbd::SIMPLE_REPLY_LEN).await?;
             let r = SimpleReply::parse(rx.take(nbd::SIMPLE_REPLY_LEN))

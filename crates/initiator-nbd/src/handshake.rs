@@ -2,12 +2,10 @@
 //!
 //! The same code runs blocking (the probe made when a device is opened, on whatever thread
 //! opens it) and through a reactor's ring (every connection after that): it is written against
-//! the small [`Wire`] trait, whose blocking implementation never returns `Pending`.
+//! the small [`Wire`] trait, whose blocking implementation never returns `Pending` (so
+//! `reactor::block_on` finishes it in one poll).
 
-use std::future::Future;
 use std::io::{self, Read, Write};
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
 
 use proto_nbd::{self as nbd, ClientFlags, ClientOption, OptionReplyHeader, Request, consts::*};
 
@@ -76,18 +74,6 @@ impl<S: Read + Write> Wire for BlockingWire<S> {
     }
     async fn write_all(&mut self, data: Vec<u8>) -> io::Result<()> {
         self.0.write_all(&data)
-    }
-}
-
-/// Runs a future whose awaits are all on a [`BlockingWire`]: they complete in their first
-/// poll, so one poll finishes it.
-pub(crate) fn run_blocking<F: Future>(f: F) -> F::Output {
-    let mut f = pin!(f);
-    let mut cx = Context::from_waker(Waker::noop());
-    match f.as_mut().poll(&mut cx) {
-        Poll::Ready(v) => v,
-        // Only blocking transports are driven here, and they never return Pending.
-        Poll::Pending => unreachable!("a blocking negotiation returned Pending"),
     }
 }
 

@@ -71,7 +71,7 @@ use blockdev::{
 };
 use conn::{Cmd, Conn, Done};
 pub use handshake::ExportInfo;
-use handshake::{BlockingWire, MAX_PAYLOAD, RingWire, negotiate, run_blocking};
+use handshake::{BlockingWire, MAX_PAYLOAD, RingWire, negotiate};
 
 /// Parameters `nbd://` and `nbd+unix://` URIs take.
 pub const PARAMS: &[&str] = &["timeout", "connect_timeout", "multi_conn", "socket"];
@@ -645,8 +645,8 @@ fn probe(
                             .and_then(|()| s.set_nodelay(true))
                             .map_err(fail)?;
                         let mut w = BlockingWire(s);
-                        let info =
-                            run_blocking(negotiate(&mut w, &spec.export)).map_err(negotiated)?;
+                        let info = reactor::block_on(negotiate(&mut w, &spec.export))
+                            .map_err(negotiated)?;
                         let s = w.0;
                         s.set_read_timeout(None)
                             .and_then(|()| s.set_write_timeout(None))
@@ -667,7 +667,7 @@ fn probe(
                 .and_then(|()| s.set_write_timeout(t))
                 .map_err(fail)?;
             let mut w = BlockingWire(s);
-            let info = run_blocking(negotiate(&mut w, &spec.export)).map_err(negotiated)?;
+            let info = reactor::block_on(negotiate(&mut w, &spec.export)).map_err(negotiated)?;
             let s = w.0;
             s.set_read_timeout(None)
                 .and_then(|()| s.set_write_timeout(None))

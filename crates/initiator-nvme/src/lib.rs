@@ -80,8 +80,8 @@ use proto_nvme::{
     NumberOfQueues, ONCS_DSM, ONCS_WRITE_ZEROES, PropertyGet, PropertySet, PropertySize, ReadWrite,
     Sct, SetFeatures, Sgl, Status, VWC_PRESENT, Version, WriteZeroes, cns, feature_id, register,
 };
-use reactor::IoBuf;
 use reactor::sync::{LocalMutex, timeout};
+use reactor::{IoBuf, block_on};
 
 use blockdev::uri::{self, OpenError, UriError};
 use blockdev::{
@@ -1652,24 +1652,5 @@ pub fn open_uri(
             uri: uri.to_string(),
             error,
         }),
-    }
-}
-
-/// Runs a `Send` future to completion on the calling (non-reactor) thread.
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    struct Unpark(std::thread::Thread);
-    impl std::task::Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark()
-        }
-    }
-    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
-    let mut cx = std::task::Context::from_waker(&waker);
-    let mut f = std::pin::pin!(f);
-    loop {
-        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
-        }
-        std::thread::park();
     }
 }

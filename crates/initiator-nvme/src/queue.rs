@@ -171,54 +171,16 @@ struct Cmd {
     _permit: Permit,
 }
 
-/// The staging receive buffer: bytes `[start, buf.len())` are received but not consumed.
-struct Rx {
-    buf: IoBuf,
-    start: usize,
-}
+/// The staging receive buffer: the reactor's buffered reader (PDU headers parsed from it,
+/// read data received straight into the command's buffer).
+type Rx = reactor::BufReader;
 
-impl Rx {
-    fn pending(&self) -> &[u8] {
-        &self.buf[self.start..]
-    }
-
-    fn consume(&mut self, n: usize) {
-        self.start += n;
-        if self.start == self.buf.len() {
-            self.start = 0;
-            self.buf.set_len(0);
-        }
-    }
-
-    /// Receives until at least `n` bytes are pending.
-    async fn need(&mut self, stream: &TcpStream, n: usize) -> Result<(), String> {
-        if self.pending().len() >= n {
-            return Ok(());
-        }
-        if self.start + n > self.buf.capacity() {
-            let have = self.buf.len() - self.start;
-            self.buf.copy_within(self.start.., 0);
-            self.buf.set_len(have);
-            self.start = 0;
-        }
-        if n > self.buf.capacity() {
-            return Err(format!(
-                "a PDU header of {n} bytes does not fit the receive buffer"
-            ));
-        }
-        while self.pending().len() < n {
-            let at = self.buf.len();
-            let buf = std::mem::take(&mut self.buf);
-            let (r, b) = stream.recv(buf, at).await;
-            self.buf = b;
-            match r {
-                Ok(0) => return Err("connection closed by the controller".into()),
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(format!("receive failed: {e}")),
-            }
-        }
-        Ok(())
+/// What a failed receive means, for the message.
+fn recv_err(e: std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        "connection closed by the controller".into()
+    } else {
+        format!("receive failed: {e}")
     }
 }
 
@@ -688,28 +650,25 @@ impl Queue {
 
     /// Receives and dispatches PDUs until the connection ends or breaks the protocol.
     async fn recv_loop(self: &Rc<Self>) -> Result<(), Failure> {
-        let mut rx = Rx {
-            buf: IoBuf::with_capacity(RX_BUF),
-            start: 0,
-        };
-        let eof = |e: String| Failure::gone(format!("{}: {e}", self.peer));
+        let mut rx = Rx::new(RX_BUF);
+        let eof = |e: std::io::Error| Failure::gone(format!("{}: {}", self.peer, recv_err(e)));
         loop {
             let frame = loop {
-                match self.dec.decode_header(rx.pending()) {
+                match self.dec.decode_header(rx.buffered()) {
                     Ok(HeaderDecoded::Header(f)) => break f,
                     Ok(HeaderDecoded::Incomplete { more }) => {
-                        let n = rx.pending().len() + more;
-                        rx.need(&self.stream, n).await.map_err(eof)?;
+                        let n = rx.buffered().len() + more;
+                        rx.fill(&self.stream, n).await.map_err(eof)?;
                     }
-                    Err(e) => return Err(self.protocol_error(&e, rx.pending()).await),
+                    Err(e) => return Err(self.protocol_error(&e, rx.buffered()).await),
                 }
             };
             if let PduHeader::C2HData(h) = frame.header {
                 self.on_c2h_data(&mut rx, &frame, h).await?;
                 continue;
             }
-            rx.need(&self.stream, frame.len).await.map_err(eof)?;
-            let pdu_bytes = &rx.pending()[..frame.len];
+            rx.fill(&self.stream, frame.len).await.map_err(eof)?;
+            let pdu_bytes = &rx.buffered()[..frame.len];
             match self.dec.decode(pdu_bytes) {
                 Ok(Decoded::Pdu { pdu, len }) => {
                     let r = self.on_pdu(pdu);
@@ -892,8 +851,8 @@ impl Queue {
         frame: &Frame,
         h: C2HData,
     ) -> Result<(), Failure> {
-        let eof = |e: String| Failure::gone(format!("{}: {e}", self.peer));
-        rx.need(&self.stream, frame.data_offset)
+        let eof = |e: std::io::Error| Failure::gone(format!("{}: {}", self.peer, recv_err(e)));
+        rx.fill(&self.stream, frame.data_offset)
             .await
             .map_err(eof)?;
         let check = self.with_cmd(h.cccid, |c| {
@@ -915,7 +874,7 @@ impl Queue {
         let base = match check {
             Some(Ok(b)) => b,
             Some(Err(e)) => {
-                let quoted = rx.pending()[..frame.header_len].to_vec();
+                let quoted = rx.buffered()[..frame.header_len].to_vec();
                 return Err(self.protocol_error(&e, &quoted).await);
             }
             None => {
@@ -923,7 +882,7 @@ impl Queue {
                     offset: 8,
                     reason: "C2HData for an unknown command identifier",
                 };
-                let quoted = rx.pending()[..frame.header_len].to_vec();
+                let quoted = rx.buffered()[..frame.header_len].to_vec();
                 return Err(self.protocol_error(&e, &quoted).await);
             }
         };
@@ -933,7 +892,7 @@ impl Queue {
                 offset: 1,
                 reason: "C2HData SUCCESS without SQ flow control disabled",
             };
-            let quoted = rx.pending()[..frame.header_len].to_vec();
+            let quoted = rx.buffered()[..frame.header_len].to_vec();
             return Err(self.protocol_error(&e, &quoted).await);
         }
         rx.consume(frame.data_offset);
@@ -943,20 +902,19 @@ impl Queue {
             .expect("checked above");
         let dst = base + h.datao as usize;
         let n = h.datal as usize;
-        let have = rx.pending().len().min(n);
-        buf[dst..dst + have].copy_from_slice(&rx.pending()[..have]);
-        rx.consume(have);
-        if have < n {
-            let len = buf.len();
-            let (r, b) = self.stream.recv_exact(buf, dst + have, dst + n).await;
-            buf = b;
-            buf.set_len(len);
-            r.map_err(|e| Failure::gone(format!("{}: receiving read data: {e}", self.peer)))?;
-        }
+        let (r, b) = rx.read_into(&self.stream, buf, dst, n).await;
+        buf = b;
+        r.map_err(|e| {
+            Failure::gone(format!(
+                "{}: receiving read data: {}",
+                self.peer,
+                recv_err(e)
+            ))
+        })?;
         let mut digest_error = None;
         if frame.data_digest {
-            rx.need(&self.stream, 4).await.map_err(eof)?;
-            let got = u32::from_le_bytes(rx.pending()[..4].try_into().expect("4 bytes"));
+            rx.fill(&self.stream, 4).await.map_err(eof)?;
+            let got = u32::from_le_bytes(rx.buffered()[..4].try_into().expect("4 bytes"));
             rx.consume(4);
             let want = crc32c(&buf[dst..dst + n]);
             if got != want {
