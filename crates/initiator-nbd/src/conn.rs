@@ -131,6 +131,13 @@ struct Req {
     len: u64,
 }
 
+impl Req {
+    /// The end of the request's range.
+    fn end(&self) -> u64 {
+        self.offset + self.len
+    }
+}
+
 fn proto<T>(msg: impl Into<String>) -> std::result::Result<T, ReadEnd> {
     Err(ReadEnd::Protocol(msg.into()))
 }
@@ -640,6 +647,16 @@ impl Conn {
                     return proto("NBD_REPLY_TYPE_NONE without NBD_REPLY_FLAG_DONE");
                 }
             }
+            REPLY_TYPE_OFFSET_DATA | REPLY_TYPE_OFFSET_HOLE if req.command != CMD_READ => {
+                let what = if h.reply_type == REPLY_TYPE_OFFSET_DATA {
+                    "data"
+                } else {
+                    "hole"
+                };
+                return proto(format!(
+                    "{what} chunk in reply to a command that is not a read"
+                ));
+            }
             REPLY_TYPE_OFFSET_DATA => self.on_data(&h, req, rx).await?,
             REPLY_TYPE_OFFSET_HOLE => self.on_hole(&h, req, rx).await?,
             REPLY_TYPE_BLOCK_STATUS => self.on_block_status(&h, req, rx).await?,
@@ -659,16 +676,7 @@ impl Conn {
         req: Req,
         rx: &mut Rx,
     ) -> std::result::Result<(), ReadEnd> {
-        let Req {
-            command,
-            offset,
-            len,
-        } = req;
-        let end = offset + len;
-        let sock = &self.sock;
-        if command != CMD_READ {
-            return proto("data chunk in reply to a command that is not a read");
-        }
+        let (Req { offset, len, .. }, end, sock) = (req, req.end(), &self.sock);
         if h.length < 9 {
             return proto(format!("data chunk of {} bytes", h.length));
         }
@@ -707,16 +715,7 @@ impl Conn {
         req: Req,
         rx: &mut Rx,
     ) -> std::result::Result<(), ReadEnd> {
-        let Req {
-            command,
-            offset,
-            len,
-        } = req;
-        let end = offset + len;
-        let sock = &self.sock;
-        if command != CMD_READ {
-            return proto("hole chunk in reply to a command that is not a read");
-        }
+        let (Req { offset, len, .. }, end, sock) = (req, req.end(), &self.sock);
         if h.length != 12 {
             return proto(format!("hole chunk of {} bytes", h.length));
         }
@@ -751,13 +750,7 @@ impl Conn {
         req: Req,
         rx: &mut Rx,
     ) -> std::result::Result<(), ReadEnd> {
-        let Req {
-            command,
-            offset,
-            len,
-        } = req;
-        let sock = &self.sock;
-        if command != CMD_BLOCK_STATUS {
+        if req.command != CMD_BLOCK_STATUS {
             return proto("block status chunk in reply to another command");
         }
         if h.length < 12 || !(h.length - 4).is_multiple_of(8) {
@@ -769,14 +762,14 @@ impl Conn {
                 h.length
             ));
         }
-        let d = rx.read_vec(sock, h.length as usize).await?;
+        let d = rx.read_vec(&self.sock, h.length as usize).await?;
         let context = be_u32(&d, 0);
         if Some(context) != self.info.allocation_context {
             return proto(format!(
                 "block status for unknown metadata context {context}"
             ));
         }
-        let extents = to_extents(offset, len, &d[4..])?;
+        let extents = to_extents(req.offset, req.len, &d[4..])?;
         if let Some(p) = self.inflight.borrow_mut().get_mut(&h.cookie) {
             if p.extents.is_some() {
                 return proto("two block status chunks for one metadata context");
@@ -793,13 +786,11 @@ impl Conn {
         req: Req,
         rx: &mut Rx,
     ) -> std::result::Result<(), ReadEnd> {
-        let Req { offset, len, .. } = req;
-        let end = offset + len;
-        let sock = &self.sock;
+        let (Req { offset, len, .. }, end) = (req, req.end());
         if h.length < 6 || h.length > MAX_ERROR_CHUNK {
             return proto(format!("error chunk of {} bytes", h.length));
         }
-        let d = rx.read_vec(sock, h.length as usize).await?;
+        let d = rx.read_vec(&self.sock, h.length as usize).await?;
         let errno = be_u32(&d, 0);
         let mlen = usize::from(be_u16(&d, 4));
         if 6 + mlen > d.len() {
