@@ -499,7 +499,10 @@ fn clients_that_never_finish_negotiating_are_closed_and_a_flood_locks_out_neithe
             r
         }));
     }
-    let took: Vec<Option<Duration>> = waits.into_iter().map(|w| w.join().expect("waiter")).collect();
+    let took: Vec<Option<Duration>> = waits
+        .into_iter()
+        .map(|w| w.join().expect("waiter"))
+        .collect();
     eprintln!("closed after: {took:?}");
     for took in took {
         let took = took.expect("a client that never negotiated was held open for 15 s");
