@@ -7,18 +7,18 @@
 #[path = "../../engine/tests/common/nbd.rs"]
 #[allow(dead_code)]
 mod client;
+#[path = "support/failing.rs"]
+mod failing;
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use blockdev::malloc::MallocDevice;
-use blockdev::{
-    BlockDevice, BlockError, Capabilities, Device, ErrorKind, Geometry, IoBuf, IoFuture, IoKind,
-    WriteFlags,
-};
+use blockdev::{Device, ErrorKind};
 use client::{Client, assert_closed, connect, greeting, option, start};
+use failing::Failing;
 use proto_nbd::{ClientFlags, ClientOption, Command, Request, consts::*};
 use reactor::{Config, ListenerLimits, PollMode, Runtime};
 use target_nbd::NbdServer;
@@ -29,54 +29,6 @@ const EIO: u32 = 5;
 const EINVAL: u32 = 22;
 const ENOSPC: u32 = 28;
 const EOVERFLOW: u32 = 75;
-
-/// A RAM device whose writes and reads fail with a chosen kind while one is set.
-struct Failing {
-    inner: MallocDevice,
-    fail: Mutex<Option<ErrorKind>>,
-}
-
-impl Failing {
-    fn check(&self, op: IoKind, offset: u64, len: u64) -> Result<(), BlockError> {
-        match *self.fail.lock().unwrap() {
-            Some(kind) => Err(BlockError::new(kind, op, offset, len)),
-            None => Ok(()),
-        }
-    }
-}
-
-impl BlockDevice for Failing {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-    fn kind(&self) -> &'static str {
-        "failing"
-    }
-    fn geometry(&self) -> Geometry {
-        self.inner.geometry()
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-    fn read(&self, offset: u64, buf: IoBuf) -> IoFuture<'_, IoBuf> {
-        Box::pin(async move {
-            self.check(IoKind::Read, offset, buf.len() as u64)?;
-            self.inner.read(offset, buf).await
-        })
-    }
-    fn write(&self, offset: u64, buf: IoBuf, flags: WriteFlags) -> IoFuture<'_, IoBuf> {
-        Box::pin(async move {
-            self.check(IoKind::Write, offset, buf.len() as u64)?;
-            self.inner.write(offset, buf, flags).await
-        })
-    }
-    fn flush(&self) -> IoFuture<'_, ()> {
-        Box::pin(async move {
-            self.check(IoKind::Flush, 0, 0)?;
-            self.inner.flush().await
-        })
-    }
-}
 
 /// A server on a two-reactor runtime with exports `m` (RAM), `ro` (the same device,
 /// read-only) and `bad` (a [`Failing`] device).
@@ -101,10 +53,7 @@ impl Served {
         let m: Device = Arc::new(MallocDevice::new("m", SIZE, 512));
         server.add_export("m", m.clone(), false).unwrap();
         server.add_export("ro", m, true).unwrap();
-        let bad = Arc::new(Failing {
-            inner: MallocDevice::new("bad", SIZE, 512),
-            fail: Mutex::new(None),
-        });
+        let bad = Arc::new(Failing::new("bad", SIZE, 512));
         server.add_export("bad", bad.clone(), false).unwrap();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();

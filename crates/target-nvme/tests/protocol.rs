@@ -4,19 +4,19 @@
 //! ICReq/ICResp, Connect, Identify, I/O in the capsule and by R2T, digests, bad PDUs, device
 //! errors mapped to status, the setup limit — without the engine binary.
 
+#[path = "../../target-nbd/tests/support/failing.rs"]
+mod failing;
 #[path = "../../engine/tests/common/nvme.rs"]
 #[allow(dead_code)]
 mod host;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use blockdev::malloc::MallocDevice;
-use blockdev::{
-    BlockDevice, BlockError, Capabilities, Device, ErrorKind, Geometry, IoBuf, IoFuture, IoKind,
-    WriteFlags,
-};
+use blockdev::{Device, ErrorKind};
+use failing::Failing;
 use host::{Answer, HostIdent, Queue, raw_sqe};
 use proto_nvme::{Command, Identify, IdentifyController, IdentifyNamespace, Status, cns};
 use reactor::{Config, ListenerLimits, PollMode, Runtime};
@@ -24,54 +24,6 @@ use target_nvme::{NvmfTarget, export_nqn};
 
 const SIZE: u64 = 8 << 20;
 const BS: u32 = 512;
-
-/// A RAM device whose I/O fails with a chosen kind while one is set.
-struct Failing {
-    inner: MallocDevice,
-    fail: Mutex<Option<ErrorKind>>,
-}
-
-impl Failing {
-    fn check(&self, op: IoKind, offset: u64, len: u64) -> Result<(), BlockError> {
-        match *self.fail.lock().unwrap() {
-            Some(kind) => Err(BlockError::new(kind, op, offset, len)),
-            None => Ok(()),
-        }
-    }
-}
-
-impl BlockDevice for Failing {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-    fn kind(&self) -> &'static str {
-        "failing"
-    }
-    fn geometry(&self) -> Geometry {
-        self.inner.geometry()
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-    fn read(&self, offset: u64, buf: IoBuf) -> IoFuture<'_, IoBuf> {
-        Box::pin(async move {
-            self.check(IoKind::Read, offset, buf.len() as u64)?;
-            self.inner.read(offset, buf).await
-        })
-    }
-    fn write(&self, offset: u64, buf: IoBuf, flags: WriteFlags) -> IoFuture<'_, IoBuf> {
-        Box::pin(async move {
-            self.check(IoKind::Write, offset, buf.len() as u64)?;
-            self.inner.write(offset, buf, flags).await
-        })
-    }
-    fn flush(&self) -> IoFuture<'_, ()> {
-        Box::pin(async move {
-            self.check(IoKind::Flush, 0, 0)?;
-            self.inner.flush().await
-        })
-    }
-}
 
 /// A target on a two-reactor runtime: subsystem `m` with a RAM namespace 1 and a
 /// [`Failing`] namespace 2.
@@ -98,10 +50,7 @@ impl Served {
         target.create_subsystem(&nqn, &[]).unwrap();
         let m: Device = Arc::new(MallocDevice::new("m", SIZE, BS));
         target.add_namespace(&nqn, Some(1), m, false).unwrap();
-        let bad = Arc::new(Failing {
-            inner: MallocDevice::new("bad", SIZE, BS),
-            fail: Mutex::new(None),
-        });
+        let bad = Arc::new(Failing::new("bad", SIZE, BS));
         target
             .add_namespace(&nqn, Some(2), bad.clone(), false)
             .unwrap();
