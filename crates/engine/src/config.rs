@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::time::Duration;
 
 use reactor::PollMode;
 use serde::Deserialize;
@@ -149,6 +150,67 @@ pub struct EngineConfig {
     pub nvmf_exports: Vec<NvmfExportConfig>,
     /// Probe every device given at start for a pool and import it.
     pub pool_import: bool,
+    /// What each data listener (NBD, NVMe/TCP) allows its connections.
+    pub limits: LimitsConfig,
+}
+
+/// Limits of the data listeners: a client cannot hold a connection without negotiating, nor
+/// (optionally) while idle, and the listeners together cannot use up the descriptors the
+/// management API and the devices need.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LimitsConfig {
+    /// Connections per listener; `None`: [`reactor::ListenerLimits::MAX_CONNECTIONS`]. Either
+    /// way capped so that all listeners together leave [`fd_headroom`] descriptors free.
+    pub max_connections: Option<usize>,
+    /// Time to finish the handshake (NBD: choose an export; NVMe/TCP: ICReq and Connect).
+    pub negotiate_timeout: Duration,
+    /// Time a negotiated connection may go with nothing in flight and nothing arriving;
+    /// `None`: no limit (NBD clients such as the Linux kernel's keep idle connections open
+    /// for as long as a device is in use; NVMe/TCP hosts are bounded by keep-alive instead).
+    pub idle_timeout: Option<Duration>,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_connections: None,
+            negotiate_timeout: reactor::ListenerLimits::NEGOTIATE_TIMEOUT,
+            idle_timeout: None,
+        }
+    }
+}
+
+/// Descriptors kept free for everything but the data listeners' connections (the management
+/// API and its clients, devices, pools, outgoing `nbd://`/`nvmf://` connections, the ring):
+/// an eighth of the limit, at least 256.
+pub fn fd_headroom(fd_limit: u64) -> u64 {
+    (fd_limit / 8).max(256)
+}
+
+impl LimitsConfig {
+    /// The limits of each of `listeners` data listeners in a process allowed `fd_limit`
+    /// descriptors: the configured cap, lowered so that the listeners' connections together
+    /// leave [`fd_headroom`] descriptors free (at least one connection each).
+    pub fn listener_limits(&self, fd_limit: u64, listeners: usize) -> reactor::ListenerLimits {
+        let wanted = self
+            .max_connections
+            .unwrap_or(reactor::ListenerLimits::MAX_CONNECTIONS);
+        let usable = fd_limit.saturating_sub(fd_headroom(fd_limit)) / listeners.max(1) as u64;
+        reactor::ListenerLimits {
+            max_connections: wanted.min(usable as usize).max(1),
+            negotiate_timeout: self.negotiate_timeout,
+            idle_timeout: self.idle_timeout,
+        }
+    }
+}
+
+/// Milliseconds as a duration; 0 is `None` where `zero_is_none`, else refused.
+pub fn parse_millis(what: &str, v: u64, zero_is_none: bool) -> Result<Option<Duration>, String> {
+    match v {
+        0 if zero_is_none => Ok(None),
+        0 => Err(format!("{what} must be a positive number of milliseconds")),
+        ms => Ok(Some(Duration::from_millis(ms))),
+    }
 }
 
 impl Default for EngineConfig {
@@ -164,6 +226,7 @@ impl Default for EngineConfig {
             exports: Vec::new(),
             nvmf_exports: Vec::new(),
             pool_import: true,
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -186,6 +249,12 @@ pub struct FileConfig {
     pub nvmf_listen: Option<String>,
     /// Import the pools found on the devices (default true).
     pub pool_import: Option<bool>,
+    /// Connections per data listener.
+    pub max_connections: Option<usize>,
+    /// Handshake limit, milliseconds.
+    pub negotiate_timeout_ms: Option<u64>,
+    /// Idle limit, milliseconds; 0 disables it.
+    pub idle_timeout_ms: Option<u64>,
     /// Devices.
     #[serde(default, rename = "device")]
     pub devices: Vec<DeviceConfig>,
@@ -227,6 +296,19 @@ impl FileConfig {
         }
         if let Some(a) = self.nvmf_listen {
             cfg.nvmf_listen = parse_optional_addr(&a)?;
+        }
+        if let Some(n) = self.max_connections {
+            if n == 0 {
+                return Err("max_connections must be at least 1".into());
+            }
+            cfg.limits.max_connections = Some(n);
+        }
+        if let Some(ms) = self.negotiate_timeout_ms {
+            cfg.limits.negotiate_timeout =
+                parse_millis("negotiate_timeout_ms", ms, false)?.expect("positive");
+        }
+        if let Some(ms) = self.idle_timeout_ms {
+            cfg.limits.idle_timeout = parse_millis("idle_timeout_ms", ms, true)?;
         }
         cfg.devices.extend(self.devices);
         cfg.exports.extend(self.exports);
@@ -302,5 +384,49 @@ mod tests {
         assert_eq!(NvmfExportConfig::parse("d").unwrap().device_name(), "d");
         assert!(NvmfExportConfig::parse("d,bogus").is_err());
         assert!(NvmfExportConfig::parse("=d").is_err());
+    }
+
+    #[test]
+    fn listener_caps_leave_descriptors_for_the_api_and_devices() {
+        let l = LimitsConfig::default();
+        // A generous limit: the default cap.
+        assert_eq!(l.listener_limits(1 << 20, 2).max_connections, 1024);
+        // The common soft limit of 1024: two listeners share 768.
+        assert_eq!(l.listener_limits(1024, 2).max_connections, 384);
+        // A configured cap above what the descriptors allow is lowered...
+        let big = LimitsConfig {
+            max_connections: Some(100_000),
+            ..l
+        };
+        assert_eq!(big.listener_limits(65_536, 2).max_connections, 28_672);
+        // ...one below it is kept; a tiny limit still allows a connection.
+        let small = LimitsConfig {
+            max_connections: Some(16),
+            ..l
+        };
+        assert_eq!(small.listener_limits(65_536, 2).max_connections, 16);
+        assert_eq!(l.listener_limits(100, 2).max_connections, 1);
+        assert_eq!(
+            l.listener_limits(1024, 2).negotiate_timeout,
+            Duration::from_secs(10)
+        );
+    }
+
+    #[test]
+    fn parses_limits_from_the_file() {
+        let mut cfg = EngineConfig::default();
+        let f: FileConfig = toml::from_str(
+            "max_connections = 64\nnegotiate_timeout_ms = 2500\nidle_timeout_ms = 60000\n",
+        )
+        .unwrap();
+        f.apply(&mut cfg).unwrap();
+        assert_eq!(cfg.limits.max_connections, Some(64));
+        assert_eq!(cfg.limits.negotiate_timeout, Duration::from_millis(2500));
+        assert_eq!(cfg.limits.idle_timeout, Some(Duration::from_secs(60)));
+        let f: FileConfig = toml::from_str("idle_timeout_ms = 0\n").unwrap();
+        f.apply(&mut cfg).unwrap();
+        assert_eq!(cfg.limits.idle_timeout, None);
+        let f: FileConfig = toml::from_str("negotiate_timeout_ms = 0\n").unwrap();
+        assert!(f.apply(&mut cfg).is_err());
     }
 }

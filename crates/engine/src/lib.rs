@@ -475,6 +475,13 @@ impl Engine {
             Some(l) => Some(l.local_addr()?),
             None => None,
         };
+        // Descriptors bound how many connections the listeners may hold: raise the soft
+        // limit to the hard one, then size the caps below it, with headroom for the
+        // management API and the devices (a flood of data connections must not lock the
+        // operator out).
+        let fd_limit = reactor::raise_fd_limit().unwrap_or(1024);
+        let listeners = 1 + usize::from(nvmf_listener.is_some());
+        let limits = cfg.limits.listener_limits(fd_limit, listeners);
         let runtime = Runtime::start(ReactorConfig {
             cores: cfg.cores,
             mode: cfg.poll_mode,
@@ -488,9 +495,9 @@ impl Engine {
             nexuses: Mutex::new(nexuses::Nexuses::default()),
             health: Arc::new(health::HealthHub::default()),
             pool_ops: tokio::sync::Mutex::new(()),
-            nbd: NbdServer::new(),
+            nbd: NbdServer::with_limits(limits),
             nbd_addr,
-            nvmf: NvmfTarget::new(),
+            nvmf: NvmfTarget::with_limits(limits),
             nvmf_addr,
             reactors: runtime.handles().to_vec(),
             cores: cfg.cores,

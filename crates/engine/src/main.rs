@@ -73,8 +73,22 @@ struct Args {
     /// [default: derived from /etc/machine-id].
     #[arg(long, value_name = "UUID")]
     host_id: Option<String>,
+    /// Connections each data listener (NBD, NVMe/TCP) serves at once; more are closed at
+    /// accept. Lowered so that the listeners leave an eighth of the descriptor limit (at least
+    /// 256) for the management API and devices [default: 1024].
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+    /// Milliseconds a new connection has to finish its handshake (NBD: choose an export;
+    /// NVMe/TCP: ICReq and Connect) before it is closed [default: 10000].
+    #[arg(long, value_name = "MS")]
+    negotiate_timeout: Option<u64>,
+    /// Milliseconds a negotiated connection may sit with no request in flight and none
+    /// arriving before it is closed; 0: no limit [default: 0].
+    #[arg(long, value_name = "MS")]
+    idle_timeout: Option<u64>,
     /// A TOML file with the same settings (`cores`, `poll_mode`, `pin`, `nbd_listen`,
-    /// `grpc_listen`, `nvmf_listen`, `pool_import`, `[[device]]` name/uri, `[[export]]`
+    /// `grpc_listen`, `nvmf_listen`, `pool_import`, `max_connections`,
+    /// `negotiate_timeout_ms`, `idle_timeout_ms`, `[[device]]` name/uri, `[[export]]`
     /// name/device/read_only, `[[nvmf_export]]` name/device/read_only/allow_hosts); flags
     /// override its values and add devices and exports.
     #[arg(long)]
@@ -114,6 +128,21 @@ fn build_config(a: Args) -> anyhow::Result<EngineConfig> {
     }
     if let Some(l) = &a.grpc_listen {
         cfg.grpc_listen = config::parse_optional_addr(l).map_err(anyhow::Error::msg)?;
+    }
+    if let Some(n) = a.max_connections {
+        if n == 0 {
+            anyhow::bail!("--max-connections must be at least 1");
+        }
+        cfg.limits.max_connections = Some(n);
+    }
+    if let Some(ms) = a.negotiate_timeout {
+        cfg.limits.negotiate_timeout = config::parse_millis("--negotiate-timeout", ms, false)
+            .map_err(anyhow::Error::msg)?
+            .expect("positive");
+    }
+    if let Some(ms) = a.idle_timeout {
+        cfg.limits.idle_timeout =
+            config::parse_millis("--idle-timeout", ms, true).map_err(anyhow::Error::msg)?;
     }
     for d in &a.devices {
         cfg.devices

@@ -5,10 +5,11 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::time::Duration;
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
 
 use common::nbd::{Client, assert_closed, connect, greeting, option_reply, read_n};
-use common::{Engine, qemu_io};
+use common::{Engine, ballast, qemu_io};
 use proto_nbd::{
     self as nbd, ClientFlags, ClientOption, Command, OptionHeader, OptionReplyHeader, Request,
     consts::*,
@@ -397,4 +398,151 @@ fn handshake_messages_split_across_segments() {
         "the server dropped split handshake messages:\n{}",
         failures.join("\n")
     );
+}
+
+/// A connection the server should close: opened at `opened`, read until end of stream.
+/// Returns how long after `opened` the server closed it, or `None` if it stayed open for
+/// `patience`.
+fn closed_after(mut s: TcpStream, opened: Instant, patience: Duration) -> Option<Duration> {
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let mut buf = [0u8; 4096];
+    let until = Instant::now() + patience;
+    while Instant::now() < until {
+        match s.read(&mut buf) {
+            Ok(0) => return Some(opened.elapsed()),
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) => {}
+            Err(_) => return Some(opened.elapsed()),
+        }
+    }
+    None
+}
+
+/// A client that negotiates slowly: after the greeting and its flags it sends an option
+/// header one byte every 200 ms, for as long as the server lets it.
+fn slow_client(addr: SocketAddr) -> (TcpStream, std::thread::JoinHandle<()>) {
+    let mut s = connect(addr);
+    greeting(&mut s);
+    s.write_all(&FIXED.encode()).expect("flags");
+    let mut w = s.try_clone().expect("clone");
+    let t = std::thread::spawn(move || {
+        let h = OptionHeader {
+            option: OPT_GO,
+            length: 4,
+        }
+        .encode();
+        for b in h.iter().cycle() {
+            if w.write_all(&[*b]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    (s, t)
+}
+
+#[test]
+fn clients_that_never_finish_negotiating_are_closed_and_a_flood_locks_out_neither_clients_nor_the_api()
+ {
+    const LIMIT: Duration = Duration::from_millis(1500);
+    let mut e = Engine::start(&[
+        "--device",
+        "m=malloc:///m?size=16MiB",
+        "--export",
+        "m",
+        "--nvmf-export",
+        "n=m",
+        "--grpc-listen",
+        "127.0.0.1:0",
+        "--negotiate-timeout",
+        "1500",
+        "--max-connections",
+        "24",
+    ]);
+    let api = e.grpc.clone().expect("management API");
+    let nvmf = e.nvmf_addr.expect("NVMe/TCP listener");
+    let opened = Instant::now();
+    // Fill the NBD listener: 20 clients that connect and say nothing, 4 that trickle an
+    // option header a byte at a time.
+    let idle: Vec<TcpStream> = (0..20).map(|_| connect(e.nbd_addr)).collect();
+    let slow: Vec<_> = (0..4).map(|_| slow_client(e.nbd_addr)).collect();
+    // And the NVMe/TCP listener: 24 connections that never send ICReq.
+    let idle_nvme: Vec<TcpStream> = (0..24).map(|_| connect(nvmf)).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    // Beyond the cap: closed at once, long before the negotiation limit.
+    for _ in 0..5 {
+        let t = Instant::now();
+        let s = connect(e.nbd_addr);
+        let took = closed_after(s, t, LIMIT / 2);
+        assert!(took.is_some(), "a connection beyond the cap was kept open");
+    }
+    // The management API answers while both data listeners are full.
+    ballast(&api, &["device", "list"]).assert_success();
+    // Every one of them is closed after the limit (not before it, and not much later).
+    let mut waits = Vec::new();
+    for s in idle.into_iter().chain(idle_nvme) {
+        waits.push(std::thread::spawn(move || {
+            closed_after(s, opened, Duration::from_secs(15))
+        }));
+    }
+    for (s, t) in slow {
+        waits.push(std::thread::spawn(move || {
+            let r = closed_after(s, opened, Duration::from_secs(15));
+            let _ = t.join();
+            r
+        }));
+    }
+    let took: Vec<Option<Duration>> = waits
+        .into_iter()
+        .map(|w| w.join().expect("waiter"))
+        .collect();
+    eprintln!("closed after: {took:?}");
+    for took in took {
+        let took = took.expect("a client that never negotiated was held open for 15 s");
+        assert!(
+            took >= LIMIT - Duration::from_millis(250) && took < LIMIT + Duration::from_secs(4),
+            "closed after {took:?}, the limit is {LIMIT:?}"
+        );
+    }
+    // Room again: a new client negotiates and does I/O, and so does a real one.
+    assert_still_serves(&mut e);
+    ballast(&api, &["device", "list"]).assert_success();
+}
+
+#[test]
+fn an_idle_limit_closes_negotiated_connections_with_nothing_in_flight_and_keeps_busy_ones() {
+    let mut e = Engine::start(&[
+        "--device",
+        "m=malloc:///m?size=16MiB",
+        "--export",
+        "m",
+        "--idle-timeout",
+        "1000",
+    ]);
+    let idle = Client::go(e.nbd_addr, "m");
+    let opened = Instant::now();
+    let mut busy = Client::go(e.nbd_addr, "m");
+    let watcher = {
+        let s = idle.s.try_clone().expect("clone");
+        std::thread::spawn(move || closed_after(s, opened, Duration::from_secs(10)))
+    };
+    // The busy client sends a request every 250 ms for 3 s: never idle for a second.
+    while opened.elapsed() < Duration::from_secs(3) {
+        assert_eq!(busy.read(0, 4096).len(), 4096);
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let took = watcher
+        .join()
+        .expect("watcher")
+        .expect("an idle connection was kept past its limit");
+    assert!(took >= Duration::from_millis(900), "closed after {took:?}");
+    busy.disconnect();
+    assert_still_serves(&mut e);
 }

@@ -128,13 +128,18 @@ pub(crate) async fn serve_connection(server: &NbdServer, c: Connection) {
         limits,
         ..
     } = c;
-    // Dropping the handshake's future at the deadline closes the connection: nothing after
-    // it would be read.
-    let neg =
-        match reactor::sync::timeout(limits.negotiate_timeout, negotiate(server, &stream)).await {
-            Some(Ok(Some(n))) => n,
-            Some(Ok(None) | Err(_)) | None => return,
-        };
+    let handshake = reactor::sync::timeout(limits.negotiate_timeout, negotiate(server, &stream));
+    let neg = match handshake.await {
+        Some(Ok(Some(n))) => n,
+        Some(Ok(None) | Err(_)) => return,
+        None => {
+            // Out of time. The handshake's receive is being cancelled; shutting the socket
+            // down ends the connection now even if the kernel still holds that receive (the
+            // descriptor's close alone would wait for it).
+            shutdown.shutdown();
+            return;
+        }
+    };
     let Negotiated {
         export,
         structured,

@@ -60,6 +60,42 @@ pub(crate) async fn negotiate(
     server: &NbdServer,
     stream: &TcpStream,
 ) -> io::Result<Option<Negotiated>> {
+    let no_zeroes = greet(stream).await?;
+    let mut haggle = Haggle {
+        server,
+        no_zeroes,
+        structured: false,
+        base_allocation: false,
+    };
+    for _ in 0..MAX_OPTIONS {
+        let (opt, data) = read_option(stream).await?;
+        let mut out = Vec::new();
+        let step = match nbd::parse_option(opt, &data) {
+            Ok(parsed) => haggle.answer(opt, parsed, &mut out)?,
+            Err(e) => {
+                let msg = format!("malformed option: {e}");
+                nbd::rep_error(&mut out, opt, REP_ERR_INVALID, &msg);
+                Step::Continue
+            }
+        };
+        match step {
+            Step::Continue => send(stream, out).await?,
+            Step::Enter(n) => {
+                send(stream, out).await?;
+                return Ok(Some(n));
+            }
+            Step::Abort => {
+                let _ = send(stream, out).await;
+                return Ok(None);
+            }
+        }
+    }
+    Err(bad("too many options"))
+}
+
+/// Sends the greeting and reads the client's flags; returns whether the client asked for
+/// `NO_ZEROES`. Clients that do not speak fixed newstyle are refused.
+async fn greet(stream: &TcpStream) -> io::Result<bool> {
     send(
         stream,
         nbd::server_greeting(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES).to_vec(),
@@ -70,73 +106,64 @@ pub(crate) async fn negotiate(
     if !client.fixed_newstyle {
         return Err(bad("client does not speak fixed newstyle"));
     }
-    let mut structured = false;
-    let mut base_allocation = false;
-    for _ in 0..MAX_OPTIONS {
-        let hdr = recv_exact(stream, nbd::OPTION_HEADER_LEN).await?;
-        let header = match OptionHeader::parse(&hdr) {
-            Ok(h) => h,
-            Err(nbd::Error::TooLarge { .. }) => {
-                let h = OptionHeader::parse_unbounded(&hdr).map_err(|e| bad(e.to_string()))?;
-                let mut out = Vec::new();
-                nbd::rep_error(&mut out, h.option, REP_ERR_TOO_BIG, "option data too large");
-                send(stream, out).await?;
-                return Err(bad("oversized option"));
-            }
-            Err(e) => return Err(bad(format!("option header: {e}"))),
-        };
-        let data = recv_exact(stream, header.length as usize).await?;
-        let opt = header.option;
-        let mut out = Vec::new();
-        let parsed = match nbd::parse_option(opt, &data) {
-            Ok(o) => o,
-            Err(e) => {
-                nbd::rep_error(
-                    &mut out,
-                    opt,
-                    REP_ERR_INVALID,
-                    &format!("malformed option: {e}"),
-                );
-                send(stream, out).await?;
-                continue;
-            }
-        };
+    Ok(client.no_zeroes)
+}
+
+/// Reads one option: its code and data. Data over the protocol's bound gets
+/// `NBD_REP_ERR_TOO_BIG` and ends the handshake (it is never read, nor allocated for).
+async fn read_option(stream: &TcpStream) -> io::Result<(u32, Vec<u8>)> {
+    let hdr = recv_exact(stream, nbd::OPTION_HEADER_LEN).await?;
+    let header = match OptionHeader::parse(&hdr) {
+        Ok(h) => h,
+        Err(nbd::Error::TooLarge { .. }) => {
+            let h = OptionHeader::parse_unbounded(&hdr).map_err(|e| bad(e.to_string()))?;
+            let mut out = Vec::new();
+            nbd::rep_error(&mut out, h.option, REP_ERR_TOO_BIG, "option data too large");
+            send(stream, out).await?;
+            return Err(bad("oversized option"));
+        }
+        Err(e) => return Err(bad(format!("option header: {e}"))),
+    };
+    let data = recv_exact(stream, header.length as usize).await?;
+    Ok((header.option, data))
+}
+
+/// How the handshake goes on after an option.
+enum Step {
+    /// Send the replies and read the next option.
+    Continue,
+    /// Send the replies and enter transmission.
+    Enter(Negotiated),
+    /// Send the replies (best effort) and close.
+    Abort,
+}
+
+/// What the options so far have settled.
+struct Haggle<'a> {
+    server: &'a NbdServer,
+    no_zeroes: bool,
+    structured: bool,
+    base_allocation: bool,
+}
+
+impl Haggle<'_> {
+    /// Answers one parsed option into `out`.
+    fn answer(&mut self, opt: u32, parsed: ClientOption, out: &mut Vec<u8>) -> io::Result<Step> {
         match parsed {
-            ClientOption::ExportName(name) => {
-                let Some(export) = server.lookup(&name) else {
-                    // This option cannot carry an error: the protocol says close.
-                    return Err(bad(format!("unknown export {name:?}")));
-                };
-                let flags = transmission_flags(&export, structured);
-                send(
-                    stream,
-                    nbd::export_name_reply(export.size(), flags, client.no_zeroes),
-                )
-                .await?;
-                return Ok(Some(Negotiated {
-                    export,
-                    structured,
-                    base_allocation: false,
-                }));
-            }
+            ClientOption::ExportName(name) => return self.export_name(&name, out),
             ClientOption::Abort => {
-                nbd::rep_ack(&mut out, opt);
-                let _ = send(stream, out).await;
-                return Ok(None);
+                nbd::rep_ack(out, opt);
+                return Ok(Step::Abort);
             }
             ClientOption::List => {
-                for name in server.export_names() {
-                    nbd::rep_server(&mut out, opt, &name).map_err(|e| bad(e.to_string()))?;
+                for name in self.server.export_names() {
+                    nbd::rep_server(out, opt, &name).map_err(|e| bad(e.to_string()))?;
                 }
-                nbd::rep_ack(&mut out, opt);
+                nbd::rep_ack(out, opt);
             }
             ClientOption::StartTls => {
-                nbd::rep_error(
-                    &mut out,
-                    opt,
-                    REP_ERR_UNSUP,
-                    "TLS is not configured on this server",
-                );
+                let msg = "TLS is not configured on this server";
+                nbd::rep_error(out, opt, REP_ERR_UNSUP, msg);
             }
             ClientOption::Info {
                 export,
@@ -145,104 +172,114 @@ pub(crate) async fn negotiate(
             | ClientOption::Go {
                 export,
                 info_requests,
-            } => {
-                let go = opt == OPT_GO;
-                match server.lookup(&export) {
-                    None => nbd::rep_error(
-                        &mut out,
-                        opt,
-                        REP_ERR_UNKNOWN,
-                        &format!("no export named {export:?}"),
-                    ),
-                    Some(ex) => {
-                        let flags = transmission_flags(&ex, structured);
-                        nbd::rep_info_export(&mut out, opt, ex.size(), flags);
-                        if info_requests.contains(&INFO_NAME) {
-                            nbd::rep_info_name(&mut out, opt, &ex.name)
-                                .map_err(|e| bad(e.to_string()))?;
-                        }
-                        if info_requests.contains(&INFO_DESCRIPTION) {
-                            nbd::rep_info_description(&mut out, opt, &ex.description)
-                                .map_err(|e| bad(e.to_string()))?;
-                        }
-                        let g = ex.device.geometry();
-                        let preferred = g.optimal_io.max(g.block_size).min(MAX_PAYLOAD);
-                        nbd::rep_info_block_size(
-                            &mut out,
-                            opt,
-                            g.block_size,
-                            preferred,
-                            MAX_PAYLOAD,
-                        );
-                        nbd::rep_ack(&mut out, opt);
-                        if go {
-                            send(stream, out).await?;
-                            return Ok(Some(Negotiated {
-                                export: ex,
-                                structured,
-                                base_allocation,
-                            }));
-                        }
-                    }
-                }
-            }
+            } => return self.info_or_go(opt, &export, &info_requests, out),
             ClientOption::StructuredReply => {
-                structured = true;
-                nbd::rep_ack(&mut out, opt);
+                self.structured = true;
+                nbd::rep_ack(out, opt);
             }
             ClientOption::ListMetaContext { export, queries }
             | ClientOption::SetMetaContext { export, queries } => {
-                let set = opt == OPT_SET_META_CONTEXT;
-                if set && !structured {
-                    nbd::rep_error(
-                        &mut out,
-                        opt,
-                        REP_ERR_INVALID,
-                        "negotiate structured replies first",
-                    );
-                } else if server.lookup(&export).is_none() {
-                    nbd::rep_error(
-                        &mut out,
-                        opt,
-                        REP_ERR_UNKNOWN,
-                        &format!("no export named {export:?}"),
-                    );
-                } else {
-                    let wanted = if set {
-                        queries.iter().any(|q| q == BASE_ALLOCATION)
-                    } else {
-                        queries.is_empty()
-                            || queries.iter().any(|q| q == "base:" || q == BASE_ALLOCATION)
-                    };
-                    if set {
-                        base_allocation = wanted;
-                    }
-                    if wanted {
-                        let id = if set { BASE_ALLOCATION_ID } else { 0 };
-                        nbd::rep_meta_context(&mut out, opt, id, BASE_ALLOCATION)
-                            .map_err(|e| bad(e.to_string()))?;
-                    }
-                    nbd::rep_ack(&mut out, opt);
-                }
+                self.meta_context(opt, &export, &queries, out)?;
             }
             ClientOption::ExtendedHeaders => {
-                nbd::rep_error(
-                    &mut out,
-                    opt,
-                    REP_ERR_UNSUP,
-                    "extended headers are not supported",
-                );
+                let msg = "extended headers are not supported";
+                nbd::rep_error(out, opt, REP_ERR_UNSUP, msg);
             }
             _ => {
-                nbd::rep_error(
-                    &mut out,
-                    opt,
-                    REP_ERR_UNSUP,
-                    &format!("option {opt} is not supported"),
-                );
+                let msg = format!("option {opt} is not supported");
+                nbd::rep_error(out, opt, REP_ERR_UNSUP, &msg);
             }
         }
-        send(stream, out).await?;
+        Ok(Step::Continue)
     }
-    Err(bad("too many options"))
+
+    /// `NBD_OPT_EXPORT_NAME`: enter transmission, or close for an unknown export (the option
+    /// cannot carry an error: the protocol says close).
+    fn export_name(&self, name: &str, out: &mut Vec<u8>) -> io::Result<Step> {
+        let Some(export) = self.server.lookup(name) else {
+            return Err(bad(format!("unknown export {name:?}")));
+        };
+        let flags = transmission_flags(&export, self.structured);
+        out.extend_from_slice(&nbd::export_name_reply(
+            export.size(),
+            flags,
+            self.no_zeroes,
+        ));
+        Ok(Step::Enter(Negotiated {
+            export,
+            structured: self.structured,
+            base_allocation: false,
+        }))
+    }
+
+    /// `NBD_OPT_INFO` and `NBD_OPT_GO`: describe the export; GO then enters transmission.
+    fn info_or_go(
+        &self,
+        opt: u32,
+        export: &str,
+        info_requests: &[u16],
+        out: &mut Vec<u8>,
+    ) -> io::Result<Step> {
+        let Some(ex) = self.server.lookup(export) else {
+            let msg = format!("no export named {export:?}");
+            nbd::rep_error(out, opt, REP_ERR_UNKNOWN, &msg);
+            return Ok(Step::Continue);
+        };
+        let flags = transmission_flags(&ex, self.structured);
+        nbd::rep_info_export(out, opt, ex.size(), flags);
+        if info_requests.contains(&INFO_NAME) {
+            nbd::rep_info_name(out, opt, &ex.name).map_err(|e| bad(e.to_string()))?;
+        }
+        if info_requests.contains(&INFO_DESCRIPTION) {
+            nbd::rep_info_description(out, opt, &ex.description).map_err(|e| bad(e.to_string()))?;
+        }
+        let g = ex.device.geometry();
+        let preferred = g.optimal_io.max(g.block_size).min(MAX_PAYLOAD);
+        nbd::rep_info_block_size(out, opt, g.block_size, preferred, MAX_PAYLOAD);
+        nbd::rep_ack(out, opt);
+        if opt != OPT_GO {
+            return Ok(Step::Continue);
+        }
+        Ok(Step::Enter(Negotiated {
+            export: ex,
+            structured: self.structured,
+            base_allocation: self.base_allocation,
+        }))
+    }
+
+    /// `NBD_OPT_LIST_META_CONTEXT` and `NBD_OPT_SET_META_CONTEXT`: only `base:allocation`
+    /// exists; SET requires structured replies.
+    fn meta_context(
+        &mut self,
+        opt: u32,
+        export: &str,
+        queries: &[String],
+        out: &mut Vec<u8>,
+    ) -> io::Result<()> {
+        let set = opt == OPT_SET_META_CONTEXT;
+        if set && !self.structured {
+            let msg = "negotiate structured replies first";
+            nbd::rep_error(out, opt, REP_ERR_INVALID, msg);
+            return Ok(());
+        }
+        if self.server.lookup(export).is_none() {
+            let msg = format!("no export named {export:?}");
+            nbd::rep_error(out, opt, REP_ERR_UNKNOWN, &msg);
+            return Ok(());
+        }
+        let wanted = if set {
+            queries.iter().any(|q| q == BASE_ALLOCATION)
+        } else {
+            queries.is_empty() || queries.iter().any(|q| q == "base:" || q == BASE_ALLOCATION)
+        };
+        if set {
+            self.base_allocation = wanted;
+        }
+        if wanted {
+            let id = if set { BASE_ALLOCATION_ID } else { 0 };
+            nbd::rep_meta_context(out, opt, id, BASE_ALLOCATION).map_err(|e| bad(e.to_string()))?;
+        }
+        nbd::rep_ack(out, opt);
+        Ok(())
+    }
 }

@@ -100,6 +100,9 @@ impl CidSet {
     }
 }
 
+/// A command refused before it ran: its completion, and how the receive loop goes on.
+struct Refused(Reply, Next);
+
 /// How the receive loop goes on after a PDU.
 enum Next {
     Continue,
@@ -242,7 +245,7 @@ impl Conn {
         self.stream.shutdown();
     }
 
-    /// A command capsule: parse, check, and start the command.
+    /// A command capsule: receive its data, admit the command, and start it.
     async fn capsule(
         self: &Rc<Self>,
         rd: &mut BufReader,
@@ -255,6 +258,34 @@ impl Conn {
         // Every capsule ends in exactly one completion (`queue_completion`), which marks it
         // done.
         self.activity.request();
+        let (data, bad_digest) = self.capsule_data(rd, frame).await?;
+        let entries = self.sq_entries.get().max(1);
+        self.sqhd
+            .set(((u32::from(self.sqhd.get()) + 1) % entries) as u16);
+        let Some(ctrl) = self.ctrl.get() else {
+            if sqe.opcode == FABRICS_OPCODE && sqe.fctype() == fctype::CONNECT {
+                return self.connect(dec, &sqe, &data, bad_digest).await;
+            }
+            let r = Reply::status(Status::COMMAND_SEQUENCE_ERROR.with_dnr());
+            self.reply_now(&sqe, r).await;
+            return Ok(Next::Continue);
+        };
+        let (cmd, dp) = match self.admit(ctrl, &sqe, bad_digest) {
+            Ok(c) => c,
+            Err(Refused(r, next)) => {
+                self.reply_now(&sqe, r).await;
+                return Ok(next);
+            }
+        };
+        let task = self.tasks.acquire().await;
+        self.inflight.borrow_mut().insert(sqe.cid);
+        self.dispatch(sqe, cmd, dp, data, task).await;
+        Ok(Next::Continue)
+    }
+
+    /// Receives a capsule's in-capsule data and its digest; returns the data (empty when
+    /// the digest is wrong) and whether it was.
+    async fn capsule_data(&self, rd: &mut BufReader, frame: &Frame) -> io::Result<(IoBuf, bool)> {
         // The header (checked by `header`) is buffered; the data, as for H2CData, goes from
         // the staging buffer as far as it was received and straight from the socket for the
         // rest, into a buffer of its own: a capsule never has to be whole in the staging
@@ -279,81 +310,66 @@ impl Conn {
         if bad_digest {
             data = IoBuf::empty();
         }
-        let entries = self.sq_entries.get().max(1);
-        self.sqhd
-            .set(((u32::from(self.sqhd.get()) + 1) % entries) as u16);
-        let Some(ctrl) = self.ctrl.get() else {
-            if sqe.opcode == FABRICS_OPCODE && sqe.fctype() == fctype::CONNECT {
-                return self.connect(dec, &sqe, &data, bad_digest).await;
-            }
-            self.reply_now(
-                &sqe,
-                Reply::status(Status::COMMAND_SEQUENCE_ERROR.with_dnr()),
-            )
-            .await;
-            return Ok(Next::Continue);
-        };
+        Ok((data, bad_digest))
+    }
+
+    /// Checks a command on a connected queue before it runs: identifier free, command
+    /// parsed, data intact, data pointer valid and within MDTS, a task slot free. A refused
+    /// command is completed at once (and recorded in the Error Information log where the
+    /// specification locates the error); Disconnect is "refused" with success and a close.
+    fn admit(
+        &self,
+        ctrl: &Controller,
+        sqe: &Sqe,
+        bad_digest: bool,
+    ) -> Result<(Command, DataPointer), Refused> {
+        let refuse = |s: Status| Refused(Reply::status(s), Next::Continue);
         let qid = self.qid.get();
         if self.inflight.borrow().contains(sqe.cid) {
-            self.reply_now(&sqe, Reply::status(Status::COMMAND_ID_CONFLICT.with_dnr()))
-                .await;
-            return Ok(Next::Continue);
+            return Err(refuse(Status::COMMAND_ID_CONFLICT.with_dnr()));
         }
         let qtype = if qid == 0 {
             QueueType::Admin
         } else {
             QueueType::Io
         };
-        let cmd = match Command::parse(&sqe, qtype) {
-            Ok(c) => c,
-            Err(e) => {
-                ctrl.log_error(qid, sqe.cid, e.status(), e.error_location(), sqe.nsid, 0);
-                self.reply_now(&sqe, Reply::status(e.status())).await;
-                return Ok(Next::Continue);
-            }
-        };
+        let cmd = Command::parse(sqe, qtype).map_err(|e| {
+            ctrl.log_error(qid, sqe.cid, e.status(), e.error_location(), sqe.nsid, 0);
+            refuse(e.status())
+        })?;
         if bad_digest {
-            self.reply_now(&sqe, Reply::status(Status::TRANSIENT_TRANSPORT_ERROR))
-                .await;
-            return Ok(Next::Continue);
+            return Err(refuse(Status::TRANSIENT_TRANSPORT_ERROR));
         }
         match cmd {
-            Command::Connect(_) => {
-                self.reply_now(
-                    &sqe,
-                    Reply::status(Status::COMMAND_SEQUENCE_ERROR.with_dnr()),
-                )
-                .await;
-                return Ok(Next::Continue);
-            }
-            Command::Disconnect { .. } => {
-                self.reply_now(&sqe, Reply::ok()).await;
-                return Ok(Next::Close);
-            }
+            Command::Connect(_) => return Err(refuse(Status::COMMAND_SEQUENCE_ERROR.with_dnr())),
+            Command::Disconnect { .. } => return Err(Refused(Reply::ok(), Next::Close)),
             _ => {}
         }
-        let dp = match sqe.data_pointer() {
-            Ok(dp) => dp,
-            Err(e) => {
-                ctrl.log_error(qid, sqe.cid, e.status(), e.error_location(), sqe.nsid, 0);
-                self.reply_now(&sqe, Reply::status(e.status())).await;
-                return Ok(Next::Continue);
-            }
-        };
+        let dp = sqe.data_pointer().map_err(|e| {
+            ctrl.log_error(qid, sqe.cid, e.status(), e.error_location(), sqe.nsid, 0);
+            refuse(e.status())
+        })?;
         if dp.len() > MDTS_BYTES {
-            self.reply_now(&sqe, Reply::status(Status::INVALID_FIELD.with_dnr()))
-                .await;
-            return Ok(Next::Continue);
+            return Err(refuse(Status::INVALID_FIELD.with_dnr()));
         }
         if self.tasks.available() == 0 {
             // More commands in flight than any queue may hold: the host ignores SQSIZE.
             // Waiting here could stall the H2CData the running commands wait for.
-            self.reply_now(&sqe, Reply::status(Status::COMMAND_INTERRUPTED))
-                .await;
-            return Ok(Next::Continue);
+            return Err(refuse(Status::COMMAND_INTERRUPTED));
         }
-        let task = self.tasks.acquire().await;
-        self.inflight.borrow_mut().insert(sqe.cid);
+        Ok((cmd, dp))
+    }
+
+    /// Starts an admitted command with its data: in-capsule data at once, data the host
+    /// has yet to send after an R2T, none at once.
+    async fn dispatch(
+        self: &Rc<Self>,
+        sqe: Sqe,
+        cmd: Command,
+        dp: DataPointer,
+        data: IoBuf,
+        task: Permit,
+    ) {
         let to_controller = matches!(
             sqe.data_direction(),
             DataDirection::HostToController | DataDirection::Bidirectional
@@ -377,44 +393,50 @@ impl Conn {
                 }
             }
             DataPointer::Transport { len } if to_controller && len > 0 => {
-                let c = self.clone();
-                spawn_local(async move {
-                    let bytes = c.bytes.acquire_many(units(len)).await;
-                    if c.broken.get() {
-                        c.inflight.borrow_mut().remove(sqe.cid);
-                        return;
-                    }
-                    let ttag = c.next_ttag.get();
-                    c.next_ttag.set(ttag.wrapping_add(1));
-                    let mut buf = reactor::alloc_buf(len as usize);
-                    buf.set_len(0);
-                    c.transfers.borrow_mut().insert(
-                        ttag,
-                        Transfer {
-                            sqe,
-                            cmd,
-                            buf,
-                            len,
-                            received: 0,
-                            bad_digest: false,
-                            bytes,
-                            task,
-                        },
-                    );
-                    let r2t = c.enc.get().r2t(&R2T {
-                        cccid: sqe.cid,
-                        ttag,
-                        r2to: 0,
-                        r2tl: len,
-                    });
-                    if c.send(&r2t).await.is_err() {
-                        c.fail_send();
-                    }
-                });
+                self.request_data(sqe, cmd, len, task);
             }
             _ => self.start(sqe, cmd, None, task, None),
         }
-        Ok(Next::Continue)
+    }
+
+    /// Asks the host for a command's data with one R2T for the whole transfer, once the
+    /// in-flight byte budget allows it (in a task of its own: the receive loop goes on, and
+    /// so do the H2CData of other commands).
+    fn request_data(self: &Rc<Self>, sqe: Sqe, cmd: Command, len: u32, task: Permit) {
+        let c = self.clone();
+        spawn_local(async move {
+            let bytes = c.bytes.acquire_many(units(len)).await;
+            if c.broken.get() {
+                c.inflight.borrow_mut().remove(sqe.cid);
+                return;
+            }
+            let ttag = c.next_ttag.get();
+            c.next_ttag.set(ttag.wrapping_add(1));
+            let mut buf = reactor::alloc_buf(len as usize);
+            buf.set_len(0);
+            c.transfers.borrow_mut().insert(
+                ttag,
+                Transfer {
+                    sqe,
+                    cmd,
+                    buf,
+                    len,
+                    received: 0,
+                    bad_digest: false,
+                    bytes,
+                    task,
+                },
+            );
+            let r2t = c.enc.get().r2t(&R2T {
+                cccid: sqe.cid,
+                ttag,
+                r2to: 0,
+                r2tl: len,
+            });
+            if c.send(&r2t).await.is_err() {
+                c.fail_send();
+            }
+        });
     }
 
     /// H2CData for a pending R2T.
