@@ -7,18 +7,16 @@
 #[path = "../../engine/tests/common/nbd.rs"]
 #[allow(dead_code)]
 mod client;
-#[path = "support/failing.rs"]
-mod failing;
 
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use blockdev::fault::{FaultDevice, Ops};
 use blockdev::malloc::MallocDevice;
 use blockdev::{Device, ErrorKind};
 use client::{Client, assert_closed, connect, greeting, option, start};
-use failing::Failing;
 use proto_nbd::{ClientFlags, ClientOption, Command, Request, consts::*};
 use reactor::{Config, ListenerLimits, PollMode, Runtime};
 use target_nbd::NbdServer;
@@ -31,12 +29,12 @@ const ENOSPC: u32 = 28;
 const EOVERFLOW: u32 = 75;
 
 /// A server on a two-reactor runtime with exports `m` (RAM), `ro` (the same device,
-/// read-only) and `bad` (a [`Failing`] device).
+/// read-only) and `bad` (a [`FaultDevice`] over RAM device).
 struct Served {
     rt: Option<Runtime>,
     server: Arc<NbdServer>,
     addr: SocketAddr,
-    bad: Arc<Failing>,
+    bad: Arc<FaultDevice>,
 }
 
 impl Served {
@@ -53,7 +51,7 @@ impl Served {
         let m: Device = Arc::new(MallocDevice::new("m", SIZE, 512));
         server.add_export("m", m.clone(), false).unwrap();
         server.add_export("ro", m, true).unwrap();
-        let bad = Arc::new(Failing::new("bad", SIZE, 512));
+        let bad = FaultDevice::new(Arc::new(MallocDevice::new("bad", SIZE, 512)));
         server.add_export("bad", bad.clone(), false).unwrap();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
@@ -330,7 +328,7 @@ fn device_errors_reach_the_client_as_the_documented_errno() {
         (ErrorKind::Gone, EIO),
         (ErrorKind::InvalidArgument, EINVAL),
     ] {
-        *s.bad.fail.lock().unwrap() = Some(kind);
+        s.bad.fail(Ops::ALL, kind);
         assert_eq!(
             c.write(0, &[9u8; 512]),
             errno,
@@ -342,12 +340,12 @@ fn device_errors_reach_the_client_as_the_documented_errno() {
             "a flush failing with {kind:?}"
         );
     }
-    *s.bad.fail.lock().unwrap() = None;
+    s.bad.heal();
     assert_eq!(c.write(0, &[9u8; 512]), 0);
     c.disconnect();
     // With structured replies a failed read is one ERROR chunk with the errno.
     let mut c = Client::go_structured(s.addr, "bad", false);
-    *s.bad.fail.lock().unwrap() = Some(ErrorKind::Conflict);
+    s.bad.fail(Ops::ALL, ErrorKind::Conflict);
     let r = c.send(0, Command::Read, 0, 512);
     let chunks = c.chunks(r);
     assert_eq!(chunks.len(), 1);
@@ -356,7 +354,7 @@ fn device_errors_reach_the_client_as_the_documented_errno() {
         u32::from_be_bytes(chunks[0].1[..4].try_into().unwrap()),
         EPERM
     );
-    *s.bad.fail.lock().unwrap() = None;
+    s.bad.heal();
     c.disconnect();
 }
 

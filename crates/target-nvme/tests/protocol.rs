@@ -4,8 +4,6 @@
 //! ICReq/ICResp, Connect, Identify, I/O in the capsule and by R2T, digests, bad PDUs, device
 //! errors mapped to status, the setup limit — without the engine binary.
 
-#[path = "../../target-nbd/tests/support/failing.rs"]
-mod failing;
 #[path = "../../engine/tests/common/nvme.rs"]
 #[allow(dead_code)]
 mod host;
@@ -14,9 +12,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use blockdev::fault::{FaultDevice, Ops};
 use blockdev::malloc::MallocDevice;
 use blockdev::{Device, ErrorKind};
-use failing::Failing;
 use host::{Answer, HostIdent, Queue, raw_sqe};
 use proto_nvme::{Command, Identify, IdentifyController, IdentifyNamespace, Status, cns};
 use reactor::{Config, ListenerLimits, PollMode, Runtime};
@@ -26,13 +24,13 @@ const SIZE: u64 = 8 << 20;
 const BS: u32 = 512;
 
 /// A target on a two-reactor runtime: subsystem `m` with a RAM namespace 1 and a
-/// [`Failing`] namespace 2.
+/// [`FaultDevice`] over RAM namespace 2.
 struct Served {
     rt: Option<Runtime>,
     target: Arc<NvmfTarget>,
     addr: SocketAddr,
     nqn: String,
-    bad: Arc<Failing>,
+    bad: Arc<FaultDevice>,
 }
 
 impl Served {
@@ -49,10 +47,12 @@ impl Served {
         let nqn = export_nqn("m");
         target.create_subsystem(&nqn, &[]).unwrap();
         let m: Device = Arc::new(MallocDevice::new("m", SIZE, BS));
-        target.add_namespace(&nqn, Some(1), m, false).unwrap();
-        let bad = Arc::new(Failing::new("bad", SIZE, BS));
         target
-            .add_namespace(&nqn, Some(2), bad.clone(), false)
+            .add_namespace(&nqn, Some(1), m, Arc::default(), false)
+            .unwrap();
+        let bad = FaultDevice::new(Arc::new(MallocDevice::new("bad", SIZE, BS)));
+        target
+            .add_namespace(&nqn, Some(2), bad.clone(), Arc::default(), false)
             .unwrap();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
@@ -284,14 +284,14 @@ fn device_errors_reach_the_host_as_the_documented_status() {
             Status::COMMAND_INTERRUPTED,
         ),
     ] {
-        *s.bad.fail.lock().unwrap() = Some(kind);
+        s.bad.fail(Ops::ALL, kind);
         assert_eq!(status(q.write(2, 0, &data, BS)), write, "write, {kind:?}");
         assert_eq!(status(q.read(2, 0, 8, BS)), read, "read, {kind:?}");
     }
     // Conflict is SCT 0 (generic), SC 83h.
     let c = Status::RESERVATION_CONFLICT;
     assert_eq!((c.sct, c.sc), (0, 0x83));
-    *s.bad.fail.lock().unwrap() = None;
+    s.bad.heal();
     ok(q.write(2, 0, &data, BS));
     assert_eq!(ok(q.read(2, 0, 8, BS)), data);
 }
