@@ -1044,6 +1044,18 @@ impl Nexus {
                 {
                     return Err(e);
                 }
+                // As for writes: a newer incarnation holds the children (a reservation that
+                // fences reads too). The child is fine and not retired; the read fails.
+                Err(e) if e.kind() == ErrorKind::Conflict => {
+                    self.fenced.store(true, Ordering::SeqCst);
+                    return Err(BlockError::with_message(
+                        ErrorKind::Conflict,
+                        IoKind::Read,
+                        offset,
+                        len,
+                        "this nexus was fenced out by a newer incarnation",
+                    ));
+                }
                 Err(e) => {
                     self.retire_all(&[(c.clone(), format!("read failed: {e}"))])
                         .await

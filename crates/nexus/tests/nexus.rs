@@ -319,3 +319,27 @@ fn bad_requests_fail_without_retiring_children() {
         );
     });
 }
+
+#[test]
+fn a_conflict_from_a_child_fails_the_io_and_retires_nothing() {
+    run(|| async {
+        let (a, b) = (Faulty::new(), Faulty::new());
+        let n = nexus_over(&[("a", &a), ("b", &b)], None).await;
+        n.write(0, pattern(1, 4096), WriteFlags::default())
+            .await
+            .unwrap();
+        // A newer incarnation holds both children under a reservation that fences reads too.
+        for c in [&a, &b] {
+            c.dev.fail(blockdev::fault::Ops::ALL, ErrorKind::Conflict);
+        }
+        let e = n.read(0, IoBuf::zeroed(4096)).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
+        assert!(n.is_fenced());
+        let e = n
+            .write(0, pattern(2, 4096), WriteFlags::default())
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
+        assert_eq!(n.state(), NexusState::Online, "no child was retired");
+    });
+}
