@@ -91,53 +91,8 @@ pub(crate) async fn admin(
         return Some(Reply::status(Status::COMMAND_SEQUENCE_ERROR.with_dnr()));
     }
     Some(match cmd {
-        Command::PropertyGet(p) => {
-            if register::size(p.offset) != Some(p.size) && p.offset != register::CAP {
-                return Some(invalid_field());
-            }
-            let st = ctrl.state();
-            let v: u64 = match p.offset {
-                register::CAP => cap(discovery),
-                register::VS => u64::from(version(discovery).to_u32()),
-                register::CC => u64::from(st.cc),
-                register::CSTS => u64::from(st.csts),
-                _ => return Some(invalid_field()),
-            };
-            let v = if p.size == PropertySize::Four {
-                v & 0xffff_ffff
-            } else {
-                v
-            };
-            Reply {
-                dw0: v as u32,
-                dw1: (v >> 32) as u32,
-                ..Reply::ok()
-            }
-        }
-        Command::PropertySet(p) => {
-            if p.offset != register::CC || p.size != PropertySize::Four {
-                return Some(invalid_field());
-            }
-            let mut st = ctrl.state();
-            let new = Cc::from_u32(p.value as u32);
-            let old = Cc::from_u32(st.cc);
-            if new.en && !old.en {
-                st.csts |= 1;
-            }
-            if !new.en && old.en {
-                // Controller reset: not ready; shutdown state cleared.
-                st.csts &= !1;
-                st.csts &= !(3 << 2);
-            }
-            if new.shn != 0 {
-                st.csts = (st.csts & !(3 << 2)) | (u32::from(SHST_COMPLETE) << 2);
-            } else if old.shn != 0 {
-                st.csts &= !(3 << 2);
-            }
-            st.cc = p.value as u32;
-            ctrl.publish_ready(&st);
-            Reply::ok()
-        }
+        Command::PropertyGet(p) => property_get(ctrl, p, discovery),
+        Command::PropertySet(p) => property_set(ctrl, p),
         Command::Identify(id) => identify(conn, ctrl, sqe, id.cns),
         Command::GetLogPage(g) => {
             if g.ot || g.lpo % 4 != 0 {
@@ -149,73 +104,8 @@ pub(crate) async fn admin(
             };
             window(sqe, &page, g.lpo, g.len())
         }
-        Command::SetFeatures(f) => {
-            if f.sv {
-                return Some(Reply::status(Status::FEATURE_NOT_SAVEABLE.with_dnr()));
-            }
-            let mut st = ctrl.state();
-            match f.fid {
-                feature_id::NUMBER_OF_QUEUES => {
-                    let req = NumberOfQueues::from_dword(f.cdw11);
-                    if req.nsq == 0xffff || req.ncq == 0xffff || discovery {
-                        return Some(invalid_field());
-                    }
-                    let g = req.grant(MAX_IO_QUEUES);
-                    st.io_queues = g.nsq.min(g.ncq) + 1;
-                    Reply::dw0(g.to_dword())
-                }
-                feature_id::KEEP_ALIVE_TIMER => {
-                    ctrl.kato_ms.store(f.cdw11, Ordering::Relaxed);
-                    Reply::ok()
-                }
-                feature_id::ASYNC_EVENT_CONFIG => {
-                    st.aec = f.cdw11;
-                    Reply::ok()
-                }
-                feature_id::VOLATILE_WRITE_CACHE if !discovery => {
-                    st.vwc = f.cdw11 & 1 != 0;
-                    Reply::ok()
-                }
-                feature_id::ARBITRATION | feature_id::POWER_MANAGEMENT => Reply::ok(),
-                _ => invalid_field(),
-            }
-        }
-        Command::GetFeatures(f) => {
-            let st = ctrl.state();
-            if f.sel == feature_select::SUPPORTED_CAPABILITIES {
-                return Some(match f.fid {
-                    feature_id::NUMBER_OF_QUEUES
-                    | feature_id::KEEP_ALIVE_TIMER
-                    | feature_id::ASYNC_EVENT_CONFIG
-                    | feature_id::VOLATILE_WRITE_CACHE
-                    | feature_id::ARBITRATION
-                    | feature_id::POWER_MANAGEMENT => Reply::dw0(1 << 2),
-                    _ => invalid_field(),
-                });
-            }
-            let default = f.sel == feature_select::DEFAULT;
-            match f.fid {
-                feature_id::NUMBER_OF_QUEUES => {
-                    let n = if st.io_queues == 0 || default {
-                        MAX_IO_QUEUES
-                    } else {
-                        st.io_queues
-                    } - 1;
-                    Reply::dw0(NumberOfQueues { nsq: n, ncq: n }.to_dword())
-                }
-                feature_id::KEEP_ALIVE_TIMER => Reply::dw0(if default {
-                    0
-                } else {
-                    ctrl.kato_ms.load(Ordering::Relaxed)
-                }),
-                feature_id::ASYNC_EVENT_CONFIG => Reply::dw0(if default { 0 } else { st.aec }),
-                feature_id::VOLATILE_WRITE_CACHE if !discovery => {
-                    Reply::dw0(u32::from(default || st.vwc))
-                }
-                feature_id::ARBITRATION | feature_id::POWER_MANAGEMENT => Reply::dw0(0),
-                _ => invalid_field(),
-            }
-        }
+        Command::SetFeatures(f) => set_features(ctrl, f, discovery),
+        Command::GetFeatures(f) => get_features(ctrl, f, discovery),
         Command::AsyncEventRequest => {
             if ctrl.push_aer(sqe.cid) {
                 return None;
@@ -227,6 +117,127 @@ pub(crate) async fn admin(
         Command::Abort(_) => Reply::dw0(1),
         _ => Reply::status(Status::INVALID_OPCODE.with_dnr()),
     })
+}
+
+/// Property Get: CAP, VS, CC or CSTS.
+fn property_get(ctrl: &Controller, p: proto_nvme::PropertyGet, discovery: bool) -> Reply {
+    if register::size(p.offset) != Some(p.size) && p.offset != register::CAP {
+        return invalid_field();
+    }
+    let st = ctrl.state();
+    let v: u64 = match p.offset {
+        register::CAP => cap(discovery),
+        register::VS => u64::from(version(discovery).to_u32()),
+        register::CC => u64::from(st.cc),
+        register::CSTS => u64::from(st.csts),
+        _ => return invalid_field(),
+    };
+    let v = if p.size == PropertySize::Four {
+        v & 0xffff_ffff
+    } else {
+        v
+    };
+    Reply {
+        dw0: v as u32,
+        dw1: (v >> 32) as u32,
+        ..Reply::ok()
+    }
+}
+
+/// Property Set of CC: enabling makes the controller ready, disabling resets it, a shutdown
+/// notification completes at once.
+fn property_set(ctrl: &Controller, p: proto_nvme::PropertySet) -> Reply {
+    if p.offset != register::CC || p.size != PropertySize::Four {
+        return invalid_field();
+    }
+    let mut st = ctrl.state();
+    let new = Cc::from_u32(p.value as u32);
+    let old = Cc::from_u32(st.cc);
+    if new.en && !old.en {
+        st.csts |= 1;
+    }
+    if !new.en && old.en {
+        // Controller reset: not ready; shutdown state cleared.
+        st.csts &= !1;
+        st.csts &= !(3 << 2);
+    }
+    if new.shn != 0 {
+        st.csts = (st.csts & !(3 << 2)) | (u32::from(SHST_COMPLETE) << 2);
+    } else if old.shn != 0 {
+        st.csts &= !(3 << 2);
+    }
+    st.cc = p.value as u32;
+    ctrl.publish_ready(&st);
+    Reply::ok()
+}
+
+/// Set Features: queues, keep-alive, async events, the write cache; nothing is saveable.
+fn set_features(ctrl: &Controller, f: proto_nvme::SetFeatures, discovery: bool) -> Reply {
+    if f.sv {
+        return Reply::status(Status::FEATURE_NOT_SAVEABLE.with_dnr());
+    }
+    let mut st = ctrl.state();
+    match f.fid {
+        feature_id::NUMBER_OF_QUEUES => {
+            let req = NumberOfQueues::from_dword(f.cdw11);
+            if req.nsq == 0xffff || req.ncq == 0xffff || discovery {
+                return invalid_field();
+            }
+            let g = req.grant(MAX_IO_QUEUES);
+            st.io_queues = g.nsq.min(g.ncq) + 1;
+            Reply::dw0(g.to_dword())
+        }
+        feature_id::KEEP_ALIVE_TIMER => {
+            ctrl.kato_ms.store(f.cdw11, Ordering::Relaxed);
+            Reply::ok()
+        }
+        feature_id::ASYNC_EVENT_CONFIG => {
+            st.aec = f.cdw11;
+            Reply::ok()
+        }
+        feature_id::VOLATILE_WRITE_CACHE if !discovery => {
+            st.vwc = f.cdw11 & 1 != 0;
+            Reply::ok()
+        }
+        feature_id::ARBITRATION | feature_id::POWER_MANAGEMENT => Reply::ok(),
+        _ => invalid_field(),
+    }
+}
+
+/// Get Features: current, default or supported capabilities.
+fn get_features(ctrl: &Controller, f: proto_nvme::GetFeatures, discovery: bool) -> Reply {
+    let st = ctrl.state();
+    if f.sel == feature_select::SUPPORTED_CAPABILITIES {
+        return match f.fid {
+            feature_id::NUMBER_OF_QUEUES
+            | feature_id::KEEP_ALIVE_TIMER
+            | feature_id::ASYNC_EVENT_CONFIG
+            | feature_id::VOLATILE_WRITE_CACHE
+            | feature_id::ARBITRATION
+            | feature_id::POWER_MANAGEMENT => Reply::dw0(1 << 2),
+            _ => invalid_field(),
+        };
+    }
+    let default = f.sel == feature_select::DEFAULT;
+    match f.fid {
+        feature_id::NUMBER_OF_QUEUES => {
+            let n = if st.io_queues == 0 || default {
+                MAX_IO_QUEUES
+            } else {
+                st.io_queues
+            } - 1;
+            Reply::dw0(NumberOfQueues { nsq: n, ncq: n }.to_dword())
+        }
+        feature_id::KEEP_ALIVE_TIMER => Reply::dw0(if default {
+            0
+        } else {
+            ctrl.kato_ms.load(Ordering::Relaxed)
+        }),
+        feature_id::ASYNC_EVENT_CONFIG => Reply::dw0(if default { 0 } else { st.aec }),
+        feature_id::VOLATILE_WRITE_CACHE if !discovery => Reply::dw0(u32::from(default || st.vwc)),
+        feature_id::ARBITRATION | feature_id::POWER_MANAGEMENT => Reply::dw0(0),
+        _ => invalid_field(),
+    }
 }
 
 fn lbads(bs: u32) -> u8 {
