@@ -12,26 +12,13 @@ mod common;
 use std::time::Duration;
 
 use common::nvme::{Answer, HostIdent, Queue};
-use common::{Engine, TempDir, ballast, run, tool};
+use common::{Engine, TempDir, ballast, nexus_incarnation, qemu_io_try};
 use proto_nvme::Status;
 
 fn ok(api: &str, args: &[&str]) -> String {
     let out = ballast(api, args);
     out.assert_success();
     out.stdout
-}
-
-/// `qemu-io` on `uri`: whether it succeeded, and its output.
-fn qemu_io_try(uri: &str, cmds: &[&str]) -> (bool, String) {
-    let mut c = tool("qemu-io");
-    c.args(["-f", "raw", uri]);
-    for cmd in cmds {
-        c.args(["-c", cmd]);
-    }
-    let out = run(&mut c, Duration::from_secs(60));
-    let text = out.text();
-    let ok = out.status.success() && !text.contains("failed") && !text.contains("error");
-    (ok, text)
 }
 
 /// The status of an NVMe write of 4 KiB of `byte` at block 0 of namespace 1 of `nqn` at
@@ -63,25 +50,8 @@ impl Fenced {
         let replica = format!("r=uring://{}?size=64MiB", dir.join("r.img").display());
         let b = Engine::start(&["--device", &replica, "--nvmf-export", "r"]);
         let target = b.nvmf_uris[0].clone();
-        let incarnation = |host_id: &str, epoch: &str| {
-            let dev = format!("r={target}?timeout=5000");
-            let e = Engine::start(&[
-                "--grpc-listen",
-                "127.0.0.1:0",
-                "--host-id",
-                host_id,
-                "--device",
-                &dev,
-            ]);
-            let api = e.grpc.clone().expect("management API address");
-            ok(
-                &api,
-                &["nexus", "create", "n", "32MiB", "r", "--epoch", epoch],
-            );
-            ok(&api, &["export", "create", "n", "n"]);
-            ok(&api, &["export", "create", "nv", "n", "--protocol", "nvmf"]);
-            (e, api)
-        };
+        let incarnation =
+            |host_id: &str, epoch: &str| nexus_incarnation(&target, host_id, epoch, true);
         let (old, old_api) = incarnation("7c9e6679-7425-40de-944b-e07fc1f90ae7", "1");
         // Before the newer incarnation: the old one writes, over both protocols.
         let (ok1, text) = qemu_io_try(&old.uri_for("n"), &["write -P 0x11 0 1M", "flush"]);

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Engine, TempDir, ballast, run, tool};
+use common::{Engine, TempDir, ballast, nexus_incarnation, qemu_io_try, run, tool};
 
 const MIB: u64 = 1 << 20;
 
@@ -274,19 +274,6 @@ fn a_remote_replica_engine_killed_under_load_is_retired_and_partially_rebuilt() 
     );
 }
 
-/// `qemu-io` on `uri`; returns whether it succeeded and its output.
-fn qemu_io_try(uri: &str, cmds: &[&str]) -> (bool, String) {
-    let mut c = tool("qemu-io");
-    c.args(["-f", "raw", uri]);
-    for cmd in cmds {
-        c.args(["-c", cmd]);
-    }
-    let out = run(&mut c, Duration::from_secs(60));
-    let text = out.text();
-    let ok = out.status.success() && !text.contains("failed") && !text.contains("error");
-    (ok, text)
-}
-
 #[test]
 fn a_newer_nexus_incarnation_fences_the_older_one_out() {
     let dir = TempDir::new("nexus-fence");
@@ -296,24 +283,8 @@ fn a_newer_nexus_incarnation_fences_the_older_one_out() {
     let target = b.nvmf_uris[0].clone();
     // Two engines, each with its own NVMe host identity, each running an incarnation of the
     // same volume over that replica.
-    let incarnation = |host_id: &str, epoch: &str| {
-        let dev = format!("r={target}?timeout=5000");
-        let e = Engine::start(&[
-            "--grpc-listen",
-            "127.0.0.1:0",
-            "--host-id",
-            host_id,
-            "--device",
-            &dev,
-        ]);
-        let api = e.grpc.clone().expect("management API address");
-        ok(
-            &api,
-            &["nexus", "create", "n", "32MiB", "r", "--epoch", epoch],
-        );
-        ok(&api, &["export", "create", "n", "n"]);
-        (e, api)
-    };
+    let incarnation =
+        |host_id: &str, epoch: &str| nexus_incarnation(&target, host_id, epoch, false);
     let (old, old_api) = incarnation("7c9e6679-7425-40de-944b-e07fc1f90ae7", "1");
     let (ok1, text) = qemu_io_try(&old.uri_for("n"), &["write -P 0x11 0 1M", "flush"]);
     assert!(ok1, "the first incarnation cannot write: {text}");

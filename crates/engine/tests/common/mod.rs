@@ -536,6 +536,41 @@ pub fn qemu_io_raw(uri: &str, cmds: &[&str]) -> Output {
     run(&mut c, TOOL_TIMEOUT)
 }
 
+/// Runs `qemu-io` on `uri` and judges it leniently: whether it exited 0 with no "failed" or
+/// "error" in its output, and that output (for writes a fenced nexus refuses).
+pub fn qemu_io_try(uri: &str, cmds: &[&str]) -> (bool, String) {
+    let out = qemu_io_raw(uri, cmds);
+    let text = out.text();
+    let ok = out.status.success() && !text.contains("failed") && !text.contains("error");
+    (ok, text)
+}
+
+/// Starts an engine running one incarnation of a 32 MiB volume: nexus `n` at `epoch` over
+/// the remote replica `target` (an `nvmf://` URI), under NVMe host identity `host_id`,
+/// exported over NBD as `n` and, with `nvmf`, over NVMe/TCP as `nv`. Returns the engine and
+/// its management API address.
+pub fn nexus_incarnation(target: &str, host_id: &str, epoch: &str, nvmf: bool) -> (Engine, String) {
+    let dev = format!("r={target}?timeout=5000");
+    let e = Engine::start(&[
+        "--grpc-listen",
+        "127.0.0.1:0",
+        "--host-id",
+        host_id,
+        "--device",
+        &dev,
+    ]);
+    let api = e.grpc.clone().expect("management API address");
+    let ok = |args: &[&str]| {
+        ballast(&api, args).assert_success();
+    };
+    ok(&["nexus", "create", "n", "32MiB", "r", "--epoch", epoch]);
+    ok(&["export", "create", "n", "n"]);
+    if nvmf {
+        ok(&["export", "create", "nv", "n", "--protocol", "nvmf"]);
+    }
+    (e, api)
+}
+
 /// One line of `nbdinfo --map`: offset, length, type.
 pub fn nbd_map(uri: &str) -> Vec<(u64, u64, u32)> {
     let out = run(tool("nbdinfo").args(["--map", uri]), TOOL_TIMEOUT);
