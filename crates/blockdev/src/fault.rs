@@ -15,8 +15,8 @@
 //! reactor. The inner operation starts only after the fault passed: a failed write changes
 //! nothing underneath.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering::SeqCst};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::{
@@ -72,26 +72,12 @@ impl std::ops::BitOr for Ops {
     }
 }
 
-const KINDS: [ErrorKind; 11] = [
-    ErrorKind::Io,
-    ErrorKind::OutOfRange,
-    ErrorKind::Misaligned,
-    ErrorKind::Unsupported,
-    ErrorKind::ReadOnly,
-    ErrorKind::NoSpace,
-    ErrorKind::InvalidArgument,
-    ErrorKind::NotFast,
-    ErrorKind::Timeout,
-    ErrorKind::Gone,
-    ErrorKind::Conflict,
-];
-
 /// A device with injected faults (see the module documentation).
 pub struct FaultDevice {
     inner: Device,
     name: Option<String>,
-    fail: AtomicU32,
-    fail_kind: AtomicU8,
+    /// The operations that fail, and with what.
+    fail: Mutex<(Ops, ErrorKind)>,
     hang: AtomicU32,
     delay_us: AtomicU64,
     from: AtomicU64,
@@ -103,7 +89,7 @@ impl std::fmt::Debug for FaultDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FaultDevice")
             .field("inner", &self.inner.name())
-            .field("fail", &self.fail.load(SeqCst))
+            .field("fail", &*self.fail.lock().expect("fault lock"))
             .field("hang", &self.hang.load(SeqCst))
             .finish()
     }
@@ -124,8 +110,7 @@ impl FaultDevice {
         FaultDevice {
             inner,
             name,
-            fail: AtomicU32::new(0),
-            fail_kind: AtomicU8::new(0),
+            fail: Mutex::new((Ops::NONE, ErrorKind::Io)),
             hang: AtomicU32::new(0),
             delay_us: AtomicU64::new(0),
             from: AtomicU64::new(0),
@@ -141,14 +126,12 @@ impl FaultDevice {
 
     /// From now on `ops` fail with `kind` (other operations go through).
     pub fn fail(&self, ops: Ops, kind: ErrorKind) {
-        let k = KINDS.iter().position(|&x| x == kind).unwrap_or(0);
-        self.fail_kind.store(k as u8, SeqCst);
-        self.fail.store(ops.0, SeqCst);
+        *self.fail.lock().expect("fault lock") = (ops, kind);
     }
 
     /// No operation fails any more.
     pub fn heal(&self) {
-        self.fail.store(0, SeqCst);
+        self.fail.lock().expect("fault lock").0 = Ops::NONE;
     }
 
     /// From now on `ops` wait without completing until [`FaultDevice::release`] (those
@@ -204,8 +187,8 @@ impl FaultDevice {
             if hit && delay > 0 {
                 reactor::sleep(Duration::from_micros(delay)).await;
             }
-            if hit && Ops(self.fail.load(SeqCst)).has(op) {
-                let kind = KINDS[self.fail_kind.load(SeqCst) as usize];
+            let (fail, kind) = *self.fail.lock().expect("fault lock");
+            if hit && fail.has(op) {
                 return Err(BlockError::with_message(
                     kind,
                     op,
